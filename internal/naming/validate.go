@@ -1,0 +1,176 @@
+package naming
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"net/netip"
+	"regexp"
+)
+
+// ErrInvalid is wrapped by every validation error; rpc maps it to
+// InvalidArgument.
+var ErrInvalid = errors.New("invalid argument")
+
+// Limits written down in docs/validation.md.
+const (
+	MaxNameLen          = 128
+	MaxServiceLen       = 256
+	MaxHostLen          = 253
+	MaxWeight           = 10000
+	MaxMetadataEntries  = 64
+	MaxMetadataKeyLen   = 128
+	MaxMetadataValueLen = 1024
+	MaxMetadataBytes    = 8 * 1024
+	MaxBatch            = 1000
+	MaxClientIDLen      = 128
+)
+
+var (
+	// Namespace, group and cluster: letters, digits and . _ -
+	nameRE = regexp.MustCompile(`^[A-Za-z0-9._-]+$`)
+	// Service names also allow ':' and '@' (Nacos users put "group@@name" or
+	// "providers:com.x:1.0" in them).
+	serviceRE  = regexp.MustCompile(`^[A-Za-z0-9._:@-]+$`)
+	clientIDRE = regexp.MustCompile(`^[A-Za-z0-9._:-]+$`)
+	hostRE     = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$`)
+)
+
+func invalid(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrInvalid, fmt.Sprintf(format, args...))
+}
+
+func checkName(what, v string, re *regexp.Regexp, max int) error {
+	if v == "" {
+		return invalid("%s is empty", what)
+	}
+	if len(v) > max {
+		return invalid("%s is %d bytes, at most %d allowed", what, len(v), max)
+	}
+	if !re.MatchString(v) {
+		return invalid("%s %q has characters outside %s", what, v, re.String())
+	}
+	return nil
+}
+
+// NormalizeKey fills defaults and validates a service key.
+func NormalizeKey(k ServiceKey) (ServiceKey, error) {
+	k = k.WithDefaults()
+	if err := checkName("namespace", k.Namespace, nameRE, MaxNameLen); err != nil {
+		return k, err
+	}
+	if err := checkName("group", k.Group, nameRE, MaxNameLen); err != nil {
+		return k, err
+	}
+	if err := checkName("service", k.Service, serviceRE, MaxServiceLen); err != nil {
+		return k, err
+	}
+	return k, nil
+}
+
+// ValidateCluster checks a cluster name.
+func ValidateCluster(c string) error {
+	return checkName("cluster", c, nameRE, MaxNameLen)
+}
+
+// ValidateClientID checks the stable client id of a Hello.
+func ValidateClientID(id string) error {
+	return checkName("client id", id, clientIDRE, MaxClientIDLen)
+}
+
+// ValidateHost checks an instance address: an IP literal or a DNS name.
+func ValidateHost(h string) error {
+	if h == "" {
+		return invalid("ip is empty")
+	}
+	if len(h) > MaxHostLen {
+		return invalid("ip is %d bytes, at most %d allowed", len(h), MaxHostLen)
+	}
+	if _, err := netip.ParseAddr(h); err == nil {
+		return nil
+	}
+	if !hostRE.MatchString(h) {
+		return invalid("ip %q is neither an IP address nor a host name", h)
+	}
+	return nil
+}
+
+// ValidateMetadata checks the count and size of a metadata map.
+func ValidateMetadata(md map[string]string) error {
+	if len(md) > MaxMetadataEntries {
+		return invalid("metadata has %d entries, at most %d allowed", len(md), MaxMetadataEntries)
+	}
+	total := 0
+	for k, v := range md {
+		if k == "" {
+			return invalid("metadata key is empty")
+		}
+		if len(k) > MaxMetadataKeyLen {
+			return invalid("metadata key of %d bytes, at most %d allowed", len(k), MaxMetadataKeyLen)
+		}
+		if len(v) > MaxMetadataValueLen {
+			return invalid("metadata value of key %q is %d bytes, at most %d allowed", k, len(v), MaxMetadataValueLen)
+		}
+		total += len(k) + len(v)
+	}
+	if total > MaxMetadataBytes {
+		return invalid("metadata is %d bytes, at most %d allowed", total, MaxMetadataBytes)
+	}
+	return nil
+}
+
+// NormalizeInstance fills the cluster default and validates an instance.
+// Weight, healthy and enabled defaults are the caller's (they depend on
+// whether the wire field was set).
+func NormalizeInstance(in Instance) (Instance, error) {
+	if in.Cluster == "" {
+		in.Cluster = DefaultCluster
+	}
+	if err := ValidateHost(in.IP); err != nil {
+		return in, err
+	}
+	if in.Port < 1 || in.Port > 65535 {
+		return in, invalid("port %d is outside 1..65535", in.Port)
+	}
+	if err := ValidateCluster(in.Cluster); err != nil {
+		return in, err
+	}
+	if math.IsNaN(in.Weight) || in.Weight < 0 || in.Weight > MaxWeight {
+		return in, invalid("weight %v is outside 0..%d", in.Weight, MaxWeight)
+	}
+	if err := ValidateMetadata(in.Metadata); err != nil {
+		return in, err
+	}
+	return in, nil
+}
+
+// NormalizeMeta fills defaults and validates service metadata.
+func NormalizeMeta(m ServiceMeta) (ServiceMeta, error) {
+	if math.IsNaN(m.ProtectThreshold) || m.ProtectThreshold < 0 || m.ProtectThreshold > 1 {
+		return m, invalid("protect threshold %v is outside 0..1", m.ProtectThreshold)
+	}
+	if err := ValidateMetadata(m.Metadata); err != nil {
+		return m, err
+	}
+	h := m.HealthCheck.WithDefaults()
+	switch h.Type {
+	case CheckTCP, CheckNone:
+	case CheckHTTP:
+		if len(h.HTTPPath) > 1024 || h.HTTPPath[0] != '/' {
+			return m, invalid("health check path must start with / and be at most 1024 bytes")
+		}
+	default:
+		return m, invalid("unknown health check type %d", h.Type)
+	}
+	if h.ExpectedStatus < 100 || h.ExpectedStatus > 599 {
+		return m, invalid("expected status %d is outside 100..599", h.ExpectedStatus)
+	}
+	if h.IntervalMS < 1000 || h.IntervalMS > 300000 {
+		return m, invalid("health check interval %d ms is outside 1000..300000", h.IntervalMS)
+	}
+	if h.UnhealthyThreshold < 1 || h.UnhealthyThreshold > 100 || h.HealthyThreshold < 1 || h.HealthyThreshold > 100 {
+		return m, invalid("health check thresholds must be 1..100")
+	}
+	m.HealthCheck = h
+	return m, nil
+}
