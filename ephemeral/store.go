@@ -1,0 +1,337 @@
+package ephemeral
+
+import (
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/regent-registry/regent/internal/naming"
+)
+
+// Observer is told which services changed. It is called without the store's
+// lock held, in the goroutine that made the change, and must not block.
+type Observer func(changed []naming.ServiceKey)
+
+// Store is the in-memory ephemeral instance store of one node.
+type Store struct {
+	// mu guards everything below.
+	mu       sync.RWMutex
+	clients  map[string]*client
+	services map[naming.ServiceKey]*service
+	// rev is the store-wide change counter; a service's revision is the
+	// counter's value at its last change, so revisions only grow. It starts
+	// at the wall clock in microseconds so that it also grows across
+	// restarts of the node.
+	rev      uint64
+	observer Observer
+}
+
+type client struct {
+	id       string
+	owner    string
+	revision uint64
+	services map[naming.ServiceKey]map[naming.InstanceID]*naming.Instance
+}
+
+type service struct {
+	// clients holds, for each client with instances here, how many.
+	clients  map[*client]int
+	revision uint64
+	// cache is the merged instance list, rebuilt lazily after a change.
+	cache []naming.Instance
+	valid bool
+}
+
+// NewStore returns an empty store whose changes go to observer (may be nil).
+func NewStore(observer Observer) *Store {
+	return &Store{
+		clients:  make(map[string]*client),
+		services: make(map[naming.ServiceKey]*service),
+		rev:      uint64(time.Now().UnixMicro()),
+		observer: observer,
+	}
+}
+
+// SetObserver replaces the observer; call it before the store is shared.
+func (s *Store) SetObserver(o Observer) {
+	s.mu.Lock()
+	s.observer = o
+	s.mu.Unlock()
+}
+
+func (s *Store) notify(obs Observer, changed []naming.ServiceKey) {
+	if obs != nil && len(changed) > 0 {
+		obs(changed)
+	}
+}
+
+func (s *Store) getClient(id, owner string) *client {
+	c := s.clients[id]
+	if c == nil {
+		c = &client{id: id, owner: owner, services: make(map[naming.ServiceKey]map[naming.InstanceID]*naming.Instance)}
+		s.clients[id] = c
+	}
+	return c
+}
+
+func (s *Store) touchService(key naming.ServiceKey) *service {
+	svc := s.services[key]
+	if svc == nil {
+		svc = &service{clients: make(map[*client]int)}
+		s.services[key] = svc
+	}
+	svc.revision = s.rev
+	svc.valid = false
+	svc.cache = nil
+	return svc
+}
+
+// Register adds or replaces instances of one service for a client, creating
+// the client (owned by owner) if it is new. The instances must already be
+// normalized. It is idempotent: registering identical data again changes
+// nothing and notifies nobody. It returns the client's revision.
+func (s *Store) Register(clientID, owner string, key naming.ServiceKey, instances []naming.Instance) uint64 {
+	s.mu.Lock()
+	c := s.getClient(clientID, owner)
+	set := c.services[key]
+	changed := false
+	for i := range instances {
+		in := instances[i].Clone()
+		in.Ephemeral = true
+		id := in.ID()
+		if old, ok := set[id]; ok && old.Equal(&in) {
+			continue
+		}
+		if set == nil {
+			set = make(map[naming.InstanceID]*naming.Instance)
+			c.services[key] = set
+		}
+		if !changed {
+			changed = true
+			s.rev++
+		}
+		if _, ok := set[id]; !ok {
+			svc := s.services[key]
+			if svc == nil {
+				svc = s.touchService(key)
+			}
+			svc.clients[c]++
+		}
+		set[id] = &in
+	}
+	var obs Observer
+	if changed {
+		c.revision = s.rev
+		s.touchService(key)
+		obs = s.observer
+	}
+	rev := c.revision
+	s.mu.Unlock()
+	if changed {
+		s.notify(obs, []naming.ServiceKey{key})
+	}
+	return rev
+}
+
+// Deregister removes instances of one service from a client. Removing what
+// the client does not hold is not an error. It returns the client's revision
+// (0 when the client is unknown).
+func (s *Store) Deregister(clientID string, key naming.ServiceKey, ids []naming.InstanceID) uint64 {
+	s.mu.Lock()
+	c := s.clients[clientID]
+	if c == nil {
+		s.mu.Unlock()
+		return 0
+	}
+	set := c.services[key]
+	changed := false
+	for _, id := range ids {
+		if _, ok := set[id]; !ok {
+			continue
+		}
+		if !changed {
+			changed = true
+			s.rev++
+		}
+		delete(set, id)
+		svc := s.services[key]
+		svc.clients[c]--
+		if svc.clients[c] == 0 {
+			delete(svc.clients, c)
+		}
+	}
+	if len(set) == 0 {
+		delete(c.services, key)
+	}
+	var obs Observer
+	if changed {
+		c.revision = s.rev
+		s.touchService(key)
+		s.dropIfEmpty(key)
+		obs = s.observer
+	}
+	rev := c.revision
+	s.mu.Unlock()
+	if changed {
+		s.notify(obs, []naming.ServiceKey{key})
+	}
+	return rev
+}
+
+// dropIfEmpty forgets a service with no instances left. Its revision is not
+// lost for readers: a later change takes a larger store revision.
+func (s *Store) dropIfEmpty(key naming.ServiceKey) {
+	if svc := s.services[key]; svc != nil && len(svc.clients) == 0 {
+		delete(s.services, key)
+	}
+}
+
+// RemoveClient drops a client and all its instances (the session ended). It
+// reports whether the client existed.
+func (s *Store) RemoveClient(clientID string) bool {
+	s.mu.Lock()
+	c := s.clients[clientID]
+	if c == nil {
+		s.mu.Unlock()
+		return false
+	}
+	delete(s.clients, clientID)
+	changed := make([]naming.ServiceKey, 0, len(c.services))
+	if len(c.services) > 0 {
+		s.rev++
+	}
+	for key := range c.services {
+		svc := s.services[key]
+		delete(svc.clients, c)
+		s.touchService(key)
+		s.dropIfEmpty(key)
+		changed = append(changed, key)
+	}
+	obs := s.observer
+	s.mu.Unlock()
+	s.notify(obs, changed)
+	return true
+}
+
+// Instances returns a service's ephemeral instances and its revision. The
+// slice is shared with other readers and must not be modified.
+func (s *Store) Instances(key naming.ServiceKey) ([]naming.Instance, uint64) {
+	s.mu.RLock()
+	svc := s.services[key]
+	if svc == nil {
+		s.mu.RUnlock()
+		return nil, 0
+	}
+	if svc.valid {
+		list, rev := svc.cache, svc.revision
+		s.mu.RUnlock()
+		return list, rev
+	}
+	s.mu.RUnlock()
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	svc = s.services[key]
+	if svc == nil {
+		return nil, 0
+	}
+	if !svc.valid {
+		n := 0
+		for _, k := range svc.clients {
+			n += k
+		}
+		list := make([]naming.Instance, 0, n)
+		for c := range svc.clients {
+			for _, in := range c.services[key] {
+				list = append(list, *in)
+			}
+		}
+		naming.SortInstances(list)
+		svc.cache, svc.valid = list, true
+	}
+	return svc.cache, svc.revision
+}
+
+// Revision returns the revision of a service (0 when it has no instances).
+func (s *Store) Revision(key naming.ServiceKey) uint64 {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if svc := s.services[key]; svc != nil {
+		return svc.revision
+	}
+	return 0
+}
+
+// Services returns the keys of all services with ephemeral instances,
+// sorted by their string form.
+func (s *Store) Services() []naming.ServiceKey {
+	s.mu.RLock()
+	keys := make([]naming.ServiceKey, 0, len(s.services))
+	for k := range s.services {
+		keys = append(keys, k)
+	}
+	s.mu.RUnlock()
+	sort.Slice(keys, func(i, j int) bool { return keys[i].String() < keys[j].String() })
+	return keys
+}
+
+// ClientInfo describes one client.
+type ClientInfo struct {
+	ID        string
+	Owner     string
+	Revision  uint64
+	Instances int
+}
+
+// Client returns what the store knows of one client.
+func (s *Store) Client(id string) (ClientInfo, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	c := s.clients[id]
+	if c == nil {
+		return ClientInfo{}, false
+	}
+	n := 0
+	for _, set := range c.services {
+		n += len(set)
+	}
+	return ClientInfo{ID: c.id, Owner: c.owner, Revision: c.revision, Instances: n}, true
+}
+
+// ClientInstances returns a copy of a client's instances by service.
+func (s *Store) ClientInstances(id string) map[naming.ServiceKey][]naming.Instance {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	c := s.clients[id]
+	if c == nil {
+		return nil
+	}
+	out := make(map[naming.ServiceKey][]naming.Instance, len(c.services))
+	for key, set := range c.services {
+		list := make([]naming.Instance, 0, len(set))
+		for _, in := range set {
+			list = append(list, in.Clone())
+		}
+		naming.SortInstances(list)
+		out[key] = list
+	}
+	return out
+}
+
+// Stats counts clients, services and instances.
+type Stats struct {
+	Clients, Services, Instances int
+}
+
+// Stats returns current counts.
+func (s *Store) Stats() Stats {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	st := Stats{Clients: len(s.clients), Services: len(s.services)}
+	for _, svc := range s.services {
+		for _, n := range svc.clients {
+			st.Instances += n
+		}
+	}
+	return st
+}
