@@ -1,0 +1,347 @@
+// Package registry is the read side and the push side of a node: it merges
+// ephemeral instances (package ephemeral) and persistent ones (behind the
+// Persistent interface: bbolt on one node, Raft in a cluster) into one
+// service view, answers queries with filters and the protection threshold,
+// and pushes merged snapshots to subscribers, coalescing changes that come
+// close together.
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/regent-registry/regent/ephemeral"
+	"github.com/regent-registry/regent/internal/naming"
+)
+
+// ErrNotFound is returned for a service with neither instances nor metadata.
+var ErrNotFound = errors.New("registry: service not found")
+
+// Persistent is what the registry needs of the persistent side. On one node
+// it is bbolt directly; with Raft, writes go through the log and reads come
+// from the FSM's bbolt state. Implementations call the registry's Changed
+// after a write is applied.
+type Persistent interface {
+	// Register writes instances of one service, all or none.
+	Register(ctx context.Context, key naming.ServiceKey, ins []naming.Instance) (uint64, error)
+	// Deregister removes one instance; a missing one is not an error.
+	Deregister(ctx context.Context, key naming.ServiceKey, id naming.InstanceID) (uint64, error)
+	// UpdateMeta replaces a service's metadata.
+	UpdateMeta(ctx context.Context, key naming.ServiceKey, m naming.ServiceMeta) (naming.ServiceMeta, error)
+	// Instances returns a service's persistent instances and revision.
+	Instances(key naming.ServiceKey) ([]naming.Instance, uint64, error)
+	// Meta returns a service's metadata, if set.
+	Meta(key naming.ServiceKey) (naming.ServiceMeta, bool, error)
+	// ServiceKeys lists services of a namespace (group "" = all) whose
+	// String() sorts after `after`, at most limit (<= 0: all).
+	ServiceKeys(namespace, group, after string, limit int) ([]naming.ServiceKey, error)
+}
+
+// Snapshot is a service's filtered instance list at one revision.
+type Snapshot struct {
+	Key       naming.ServiceKey
+	Revision  uint64
+	Instances []naming.Instance
+	Protected bool
+}
+
+// Subscriber receives pushes. Deliver must not block: a session queues the
+// snapshot and keeps only the newest per service.
+type Subscriber interface {
+	Deliver(Snapshot)
+}
+
+// Config tunes the registry.
+type Config struct {
+	// MergeWindow is how long the pusher waits after the first change before
+	// it pushes, so that changes close together go out as one push.
+	MergeWindow time.Duration
+}
+
+// DefaultConfig returns production settings.
+func DefaultConfig() Config {
+	// 20 ms merges a burst of registrations (a deploy) into a few pushes
+	// while staying well inside the 50 ms promised to subscribers.
+	return Config{MergeWindow: 20 * time.Millisecond}
+}
+
+// Validate checks the settings.
+func (c Config) Validate() error {
+	if c.MergeWindow <= 0 || c.MergeWindow > time.Second {
+		return fmt.Errorf("registry: merge window %v outside (0, 1s]", c.MergeWindow)
+	}
+	return nil
+}
+
+// Registry merges and pushes. Create it with New and run Run.
+type Registry struct {
+	cfg Config
+	eph *ephemeral.Store
+	per Persistent
+
+	// subMu guards subs and dirty.
+	subMu sync.Mutex
+	subs  map[naming.ServiceKey]map[Subscriber]naming.Filter
+	dirty map[naming.ServiceKey]struct{}
+	wake  chan struct{}
+
+	pushes atomic.Uint64
+}
+
+// New builds a registry over the two stores. It makes itself the ephemeral
+// store's observer.
+func New(cfg Config, eph *ephemeral.Store, per Persistent) (*Registry, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	r := &Registry{
+		cfg:   cfg,
+		eph:   eph,
+		per:   per,
+		subs:  make(map[naming.ServiceKey]map[Subscriber]naming.Filter),
+		dirty: make(map[naming.ServiceKey]struct{}),
+		wake:  make(chan struct{}, 1),
+	}
+	eph.SetObserver(r.Changed)
+	return r, nil
+}
+
+// Ephemeral returns the ephemeral store.
+func (r *Registry) Ephemeral() *ephemeral.Store { return r.eph }
+
+// Persistent returns the persistent side.
+func (r *Registry) Persistent() Persistent { return r.per }
+
+// Pushes counts snapshots delivered to subscribers.
+func (r *Registry) Pushes() uint64 { return r.pushes.Load() }
+
+// Changed marks services as changed; subscribers get pushed after the merge
+// window. It never blocks.
+func (r *Registry) Changed(keys []naming.ServiceKey) {
+	r.subMu.Lock()
+	marked := false
+	for _, k := range keys {
+		if _, ok := r.subs[k]; ok {
+			r.dirty[k] = struct{}{}
+			marked = true
+		}
+	}
+	r.subMu.Unlock()
+	if marked {
+		select {
+		case r.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// Run pushes changes until ctx ends.
+func (r *Registry) Run(ctx context.Context) {
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-r.wake:
+		}
+		timer.Reset(r.cfg.MergeWindow)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return
+		case <-timer.C:
+		}
+		r.flush()
+	}
+}
+
+type target struct {
+	sub    Subscriber
+	filter naming.Filter
+}
+
+func (r *Registry) flush() {
+	r.subMu.Lock()
+	work := make(map[naming.ServiceKey][]target, len(r.dirty))
+	for k := range r.dirty {
+		for sub, f := range r.subs[k] {
+			work[k] = append(work[k], target{sub, f})
+		}
+	}
+	clear(r.dirty)
+	r.subMu.Unlock()
+	for k, targets := range work {
+		all, rev, threshold, err := r.merged(k)
+		if err != nil {
+			// The persistent side failed to read; keep the service dirty
+			// so the next flush tries again rather than pushing a list
+			// with instances missing.
+			r.Changed([]naming.ServiceKey{k})
+			continue
+		}
+		byFilter := make(map[string]Snapshot, 1)
+		for _, t := range targets {
+			fk := filterKey(t.filter)
+			snap, ok := byFilter[fk]
+			if !ok {
+				snap = snapshot(k, all, rev, threshold, t.filter)
+				byFilter[fk] = snap
+			}
+			t.sub.Deliver(snap)
+			r.pushes.Add(1)
+		}
+	}
+}
+
+func filterKey(f naming.Filter) string {
+	return fmt.Sprint(f.HealthyOnly, strings.Join(f.Clusters, ","))
+}
+
+func snapshot(k naming.ServiceKey, all []naming.Instance, rev uint64, threshold float64, f naming.Filter) Snapshot {
+	list, prot := naming.Select(all, f, threshold)
+	return Snapshot{Key: k, Revision: rev, Instances: list, Protected: prot}
+}
+
+// merged returns every instance of a service, ephemeral and persistent, the
+// combined revision and the protection threshold. Both revisions only grow,
+// so their sum does too.
+func (r *Registry) merged(k naming.ServiceKey) ([]naming.Instance, uint64, float64, error) {
+	eph, erev := r.eph.Instances(k)
+	per, prev, err := r.per.Instances(k)
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	meta, _, err := r.per.Meta(k)
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	all := make([]naming.Instance, 0, len(eph)+len(per))
+	all = append(all, eph...)
+	all = append(all, per...)
+	return all, erev + prev, meta.ProtectThreshold, nil
+}
+
+// Get answers a query. It returns ErrNotFound when the service has no
+// instances and no metadata.
+func (r *Registry) Get(k naming.ServiceKey, f naming.Filter) (Snapshot, naming.ServiceMeta, error) {
+	all, rev, _, err := r.merged(k)
+	if err != nil {
+		return Snapshot{}, naming.ServiceMeta{}, err
+	}
+	meta, hasMeta, err := r.per.Meta(k)
+	if err != nil {
+		return Snapshot{}, naming.ServiceMeta{}, err
+	}
+	if len(all) == 0 && !hasMeta {
+		return Snapshot{}, naming.ServiceMeta{}, fmt.Errorf("%w: %s", ErrNotFound, k)
+	}
+	if !hasMeta {
+		meta.HealthCheck = naming.DefaultHealthCheck()
+	}
+	return snapshot(k, all, rev, meta.ProtectThreshold, f), meta, nil
+}
+
+// Subscribe registers sub for pushes of k with filter f (replacing an earlier
+// filter of the same subscriber) and delivers the current snapshot at once.
+func (r *Registry) Subscribe(k naming.ServiceKey, f naming.Filter, sub Subscriber) error {
+	r.subMu.Lock()
+	m := r.subs[k]
+	if m == nil {
+		m = make(map[Subscriber]naming.Filter)
+		r.subs[k] = m
+	}
+	m[sub] = f
+	r.subMu.Unlock()
+	all, rev, threshold, err := r.merged(k)
+	if err != nil {
+		r.Unsubscribe(k, sub)
+		return err
+	}
+	sub.Deliver(snapshot(k, all, rev, threshold, f))
+	r.pushes.Add(1)
+	return nil
+}
+
+// Unsubscribe stops pushes of k to sub.
+func (r *Registry) Unsubscribe(k naming.ServiceKey, sub Subscriber) {
+	r.subMu.Lock()
+	if m := r.subs[k]; m != nil {
+		delete(m, sub)
+		if len(m) == 0 {
+			delete(r.subs, k)
+			delete(r.dirty, k)
+		}
+	}
+	r.subMu.Unlock()
+}
+
+// Subscriptions counts (service, subscriber) pairs.
+func (r *Registry) Subscriptions() int {
+	r.subMu.Lock()
+	defer r.subMu.Unlock()
+	n := 0
+	for _, m := range r.subs {
+		n += len(m)
+	}
+	return n
+}
+
+// ServiceInfo summarises a service for listings.
+type ServiceInfo struct {
+	Key       naming.ServiceKey
+	Instances int
+	Healthy   int
+}
+
+// ListServices pages through a namespace's services, ephemeral and
+// persistent together, in key order. It returns the page and the key to pass
+// as `after` for the next page ("" on the last page).
+func (r *Registry) ListServices(namespace, group, after string, limit int) ([]ServiceInfo, string, error) {
+	per, err := r.per.ServiceKeys(namespace, group, after, limit+1)
+	if err != nil {
+		return nil, "", err
+	}
+	seen := make(map[naming.ServiceKey]struct{}, len(per))
+	keys := make([]naming.ServiceKey, 0, len(per))
+	for _, k := range per {
+		seen[k] = struct{}{}
+		keys = append(keys, k)
+	}
+	for _, k := range r.eph.Services() {
+		if k.Namespace != namespace || (group != "" && k.Group != group) || k.String() <= after {
+			continue
+		}
+		if _, ok := seen[k]; !ok {
+			keys = append(keys, k)
+		}
+	}
+	slices.SortFunc(keys, func(a, b naming.ServiceKey) int { return strings.Compare(a.String(), b.String()) })
+	next := ""
+	if len(keys) > limit {
+		keys = keys[:limit]
+		next = keys[limit-1].String()
+	}
+	out := make([]ServiceInfo, 0, len(keys))
+	for _, k := range keys {
+		all, _, _, err := r.merged(k)
+		if err != nil {
+			return nil, "", err
+		}
+		info := ServiceInfo{Key: k}
+		for i := range all {
+			info.Instances++
+			if all[i].Healthy && all[i].Enabled {
+				info.Healthy++
+			}
+		}
+		out = append(out, info)
+	}
+	return out, next, nil
+}

@@ -1,0 +1,256 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/regent-registry/regent/ephemeral"
+	"github.com/regent-registry/regent/internal/naming"
+)
+
+// memPersistent is a map-backed Persistent for tests of the merge and push
+// logic; the bbolt-backed one is tested in persistent/.
+type memPersistent struct {
+	mu   sync.Mutex
+	ins  map[naming.ServiceKey][]naming.Instance
+	meta map[naming.ServiceKey]naming.ServiceMeta
+	rev  uint64
+	fail error
+}
+
+func newMem() *memPersistent {
+	return &memPersistent{ins: map[naming.ServiceKey][]naming.Instance{}, meta: map[naming.ServiceKey]naming.ServiceMeta{}}
+}
+
+func (m *memPersistent) Register(_ context.Context, k naming.ServiceKey, ins []naming.Instance) (uint64, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.ins[k] = append(m.ins[k], ins...)
+	m.rev++
+	return m.rev, nil
+}
+func (m *memPersistent) Deregister(context.Context, naming.ServiceKey, naming.InstanceID) (uint64, error) {
+	return 0, errors.New("unused")
+}
+func (m *memPersistent) UpdateMeta(_ context.Context, k naming.ServiceKey, meta naming.ServiceMeta) (naming.ServiceMeta, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.meta[k] = meta
+	m.rev++
+	return meta, nil
+}
+func (m *memPersistent) Instances(k naming.ServiceKey) ([]naming.Instance, uint64, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.fail != nil {
+		return nil, 0, m.fail
+	}
+	return append([]naming.Instance(nil), m.ins[k]...), m.rev, nil
+}
+func (m *memPersistent) Meta(k naming.ServiceKey) (naming.ServiceMeta, bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	meta, ok := m.meta[k]
+	return meta, ok, nil
+}
+func (m *memPersistent) ServiceKeys(ns, group, after string, limit int) ([]naming.ServiceKey, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []naming.ServiceKey
+	for k := range m.ins {
+		if k.Namespace == ns && (group == "" || k.Group == group) && k.String() > after {
+			out = append(out, k)
+		}
+	}
+	return out, nil
+}
+
+type sink struct {
+	mu    sync.Mutex
+	snaps []Snapshot
+}
+
+func (s *sink) Deliver(sn Snapshot) {
+	s.mu.Lock()
+	s.snaps = append(s.snaps, sn)
+	s.mu.Unlock()
+}
+
+func (s *sink) all() []Snapshot {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]Snapshot(nil), s.snaps...)
+}
+
+func (s *sink) waitFor(t *testing.T, cond func(last Snapshot, n int) bool) []Snapshot {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		got := s.all()
+		if len(got) > 0 && cond(got[len(got)-1], len(got)) {
+			return got
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met; pushes: %+v", got)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+var key = naming.ServiceKey{Namespace: "public", Group: "DEFAULT_GROUP", Service: "orders"}
+
+func inst(ip string, port int, healthy bool) naming.Instance {
+	return naming.Instance{IP: ip, Port: port, Cluster: "DEFAULT", Weight: 1, Healthy: healthy, Enabled: true}
+}
+
+func start(t *testing.T, cfg Config) (*Registry, *memPersistent) {
+	t.Helper()
+	per := newMem()
+	r, err := New(cfg, ephemeral.NewStore(nil), per)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { r.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return r, per
+}
+
+func TestSubscribeGetsSnapshotAtOnceThenMergedPushes(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.MergeWindow = 30 * time.Millisecond
+	r, _ := start(t, cfg)
+	r.Ephemeral().Register("c1", "n1", key, []naming.Instance{inst("10.0.0.1", 80, true)})
+	s := &sink{}
+	if err := r.Subscribe(key, naming.Filter{}, s); err != nil {
+		t.Fatal(err)
+	}
+	first := s.all()
+	if len(first) != 1 || len(first[0].Instances) != 1 {
+		t.Fatalf("no immediate snapshot: %+v", first)
+	}
+	// A burst of 50 registrations inside one merge window.
+	for i := 0; i < 50; i++ {
+		r.Ephemeral().Register("c1", "n1", key, []naming.Instance{inst("10.0.1.1", 1000+i, true)})
+	}
+	got := s.waitFor(t, func(last Snapshot, _ int) bool { return len(last.Instances) == 51 })
+	if len(got) > 10 {
+		t.Errorf("50 quick changes gave %d pushes; the merge window should collapse them", len(got))
+	}
+	for i := 1; i < len(got); i++ {
+		if got[i].Revision <= got[i-1].Revision {
+			t.Fatalf("revision did not grow: %d then %d", got[i-1].Revision, got[i].Revision)
+		}
+	}
+	// Session end: everything of the client goes, and is pushed.
+	r.Ephemeral().RemoveClient("c1")
+	s.waitFor(t, func(last Snapshot, _ int) bool { return len(last.Instances) == 0 })
+}
+
+func TestPushAppliesSubscriberFilter(t *testing.T) {
+	r, _ := start(t, DefaultConfig())
+	healthy, all := &sink{}, &sink{}
+	if err := r.Subscribe(key, naming.Filter{HealthyOnly: true}, healthy); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Subscribe(key, naming.Filter{}, all); err != nil {
+		t.Fatal(err)
+	}
+	r.Ephemeral().Register("c1", "n1", key, []naming.Instance{inst("10.0.0.1", 80, true), inst("10.0.0.2", 80, false)})
+	all.waitFor(t, func(last Snapshot, _ int) bool { return len(last.Instances) == 2 })
+	healthy.waitFor(t, func(last Snapshot, n int) bool { return n >= 2 && len(last.Instances) == 1 })
+	r.Unsubscribe(key, all)
+	n := len(all.all())
+	r.Ephemeral().Register("c1", "n1", key, []naming.Instance{inst("10.0.0.3", 80, true)})
+	healthy.waitFor(t, func(last Snapshot, _ int) bool { return len(last.Instances) == 2 })
+	if len(all.all()) != n {
+		t.Fatal("unsubscribed sink still pushed")
+	}
+}
+
+func TestGetMergesPersistentAndProtects(t *testing.T) {
+	r, per := start(t, DefaultConfig())
+	if _, _, err := r.Get(key, naming.Filter{}); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("unknown service: %v", err)
+	}
+	r.Ephemeral().Register("c1", "n1", key, []naming.Instance{inst("10.0.0.1", 80, true)})
+	per.Register(context.Background(), key, []naming.Instance{inst("10.0.0.2", 80, false), inst("10.0.0.3", 80, false)})
+	snap, _, err := r.Get(key, naming.Filter{HealthyOnly: true})
+	if err != nil || len(snap.Instances) != 1 || snap.Protected {
+		t.Fatalf("healthy only without threshold: %+v %v", snap, err)
+	}
+	per.UpdateMeta(context.Background(), key, naming.ServiceMeta{ProtectThreshold: 0.5})
+	snap, meta, err := r.Get(key, naming.Filter{HealthyOnly: true})
+	if err != nil || len(snap.Instances) != 3 || !snap.Protected || meta.ProtectThreshold != 0.5 {
+		t.Fatalf("threshold 0.5 with 1/3 healthy: %+v meta %+v %v", snap, meta, err)
+	}
+}
+
+func TestPersistentReadErrorIsRetriedNotPushedEmpty(t *testing.T) {
+	r, per := start(t, DefaultConfig())
+	per.Register(context.Background(), key, []naming.Instance{inst("10.0.0.2", 80, true)})
+	s := &sink{}
+	if err := r.Subscribe(key, naming.Filter{}, s); err != nil {
+		t.Fatal(err)
+	}
+	per.mu.Lock()
+	per.fail = errors.New("disk on fire")
+	per.mu.Unlock()
+	r.Ephemeral().Register("c1", "n1", key, []naming.Instance{inst("10.0.0.1", 80, true)})
+	time.Sleep(100 * time.Millisecond) // several merge windows pass while reads fail
+	for _, sn := range s.all() {
+		if len(sn.Instances) == 0 {
+			t.Fatal("pushed an empty list while the persistent side failed")
+		}
+	}
+	per.mu.Lock()
+	per.fail = nil
+	per.mu.Unlock()
+	s.waitFor(t, func(last Snapshot, _ int) bool { return len(last.Instances) == 2 })
+}
+
+func TestListServicesPagesOverBothSides(t *testing.T) {
+	r, per := start(t, DefaultConfig())
+	for i := 0; i < 5; i++ {
+		k := key
+		k.Service = fmt.Sprintf("svc-%d", i)
+		if i%2 == 0 {
+			per.Register(context.Background(), k, []naming.Instance{inst("10.0.0.1", 80, true)})
+		} else {
+			r.Ephemeral().Register("c", "n1", k, []naming.Instance{inst("10.0.0.1", 80, true)})
+		}
+	}
+	var names []string
+	after := ""
+	for pages := 0; ; pages++ {
+		page, next, err := r.ListServices("public", "", after, 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range page {
+			names = append(names, s.Key.Service)
+			if s.Instances != 1 || s.Healthy != 1 {
+				t.Fatalf("counts %+v", s)
+			}
+		}
+		if next == "" {
+			break
+		}
+		if pages > 5 {
+			t.Fatal("paging does not end")
+		}
+		after = next
+	}
+	want := []string{"svc-0", "svc-1", "svc-2", "svc-3", "svc-4"}
+	if fmt.Sprint(names) != fmt.Sprint(want) {
+		t.Fatalf("pages gave %v, want %v", names, want)
+	}
+	if page, _, _ := r.ListServices("other", "", "", 10); len(page) != 0 {
+		t.Fatalf("namespace leak: %+v", page)
+	}
+}
