@@ -49,6 +49,8 @@ type Snapshot struct {
 	Revision  uint64
 	Instances []naming.Instance
 	Protected bool
+	// Threshold is the service's protection threshold.
+	Threshold float64
 }
 
 // Subscriber receives pushes. Deliver must not block: a session queues the
@@ -206,7 +208,7 @@ func filterKey(f naming.Filter) string {
 
 func snapshot(k naming.ServiceKey, all []naming.Instance, rev uint64, threshold float64, f naming.Filter) Snapshot {
 	list, prot := naming.Select(all, f, threshold)
-	return Snapshot{Key: k, Revision: rev, Instances: list, Protected: prot}
+	return Snapshot{Key: k, Revision: rev, Instances: list, Protected: prot, Threshold: threshold}
 }
 
 // merged returns every instance of a service, ephemeral and persistent, the

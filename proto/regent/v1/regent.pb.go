@@ -436,8 +436,11 @@ type ServiceSnapshot struct {
 	// True when the protection threshold was hit and unhealthy instances are
 	// included although healthy_only was asked.
 	ProtectionTriggered bool `protobuf:"varint,4,opt,name=protection_triggered,json=protectionTriggered,proto3" json:"protection_triggered,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// The service's protection threshold, so that a client holding the whole
+	// list can apply filters itself.
+	ProtectThreshold float64 `protobuf:"fixed64,5,opt,name=protect_threshold,json=protectThreshold,proto3" json:"protect_threshold,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *ServiceSnapshot) Reset() {
@@ -496,6 +499,13 @@ func (x *ServiceSnapshot) GetProtectionTriggered() bool {
 		return x.ProtectionTriggered
 	}
 	return false
+}
+
+func (x *ServiceSnapshot) GetProtectThreshold() float64 {
+	if x != nil {
+		return x.ProtectThreshold
+	}
+	return 0
 }
 
 // ClientMessage is one message from client to server on the Session stream.
@@ -2380,12 +2390,13 @@ const file_regent_v1_regent_proto_rawDesc = "" +
 	"\fhealth_check\x18\x03 \x01(\v2\x16.regent.v1.HealthCheckR\vhealthCheck\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc4\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf1\x01\n" +
 	"\x0fServiceSnapshot\x12/\n" +
 	"\aservice\x18\x01 \x01(\v2\x15.regent.v1.ServiceRefR\aservice\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x04R\brevision\x121\n" +
 	"\tinstances\x18\x03 \x03(\v2\x13.regent.v1.InstanceR\tinstances\x121\n" +
-	"\x14protection_triggered\x18\x04 \x01(\bR\x13protectionTriggered\"\xb1\x03\n" +
+	"\x14protection_triggered\x18\x04 \x01(\bR\x13protectionTriggered\x12+\n" +
+	"\x11protect_threshold\x18\x05 \x01(\x01R\x10protectThreshold\"\xb1\x03\n" +
 	"\rClientMessage\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\x04R\trequestId\x12(\n" +
