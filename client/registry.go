@@ -1,0 +1,526 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/regent-registry/regent/internal/naming"
+	regentv1 "github.com/regent-registry/regent/proto/regent/v1"
+)
+
+// checkInstance validates locally what the server would refuse, so that an
+// invalid registration fails at once instead of being redone forever.
+func checkInstance(in Instance) error {
+	n := naming.Instance{IP: in.IP, Port: in.Port, Cluster: in.Cluster, Weight: in.Weight, Metadata: in.Metadata}
+	if in.Weight == 0 {
+		n.Weight = naming.DefaultWeight
+	}
+	if _, err := naming.NormalizeInstance(n); err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	return nil
+}
+
+func regID(k naming.ServiceKey, in Instance) string { return k.String() + "|" + in.id() }
+
+// Register registers an ephemeral instance over the session: it lives as
+// long as this client's session, and the client registers it again on every
+// new session until Deregister or Close. Register returns once a server has
+// acknowledged it, or with ctx's error while no server answers (the client
+// keeps trying in the background). Registering again is idempotent and
+// updates weight, health and metadata in place.
+func (c *Client) Register(ctx context.Context, svc Service, in Instance) error {
+	key, err := svc.key()
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	if err := checkInstance(in); err != nil {
+		return err
+	}
+	id := regID(key, in)
+	c.mu.Lock()
+	e := c.regs[id]
+	if e == nil {
+		e = &regEntry{key: key}
+		c.regs[id] = e
+	}
+	e.inst, e.want, e.done = in, true, false
+	e.ver++
+	ver := e.ver
+	c.mu.Unlock()
+	ctx, cancel := c.withTimeout(ctx)
+	defer cancel()
+	s, err := c.session(ctx)
+	if err != nil {
+		return err
+	}
+	return c.applyReg(ctx, s, id, e, ver)
+}
+
+// Deregister removes an ephemeral instance. It wins over a redo in flight:
+// when issued while disconnected, the next session deregisters instead of
+// registering again.
+func (c *Client) Deregister(ctx context.Context, svc Service, in Instance) error {
+	key, err := svc.key()
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	id := regID(key, in)
+	c.mu.Lock()
+	e := c.regs[id]
+	if e == nil {
+		e = &regEntry{key: key}
+		c.regs[id] = e
+	}
+	e.inst, e.want, e.done = in, false, false
+	e.ver++
+	ver := e.ver
+	c.mu.Unlock()
+	ctx, cancel := c.withTimeout(ctx)
+	defer cancel()
+	s, err := c.session(ctx)
+	if err != nil {
+		return err
+	}
+	return c.applyReg(ctx, s, id, e, ver)
+}
+
+// applyReg sends an entry's wish (version ver) over session s and records
+// the outcome unless the entry changed meanwhile.
+func (c *Client) applyReg(ctx context.Context, s *liveSession, id string, e *regEntry, ver uint64) error {
+	c.mu.Lock()
+	want, in, key := e.want, e.inst, e.key
+	c.mu.Unlock()
+	svc := serviceOf(key).proto()
+	var m *regentv1.ClientMessage
+	if want {
+		m = &regentv1.ClientMessage{Body: &regentv1.ClientMessage_Register{Register: &regentv1.RegisterEphemeral{Service: svc, Instances: []*regentv1.Instance{in.proto()}}}}
+	} else {
+		m = &regentv1.ClientMessage{Body: &regentv1.ClientMessage_Deregister{Deregister: &regentv1.DeregisterEphemeral{Service: svc, Instances: []*regentv1.Instance{in.proto()}}}}
+	}
+	err := c.call(ctx, s, m)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e.ver != ver || c.regs[id] != e {
+		return err // a newer wish took over; it reports for itself
+	}
+	switch {
+	case err == nil && want:
+		if c.sess == s {
+			e.done = true
+		}
+	case err == nil:
+		delete(c.regs, id)
+	case errors.Is(err, ErrInvalid):
+		// The server will never take it; stop redoing it.
+		delete(c.regs, id)
+	}
+	return err
+}
+
+// redoLoop makes the server match what the caller asked for: after a new
+// session, and again every RedoInterval while anything is still not done.
+func (c *Client) redoLoop(ctx context.Context, s *liveSession) {
+	t := time.NewTicker(c.cfg.RedoInterval)
+	defer t.Stop()
+	for {
+		c.redoPass(ctx, s)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (c *Client) redoPass(ctx context.Context, s *liveSession) {
+	type work struct {
+		id  string
+		e   *regEntry
+		ver uint64
+	}
+	c.mu.Lock()
+	var regs []work
+	for id, e := range c.regs {
+		if !e.done {
+			regs = append(regs, work{id, e, e.ver})
+		}
+	}
+	var subs []*subState
+	for _, st := range c.subs {
+		if !st.done {
+			subs = append(subs, st)
+		}
+	}
+	c.mu.Unlock()
+	for _, w := range regs {
+		if ctx.Err() != nil {
+			return
+		}
+		cctx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
+		if err := c.applyReg(cctx, s, w.id, w.e, w.ver); err != nil {
+			c.logger.Debug("redo failed; will retry", "id", w.id, "err", err)
+		}
+		cancel()
+	}
+	for _, st := range subs {
+		if ctx.Err() != nil {
+			return
+		}
+		cctx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
+		if err := c.sendSubscribe(cctx, s, st); err != nil {
+			c.logger.Debug("re-subscribe failed; will retry", "service", st.key, "err", err)
+		}
+		cancel()
+	}
+}
+
+// subState is one subscribed service: the server subscription (unfiltered,
+// so one subscription serves every local filter), the cached list and the
+// local watchers.
+type subState struct {
+	key      naming.ServiceKey
+	done     bool
+	cache    *ServiceInfo
+	all      []naming.Instance
+	thresh   float64
+	watchers map[*Watcher]struct{}
+}
+
+// Watcher receives a service's instance list on every change.
+type Watcher struct {
+	c      *Client
+	key    naming.ServiceKey
+	filter Filter
+	ch     chan ServiceInfo
+	mu     sync.Mutex // serialises deliveries so the newest wins
+}
+
+// C returns the channel of updates. It holds at most one pending update:
+// an unread update is replaced by a newer one, so a slow reader skips
+// intermediate lists but always ends with the newest.
+func (w *Watcher) C() <-chan ServiceInfo { return w.ch }
+
+// Stop ends the watch; the server subscription ends with the last watcher.
+func (w *Watcher) Stop() {
+	c := w.c
+	c.mu.Lock()
+	st := c.subs[w.key]
+	last := false
+	if st != nil {
+		delete(st.watchers, w)
+		if len(st.watchers) == 0 {
+			delete(c.subs, w.key)
+			last = true
+		}
+	}
+	s := c.sess
+	c.mu.Unlock()
+	if last && s != nil {
+		ctx, cancel := context.WithTimeout(c.ctx, c.cfg.RequestTimeout)
+		defer cancel()
+		_ = c.call(ctx, s, &regentv1.ClientMessage{Body: &regentv1.ClientMessage_Unsubscribe{Unsubscribe: &regentv1.Unsubscribe{Service: serviceOf(w.key).proto()}}})
+	}
+}
+
+func (w *Watcher) deliver(info ServiceInfo) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	select {
+	case <-w.ch:
+	default:
+	}
+	w.ch <- info
+}
+
+func filtered(st *subState, f Filter) ServiceInfo {
+	list, prot := naming.Select(st.all, naming.Filter{HealthyOnly: f.HealthyOnly, Clusters: f.Clusters}, st.thresh)
+	info := ServiceInfo{Service: st.cache.Service, Revision: st.cache.Revision, ProtectionTriggered: prot, Instances: make([]Instance, len(list))}
+	for i := range list {
+		in := &list[i]
+		info.Instances[i] = Instance{IP: in.IP, Port: in.Port, Cluster: in.Cluster, Weight: in.Weight, Healthy: in.Healthy, Enabled: in.Enabled, Ephemeral: in.Ephemeral, Metadata: in.Metadata}
+	}
+	return info
+}
+
+// Watch subscribes to a service: the current list comes at once on C(),
+// then a new one on every change. Several watches of one service share one
+// server subscription. Watch returns once the server has acknowledged it.
+func (c *Client) Watch(ctx context.Context, svc Service, f Filter) (*Watcher, error) {
+	key, err := svc.key()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	for _, cl := range f.Clusters {
+		if err := naming.ValidateCluster(cl); err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+		}
+	}
+	w := &Watcher{c: c, key: key, filter: f, ch: make(chan ServiceInfo, 1)}
+	c.mu.Lock()
+	st := c.subs[key]
+	if st == nil {
+		st = &subState{key: key, watchers: map[*Watcher]struct{}{}}
+		c.subs[key] = st
+	}
+	st.watchers[w] = struct{}{}
+	if st.cache != nil {
+		w.deliver(filtered(st, f))
+	}
+	done := st.done
+	c.mu.Unlock()
+	if done {
+		return w, nil
+	}
+	ctx, cancel := c.withTimeout(ctx)
+	defer cancel()
+	s, err := c.session(ctx)
+	if err == nil {
+		err = c.sendSubscribe(ctx, s, st)
+	}
+	if err != nil {
+		w.Stop()
+		return nil, err
+	}
+	return w, nil
+}
+
+func (c *Client) sendSubscribe(ctx context.Context, s *liveSession, st *subState) error {
+	err := c.call(ctx, s, &regentv1.ClientMessage{Body: &regentv1.ClientMessage_Subscribe{Subscribe: &regentv1.Subscribe{Service: serviceOf(st.key).proto()}}})
+	if err == nil {
+		c.mu.Lock()
+		if c.sess == s {
+			st.done = true
+		}
+		c.mu.Unlock()
+	}
+	return err
+}
+
+func (c *Client) onPush(p *regentv1.ServiceSnapshot) {
+	key, err := naming.NormalizeKey(naming.ServiceKey{Namespace: p.GetService().GetNamespace(), Group: p.GetService().GetGroup(), Service: p.GetService().GetService()})
+	if err != nil {
+		return
+	}
+	info := serviceInfoFromProto(p)
+	all := make([]naming.Instance, len(info.Instances))
+	for i, in := range info.Instances {
+		all[i] = naming.Instance{IP: in.IP, Port: in.Port, Cluster: in.Cluster, Weight: in.Weight, Healthy: in.Healthy, Enabled: in.Enabled, Ephemeral: in.Ephemeral, Metadata: in.Metadata}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st := c.subs[key]
+	if st == nil {
+		return
+	}
+	st.cache, st.all, st.thresh = &info, all, p.GetProtectThreshold()
+	for w := range st.watchers {
+		w.deliver(filtered(st, w.filter))
+	}
+}
+
+// unary runs fn against the servers, the session's server first, moving on
+// while a server is unavailable.
+func (c *Client) unary(ctx context.Context, fn func(ctx context.Context, rc regentv1.RegistryClient) error) error {
+	ctx, cancel := c.withTimeout(ctx)
+	defer cancel()
+	start := int(c.current.Load())
+	var last error
+	for i := range c.conns {
+		idx := (start + i) % len(c.conns)
+		err := fn(ctx, regentv1.NewRegistryClient(c.conns[idx]))
+		if status.Code(err) != codes.Unavailable || ctx.Err() != nil {
+			return fromStatus(err)
+		}
+		last = err
+	}
+	return fromStatus(last)
+}
+
+func protoList(ins []Instance) []*regentv1.Instance {
+	out := make([]*regentv1.Instance, len(ins))
+	for i := range ins {
+		out[i] = ins[i].proto()
+	}
+	return out
+}
+
+// RegisterPersistent writes a persistent instance; it returns once the write
+// is durable. Persistent instances outlive sessions and are health-checked
+// by the cluster.
+func (c *Client) RegisterPersistent(ctx context.Context, svc Service, in Instance) (revision uint64, err error) {
+	err = c.unary(ctx, func(ctx context.Context, rc regentv1.RegistryClient) error {
+		r, err := rc.RegisterInstance(ctx, &regentv1.RegisterInstanceRequest{Service: svc.proto(), Instance: in.proto()})
+		revision = r.GetRevision()
+		return err
+	})
+	return revision, err
+}
+
+// BatchRegisterPersistent writes several persistent instances, all or none.
+func (c *Client) BatchRegisterPersistent(ctx context.Context, svc Service, ins []Instance) (revision uint64, err error) {
+	err = c.unary(ctx, func(ctx context.Context, rc regentv1.RegistryClient) error {
+		r, err := rc.BatchRegisterInstances(ctx, &regentv1.BatchRegisterInstancesRequest{Service: svc.proto(), Instances: protoList(ins)})
+		revision = r.GetRevision()
+		return err
+	})
+	return revision, err
+}
+
+// DeregisterPersistent removes a persistent instance (idempotent).
+func (c *Client) DeregisterPersistent(ctx context.Context, svc Service, in Instance) (revision uint64, err error) {
+	err = c.unary(ctx, func(ctx context.Context, rc regentv1.RegistryClient) error {
+		r, err := rc.DeregisterInstance(ctx, &regentv1.DeregisterInstanceRequest{Service: svc.proto(), Instance: in.proto()})
+		revision = r.GetRevision()
+		return err
+	})
+	return revision, err
+}
+
+// GetService returns a service's instances. A subscribed service is answered
+// from the local cache, which pushes keep current; when no server can be
+// reached, a cached list is returned with FromCache set.
+func (c *Client) GetService(ctx context.Context, svc Service, f Filter) (ServiceInfo, error) {
+	key, err := svc.key()
+	if err != nil {
+		return ServiceInfo{}, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	cached := func(fromCache bool) (ServiceInfo, bool) {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		st := c.subs[key]
+		if st == nil || st.cache == nil || (!fromCache && (!st.done || c.sess == nil)) {
+			return ServiceInfo{}, false
+		}
+		info := filtered(st, f)
+		info.FromCache = fromCache
+		return info, true
+	}
+	if info, ok := cached(false); ok {
+		return info, nil
+	}
+	var out ServiceInfo
+	err = c.unary(ctx, func(ctx context.Context, rc regentv1.RegistryClient) error {
+		r, err := rc.GetService(ctx, &regentv1.GetServiceRequest{Service: svc.proto(), HealthyOnly: f.HealthyOnly, Clusters: f.Clusters})
+		if err == nil {
+			out = serviceInfoFromProto(r.GetSnapshot())
+		}
+		return err
+	})
+	if errors.Is(err, ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) {
+		if info, ok := cached(true); ok {
+			return info, nil
+		}
+	}
+	return out, err
+}
+
+// PickOne returns one healthy instance, chosen at random in proportion to
+// weight (instances of weight 0 are never picked).
+func (c *Client) PickOne(ctx context.Context, svc Service) (Instance, error) {
+	info, err := c.GetService(ctx, svc, Filter{HealthyOnly: true})
+	if err != nil {
+		return Instance{}, err
+	}
+	return pickWeighted(info.Instances, rand.Float64)
+}
+
+func pickWeighted(list []Instance, random func() float64) (Instance, error) {
+	total := 0.0
+	for _, in := range list {
+		if in.Healthy && in.Weight > 0 {
+			total += in.Weight
+		}
+	}
+	if total == 0 {
+		return Instance{}, fmt.Errorf("%w: no healthy instance with weight > 0", ErrNotFound)
+	}
+	r := random() * total
+	var last Instance
+	for _, in := range list {
+		if !in.Healthy || in.Weight <= 0 {
+			continue
+		}
+		last = in
+		if r < in.Weight {
+			return in, nil
+		}
+		r -= in.Weight
+	}
+	return last, nil // rounding at the very end of the range
+}
+
+// ServiceSummary is a service in a listing.
+type ServiceSummary struct {
+	Service   Service `json:"service"`
+	Instances int     `json:"instances"`
+	Healthy   int     `json:"healthy"`
+}
+
+// ListServices returns every service of a namespace (group "" = all groups),
+// following pages.
+func (c *Client) ListServices(ctx context.Context, namespace, group string) ([]ServiceSummary, error) {
+	var out []ServiceSummary
+	token := ""
+	for {
+		var page *regentv1.ListServicesResponse
+		err := c.unary(ctx, func(ctx context.Context, rc regentv1.RegistryClient) error {
+			var err error
+			page, err = rc.ListServices(ctx, &regentv1.ListServicesRequest{Namespace: namespace, Group: group, PageSize: 1000, PageToken: token})
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
+		for _, s := range page.GetServices() {
+			r := s.GetService()
+			out = append(out, ServiceSummary{Service: Service{Namespace: r.GetNamespace(), Group: r.GetGroup(), Name: r.GetService()}, Instances: int(s.GetInstanceCount()), Healthy: int(s.GetHealthyCount())})
+		}
+		if token = page.GetNextPageToken(); token == "" {
+			return out, nil
+		}
+	}
+}
+
+// Member is a cluster node as the asked node sees it.
+type Member struct {
+	Name   string `json:"name"`
+	Addr   string `json:"addr"`
+	Status string `json:"status"`
+	Raft   string `json:"raft"`
+}
+
+// Members lists the cluster's nodes.
+func (c *Client) Members(ctx context.Context) ([]Member, error) {
+	var out []Member
+	err := c.unary(ctx, func(ctx context.Context, rc regentv1.RegistryClient) error {
+		r, err := rc.ListMembers(ctx, &regentv1.ListMembersRequest{})
+		for _, m := range r.GetMembers() {
+			out = append(out, Member{Name: m.GetName(), Addr: m.GetAddr(), Status: m.GetStatus(), Raft: m.GetRaft()})
+		}
+		return err
+	})
+	return out, err
+}
+
+// ServiceMeta is a service's settings.
+type ServiceMeta struct {
+	ProtectThreshold float64           `json:"protect_threshold"`
+	Metadata         map[string]string `json:"metadata"`
+}
+
+// UpdateServiceMetadata replaces a service's protection threshold and
+// metadata (health-check settings keep their defaults).
+func (c *Client) UpdateServiceMetadata(ctx context.Context, svc Service, m ServiceMeta) error {
+	return c.unary(ctx, func(ctx context.Context, rc regentv1.RegistryClient) error {
+		_, err := rc.UpdateServiceMetadata(ctx, &regentv1.UpdateServiceMetadataRequest{Service: svc.proto(), Meta: &regentv1.ServiceMeta{ProtectThreshold: m.ProtectThreshold, Metadata: m.Metadata}})
+		return err
+	})
+}

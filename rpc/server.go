@@ -1,0 +1,201 @@
+package rpc
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
+
+	regentv1 "github.com/regent-registry/regent/proto/regent/v1"
+
+	"github.com/regent-registry/regent/internal/registry"
+)
+
+// Config of the gRPC front.
+type Config struct {
+	// NodeName is this node's name, told to clients in HelloReply.
+	NodeName string
+	// Session tunes session liveness.
+	Session SessionConfig
+	// MaxRecvBytes caps one inbound message.
+	MaxRecvBytes int
+	// KeepaliveTime is how often the server pings an idle transport, and
+	// KeepaliveTimeout how long it waits for the answer: this finds dead TCP
+	// peers that never close.
+	KeepaliveTime, KeepaliveTimeout time.Duration
+	// MinClientPing is the most frequent client keepalive ping allowed.
+	MinClientPing time.Duration
+}
+
+// DefaultConfig returns production settings.
+func DefaultConfig() Config {
+	return Config{
+		NodeName: "regent",
+		Session:  DefaultSessionConfig(),
+		// 4 MiB: a batch of 1000 instances with full metadata fits.
+		MaxRecvBytes: 16 << 20,
+		// A dead peer is found within 30 s + 10 s, well under the session
+		// probe path's worst case for a peer that stops reading.
+		KeepaliveTime:    30 * time.Second,
+		KeepaliveTimeout: 10 * time.Second,
+		// Clients (our SDK pings every 20 s) may ping this often; Nacos'
+		// 5-minute permit made grpc-go clients get GOAWAY too_many_pings.
+		MinClientPing: 5 * time.Second,
+	}
+}
+
+// Validate checks the settings.
+func (c Config) Validate() error {
+	if c.NodeName == "" {
+		return fmt.Errorf("rpc: node name is empty")
+	}
+	if c.MaxRecvBytes < 1<<20 {
+		return fmt.Errorf("rpc: max message size must be at least 1 MiB")
+	}
+	if c.KeepaliveTime <= 0 || c.KeepaliveTimeout <= 0 || c.MinClientPing <= 0 {
+		return fmt.Errorf("rpc: keepalive settings must be positive")
+	}
+	return c.Session.Validate()
+}
+
+// MembersFunc lists the cluster's members as this node sees them.
+type MembersFunc func() []*regentv1.Member
+
+// Deps are the cores the server fronts.
+type Deps struct {
+	Registry *registry.Registry
+	Limits   *LimitWatcher // nil: unlimited
+	Members  MembersFunc
+	Clock    Clock // nil: wall clock
+	Logger   *slog.Logger
+	Metrics  prometheus.Registerer // nil: no RPC metrics
+}
+
+// Server is the gRPC front of one node.
+type Server struct {
+	regentv1.UnimplementedRegistryServer
+
+	cfg      Config
+	reg      *registry.Registry
+	sessions *SessionManager
+	members  MembersFunc
+	logger   *slog.Logger
+	grpc     *grpc.Server
+	health   *health.Server
+}
+
+// NewServer assembles the gRPC server with every interceptor, the Registry,
+// health and reflection services.
+func NewServer(cfg Config, deps Deps) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	logger := deps.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	sm, err := NewSessionManager(cfg.Session, deps.Clock, deps.Registry, deps.Limits, logger)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, reg: deps.Registry, sessions: sm, members: deps.Members, logger: logger.With("component", "rpc")}
+
+	var latency *prometheus.HistogramVec
+	if deps.Metrics != nil {
+		latency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "regent_rpc_duration_seconds",
+			Help:    "Latency of unary RPCs and of session requests, by method and code.",
+			Buckets: prometheus.ExponentialBuckets(50e-6, 2, 18),
+		}, []string{"method", "code"})
+		if err := deps.Metrics.Register(latency); err != nil {
+			return nil, err
+		}
+	}
+	s.grpc = grpc.NewServer(
+		grpc.MaxRecvMsgSize(cfg.MaxRecvBytes),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: cfg.KeepaliveTime, Timeout: cfg.KeepaliveTimeout}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: cfg.MinClientPing, PermitWithoutStream: true}),
+		grpc.ChainUnaryInterceptor(s.recoverUnary, metricsUnary(latency)),
+		grpc.ChainStreamInterceptor(s.recoverStream),
+	)
+	regentv1.RegisterRegistryServer(s.grpc, s)
+	s.health = health.NewServer()
+	healthpb.RegisterHealthServer(s.grpc, s.health)
+	reflection.Register(s.grpc)
+	return s, nil
+}
+
+// GRPC returns the underlying server, to Serve on a listener.
+func (s *Server) GRPC() *grpc.Server { return s.grpc }
+
+// Sessions returns the session manager.
+func (s *Server) Sessions() *SessionManager { return s.sessions }
+
+// SetServing flips the standard health service.
+func (s *Server) SetServing(ok bool) {
+	st := healthpb.HealthCheckResponse_NOT_SERVING
+	if ok {
+		st = healthpb.HealthCheckResponse_SERVING
+	}
+	s.health.SetServingStatus("", st)
+	s.health.SetServingStatus(regentv1.Registry_ServiceDesc.ServiceName, st)
+}
+
+// Shutdown drains sessions (they are told to reconnect elsewhere), then
+// stops gRPC gracefully, falling back to a hard stop when ctx ends.
+func (s *Server) Shutdown(ctx context.Context) {
+	s.SetServing(false)
+	s.sessions.Drain(ctx)
+	done := make(chan struct{})
+	go func() { s.grpc.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		s.grpc.Stop()
+		<-done
+	}
+}
+
+func (s *Server) recoverUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (resp any, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.logger.Error("panic in handler", "method", info.FullMethod, "panic", r, "stack", string(debug.Stack()))
+			err = status.Error(codes.Internal, "internal error")
+		}
+	}()
+	return h(ctx, req)
+}
+
+func (s *Server) recoverStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.logger.Error("panic in stream handler", "method", info.FullMethod, "panic", r, "stack", string(debug.Stack()))
+			err = status.Error(codes.Internal, "internal error")
+		}
+	}()
+	return h(srv, ss)
+}
+
+func metricsUnary(h *prometheus.HistogramVec) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		if h == nil {
+			return handler(ctx, req)
+		}
+		start := time.Now()
+		resp, err := handler(ctx, req)
+		method := info.FullMethod[strings.LastIndexByte(info.FullMethod, '/')+1:]
+		h.WithLabelValues(method, status.Code(err).String()).Observe(time.Since(start).Seconds())
+		return resp, err
+	}
+}

@@ -1,0 +1,298 @@
+package rpc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"time"
+
+	"github.com/google/uuid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	regentv1 "github.com/regent-registry/regent/proto/regent/v1"
+
+	"github.com/regent-registry/regent/internal/naming"
+	"github.com/regent-registry/regent/internal/registry"
+)
+
+type recvResult struct {
+	msg *regentv1.ClientMessage
+	err error
+}
+
+// Session implements the Session stream: Hello first, then requests until
+// the stream ends, the session is superseded, a probe goes unanswered or the
+// node shuts down. Whatever ends it, its instances and subscriptions go.
+func (s *Server) Session(stream regentv1.Registry_SessionServer) error {
+	ctx := stream.Context()
+	recv := make(chan recvResult, 1)
+	// The receiver goroutine ends when the handler returns, because grpc
+	// then cancels the stream and Recv fails.
+	go func() {
+		for {
+			m, err := stream.Recv()
+			select {
+			case recv <- recvResult{m, err}:
+			case <-ctx.Done():
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+
+	hello, err := s.awaitHello(ctx, recv)
+	if err != nil {
+		return err
+	}
+	sess, err := s.openSession(ctx, hello)
+	if err != nil {
+		return toStatus(err)
+	}
+	sessCtx, cancel := context.WithCancelCause(ctx)
+	sess.cancel = cancel
+	if err := s.sessions.add(sess); err != nil {
+		cancel(err)
+		return toStatus(err)
+	}
+	cause := s.serveSession(sessCtx, stream, sess, recv)
+	cancel(cause)
+	s.sessions.remove(sess, cause)
+	if errors.Is(cause, io.EOF) || errors.Is(cause, context.Canceled) {
+		return nil
+	}
+	return toStatus(cause)
+}
+
+func (s *Server) awaitHello(ctx context.Context, recv <-chan recvResult) (*regentv1.ClientMessage, error) {
+	timer := time.NewTimer(s.cfg.Session.HelloTimeout)
+	defer timer.Stop()
+	select {
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-timer.C:
+		return nil, status.Errorf(codes.DeadlineExceeded, "no Hello within %v", s.cfg.Session.HelloTimeout)
+	case r := <-recv:
+		if r.err != nil {
+			return nil, r.err
+		}
+		if r.msg.GetHello() == nil {
+			return nil, status.Error(codes.FailedPrecondition, "the first message of a session must be Hello")
+		}
+		return r.msg, nil
+	}
+}
+
+func (s *Server) openSession(ctx context.Context, m *regentv1.ClientMessage) (*session, error) {
+	h := m.GetHello()
+	if err := naming.ValidateClientID(h.GetClientId()); err != nil {
+		return nil, err
+	}
+	if len(h.GetClientName()) > 256 || len(h.GetSdkVersion()) > 256 {
+		return nil, fmt.Errorf("%w: client name and sdk version are limited to 256 bytes", naming.ErrInvalid)
+	}
+	if err := naming.ValidateMetadata(h.GetLabels()); err != nil {
+		return nil, err
+	}
+	ip := ""
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		if host, _, err := net.SplitHostPort(p.Addr.String()); err == nil {
+			ip = host
+		} else {
+			ip = p.Addr.String()
+		}
+	}
+	return &session{
+		id:       uuid.NewString(),
+		clientID: h.GetClientId(),
+		name:     h.GetClientName(),
+		ip:       ip,
+		app:      h.GetLabels()["app"],
+		created:  s.sessions.clock.Now(),
+		out:      make(chan *regentv1.ServerMessage, s.cfg.Session.SendQueue),
+		pending:  make(map[naming.ServiceKey]registry.Snapshot),
+		pushCh:   make(chan struct{}, 1),
+		subs:     make(map[naming.ServiceKey]struct{}),
+	}, nil
+}
+
+// serveSession runs the session until it ends and returns why.
+func (s *Server) serveSession(ctx context.Context, stream regentv1.Registry_SessionServer, sess *session, recv <-chan recvResult) error {
+	sendErr := make(chan error, 1)
+	sendDone := make(chan struct{})
+	go func() {
+		defer close(sendDone)
+		sendErr <- s.sendLoop(ctx, stream, sess)
+	}()
+	defer func() { <-sendDone }()
+
+	sess.out <- &regentv1.ServerMessage{Body: &regentv1.ServerMessage_HelloReply{HelloReply: &regentv1.HelloReply{
+		SessionId:   sess.id,
+		Node:        s.cfg.NodeName,
+		KeepaliveMs: uint32(s.cfg.Session.KeepaliveHint / time.Millisecond),
+	}}}
+	for {
+		select {
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		case err := <-sendErr:
+			return err
+		case r := <-recv:
+			if r.err != nil {
+				return r.err
+			}
+			s.sessions.touch(sess)
+			ack := s.handle(sess, r.msg)
+			if ack == nil {
+				continue
+			}
+			select {
+			case sess.out <- ack:
+			case <-ctx.Done():
+				return context.Cause(ctx)
+			}
+		}
+	}
+}
+
+func (s *Server) sendLoop(ctx context.Context, stream regentv1.Registry_SessionServer, sess *session) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		case m := <-sess.out:
+			if err := stream.Send(m); err != nil {
+				return err
+			}
+		case <-sess.pushCh:
+			for _, sn := range sess.takePending() {
+				if err := stream.Send(&regentv1.ServerMessage{Body: &regentv1.ServerMessage_Push{Push: &regentv1.Push{Snapshot: snapshotToProto(sn)}}}); err != nil {
+					return err
+				}
+			}
+		}
+	}
+}
+
+func ackMsg(id uint64, err error) *regentv1.ServerMessage {
+	if id == 0 {
+		return nil
+	}
+	a := &regentv1.Ack{RequestId: id}
+	if err != nil {
+		st, _ := status.FromError(toStatus(err))
+		a.Code, a.Message = int32(st.Code()), st.Message()
+	}
+	return &regentv1.ServerMessage{Body: &regentv1.ServerMessage_Ack{Ack: a}}
+}
+
+// handle serves one client message and returns the ack to send, if any.
+func (s *Server) handle(sess *session, m *regentv1.ClientMessage) *regentv1.ServerMessage {
+	id := m.GetRequestId()
+	switch b := m.GetBody().(type) {
+	case *regentv1.ClientMessage_Ping:
+		return ackMsg(id, nil)
+	case *regentv1.ClientMessage_ProbeReply:
+		s.sessions.probeAnswered(sess, b.ProbeReply.GetProbeId())
+		return nil
+	case *regentv1.ClientMessage_Register:
+		return ackMsg(id, s.registerEphemeral(sess, b.Register))
+	case *regentv1.ClientMessage_Deregister:
+		return ackMsg(id, s.deregisterEphemeral(sess, b.Deregister))
+	case *regentv1.ClientMessage_Subscribe:
+		return ackMsg(id, s.subscribe(sess, b.Subscribe))
+	case *regentv1.ClientMessage_Unsubscribe:
+		return ackMsg(id, s.unsubscribe(sess, b.Unsubscribe))
+	case *regentv1.ClientMessage_Hello:
+		return ackMsg(id, fmt.Errorf("%w: Hello was already sent on this session", ErrFailedPrecondition))
+	default:
+		return ackMsg(id, fmt.Errorf("%w: empty or unknown message", naming.ErrInvalid))
+	}
+}
+
+func (s *Server) registerEphemeral(sess *session, r *regentv1.RegisterEphemeral) error {
+	key, err := keyFromProto(r.GetService())
+	if err != nil {
+		return err
+	}
+	if len(r.GetInstances()) == 0 || len(r.GetInstances()) > naming.MaxBatch {
+		return fmt.Errorf("%w: register carries %d instances, want 1..%d", naming.ErrInvalid, len(r.GetInstances()), naming.MaxBatch)
+	}
+	list := make([]naming.Instance, len(r.GetInstances()))
+	for i, p := range r.GetInstances() {
+		if list[i], err = instanceFromProto(p, true); err != nil {
+			return err
+		}
+	}
+	s.reg.Ephemeral().Register(sess.clientID, s.cfg.NodeName, key, list)
+	return nil
+}
+
+func (s *Server) deregisterEphemeral(sess *session, r *regentv1.DeregisterEphemeral) error {
+	key, err := keyFromProto(r.GetService())
+	if err != nil {
+		return err
+	}
+	if len(r.GetInstances()) == 0 || len(r.GetInstances()) > naming.MaxBatch {
+		return fmt.Errorf("%w: deregister carries %d instances, want 1..%d", naming.ErrInvalid, len(r.GetInstances()), naming.MaxBatch)
+	}
+	ids := make([]naming.InstanceID, len(r.GetInstances()))
+	for i, p := range r.GetInstances() {
+		if ids[i], err = idFromProto(p); err != nil {
+			return err
+		}
+	}
+	s.reg.Ephemeral().Deregister(sess.clientID, key, ids)
+	return nil
+}
+
+func filterFromProto(healthyOnly bool, clusters []string) (naming.Filter, error) {
+	if len(clusters) > 64 {
+		return naming.Filter{}, fmt.Errorf("%w: at most 64 clusters in a filter", naming.ErrInvalid)
+	}
+	for _, c := range clusters {
+		if err := naming.ValidateCluster(c); err != nil {
+			return naming.Filter{}, err
+		}
+	}
+	return naming.Filter{HealthyOnly: healthyOnly, Clusters: clusters}, nil
+}
+
+// maxSubscriptions bounds what one session may subscribe to.
+const maxSubscriptions = 10000
+
+func (s *Server) subscribe(sess *session, r *regentv1.Subscribe) error {
+	key, err := keyFromProto(r.GetService())
+	if err != nil {
+		return err
+	}
+	f, err := filterFromProto(r.GetHealthyOnly(), r.GetClusters())
+	if err != nil {
+		return err
+	}
+	sess.subMu.Lock()
+	if _, ok := sess.subs[key]; !ok && len(sess.subs) >= maxSubscriptions {
+		sess.subMu.Unlock()
+		return fmt.Errorf("%w: a session holds at most %d subscriptions", ErrFailedPrecondition, maxSubscriptions)
+	}
+	sess.subs[key] = struct{}{}
+	sess.subMu.Unlock()
+	return s.reg.Subscribe(key, f, sess)
+}
+
+func (s *Server) unsubscribe(sess *session, r *regentv1.Unsubscribe) error {
+	key, err := keyFromProto(r.GetService())
+	if err != nil {
+		return err
+	}
+	sess.subMu.Lock()
+	delete(sess.subs, key)
+	sess.subMu.Unlock()
+	s.reg.Unsubscribe(key, sess)
+	return nil
+}

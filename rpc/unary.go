@@ -1,0 +1,156 @@
+package rpc
+
+import (
+	"context"
+	"fmt"
+
+	regentv1 "github.com/regent-registry/regent/proto/regent/v1"
+
+	"github.com/regent-registry/regent/internal/naming"
+)
+
+// RegisterInstance writes a persistent instance.
+func (s *Server) RegisterInstance(ctx context.Context, r *regentv1.RegisterInstanceRequest) (*regentv1.RegisterInstanceResponse, error) {
+	key, err := keyFromProto(r.GetService())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	if r.GetInstance().GetEphemeral() {
+		return nil, toStatus(fmt.Errorf("%w: ephemeral instances are registered over a Session", naming.ErrInvalid))
+	}
+	in, err := instanceFromProto(r.GetInstance(), false)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	rev, err := s.reg.Persistent().Register(ctx, key, []naming.Instance{in})
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &regentv1.RegisterInstanceResponse{Revision: rev}, nil
+}
+
+// DeregisterInstance removes a persistent instance.
+func (s *Server) DeregisterInstance(ctx context.Context, r *regentv1.DeregisterInstanceRequest) (*regentv1.DeregisterInstanceResponse, error) {
+	key, err := keyFromProto(r.GetService())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	id, err := idFromProto(r.GetInstance())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	rev, err := s.reg.Persistent().Deregister(ctx, key, id)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &regentv1.DeregisterInstanceResponse{Revision: rev}, nil
+}
+
+// BatchRegisterInstances writes several persistent instances, all or none.
+func (s *Server) BatchRegisterInstances(ctx context.Context, r *regentv1.BatchRegisterInstancesRequest) (*regentv1.BatchRegisterInstancesResponse, error) {
+	key, err := keyFromProto(r.GetService())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	n := len(r.GetInstances())
+	if n == 0 || n > naming.MaxBatch {
+		return nil, toStatus(fmt.Errorf("%w: batch of %d instances, want 1..%d", naming.ErrInvalid, n, naming.MaxBatch))
+	}
+	list := make([]naming.Instance, n)
+	seen := make(map[naming.InstanceID]bool, n)
+	for i, p := range r.GetInstances() {
+		if p.GetEphemeral() {
+			return nil, toStatus(fmt.Errorf("%w: instance %d is ephemeral; register those over a Session", naming.ErrInvalid, i))
+		}
+		if list[i], err = instanceFromProto(p, false); err != nil {
+			return nil, toStatus(fmt.Errorf("instance %d: %w", i, err))
+		}
+		if seen[list[i].ID()] {
+			return nil, toStatus(fmt.Errorf("%w: instance %s appears twice in the batch", naming.ErrInvalid, list[i].ID()))
+		}
+		seen[list[i].ID()] = true
+	}
+	rev, err := s.reg.Persistent().Register(ctx, key, list)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &regentv1.BatchRegisterInstancesResponse{Revision: rev}, nil
+}
+
+// GetService answers a query.
+func (s *Server) GetService(_ context.Context, r *regentv1.GetServiceRequest) (*regentv1.GetServiceResponse, error) {
+	key, err := keyFromProto(r.GetService())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	f, err := filterFromProto(r.GetHealthyOnly(), r.GetClusters())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	snap, meta, err := s.reg.Get(key, f)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &regentv1.GetServiceResponse{Snapshot: snapshotToProto(snap), Meta: metaToProto(meta)}, nil
+}
+
+// ListServices pages through services.
+func (s *Server) ListServices(_ context.Context, r *regentv1.ListServicesRequest) (*regentv1.ListServicesResponse, error) {
+	ns := r.GetNamespace()
+	if ns == "" {
+		ns = naming.DefaultNamespace
+	}
+	probe := naming.ServiceKey{Namespace: ns, Group: r.GetGroup(), Service: "x"}
+	if _, err := naming.NormalizeKey(probe); err != nil {
+		return nil, toStatus(err)
+	}
+	size := int(r.GetPageSize())
+	switch {
+	case size == 0:
+		size = 100
+	case size > 1000:
+		return nil, toStatus(fmt.Errorf("%w: page size %d above 1000", naming.ErrInvalid, size))
+	}
+	after := r.GetPageToken()
+	if after != "" {
+		k, ok := naming.ParseServiceKey(after)
+		if !ok || k.Namespace != ns {
+			return nil, toStatus(fmt.Errorf("%w: page token does not belong to namespace %q", naming.ErrInvalid, ns))
+		}
+	}
+	page, next, err := s.reg.ListServices(ns, r.GetGroup(), after, size)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	out := &regentv1.ListServicesResponse{NextPageToken: next}
+	for _, p := range page {
+		out.Services = append(out.Services, &regentv1.ServiceSummary{Service: keyToProto(p.Key), InstanceCount: uint32(p.Instances), HealthyCount: uint32(p.Healthy)})
+	}
+	return out, nil
+}
+
+// UpdateServiceMetadata replaces a service's settings.
+func (s *Server) UpdateServiceMetadata(ctx context.Context, r *regentv1.UpdateServiceMetadataRequest) (*regentv1.UpdateServiceMetadataResponse, error) {
+	key, err := keyFromProto(r.GetService())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	meta, err := metaFromProto(r.GetMeta())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	stored, err := s.reg.Persistent().UpdateMeta(ctx, key, meta)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &regentv1.UpdateServiceMetadataResponse{Meta: metaToProto(stored)}, nil
+}
+
+// ListMembers lists the cluster's nodes.
+func (s *Server) ListMembers(context.Context, *regentv1.ListMembersRequest) (*regentv1.ListMembersResponse, error) {
+	var members []*regentv1.Member
+	if s.members != nil {
+		members = s.members()
+	}
+	return &regentv1.ListMembersResponse{Members: members}, nil
+}
