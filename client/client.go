@@ -99,7 +99,7 @@ type Client struct {
 
 	nextReq atomic.Uint64
 	gens    atomic.Uint64 // session generations
-	current atomic.Int64 // index of the server in use
+	current atomic.Int64  // index of the server in use
 }
 
 type regEntry struct {
