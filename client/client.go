@@ -56,7 +56,7 @@ func (c *Config) setDefaults() error {
 		c.ClientID = uuid.NewString()
 	}
 	if err := naming.ValidateClientID(c.ClientID); err != nil {
-		return fmt.Errorf("%w: %v", ErrInvalid, err)
+		return invalid(err)
 	}
 	if c.RequestTimeout <= 0 {
 		c.RequestTimeout = 5 * time.Second

@@ -23,7 +23,7 @@ func checkInstance(in Instance) error {
 		n.Weight = naming.DefaultWeight
 	}
 	if _, err := naming.NormalizeInstance(n); err != nil {
-		return fmt.Errorf("%w: %v", ErrInvalid, err)
+		return invalid(err)
 	}
 	return nil
 }
@@ -39,7 +39,7 @@ func regID(k naming.ServiceKey, in Instance) string { return k.String() + "|" + 
 func (c *Client) Register(ctx context.Context, svc Service, in Instance) error {
 	key, err := svc.key()
 	if err != nil {
-		return fmt.Errorf("%w: %v", ErrInvalid, err)
+		return invalid(err)
 	}
 	if err := checkInstance(in); err != nil {
 		return err
@@ -70,7 +70,7 @@ func (c *Client) Register(ctx context.Context, svc Service, in Instance) error {
 func (c *Client) Deregister(ctx context.Context, svc Service, in Instance) error {
 	key, err := svc.key()
 	if err != nil {
-		return fmt.Errorf("%w: %v", ErrInvalid, err)
+		return invalid(err)
 	}
 	id := regID(key, in)
 	c.mu.Lock()
@@ -256,11 +256,11 @@ func filtered(st *subState, f Filter) ServiceInfo {
 func (c *Client) Watch(ctx context.Context, svc Service, f Filter) (*Watcher, error) {
 	key, err := svc.key()
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+		return nil, invalid(err)
 	}
 	for _, cl := range f.Clusters {
 		if err := naming.ValidateCluster(cl); err != nil {
-			return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+			return nil, invalid(err)
 		}
 	}
 	w := &Watcher{c: c, key: key, filter: f, ch: make(chan ServiceInfo, 1)}
@@ -390,7 +390,7 @@ func (c *Client) DeregisterPersistent(ctx context.Context, svc Service, in Insta
 func (c *Client) GetService(ctx context.Context, svc Service, f Filter) (ServiceInfo, error) {
 	key, err := svc.key()
 	if err != nil {
-		return ServiceInfo{}, fmt.Errorf("%w: %v", ErrInvalid, err)
+		return ServiceInfo{}, invalid(err)
 	}
 	cached := func(fromCache bool) (ServiceInfo, bool) {
 		c.mu.Lock()

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"strings"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -174,4 +175,10 @@ func fromAck(a *regentv1.Ack) error {
 		return nil
 	}
 	return &Error{Code: codes.Code(a.GetCode()), Message: a.GetMessage()}
+}
+
+// invalid reports a locally detected bad argument as the server would.
+func invalid(err error) error {
+	msg := strings.TrimPrefix(err.Error(), naming.ErrInvalid.Error()+": ")
+	return &Error{Code: codes.InvalidArgument, Message: msg}
 }

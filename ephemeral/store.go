@@ -23,6 +23,9 @@ type Store struct {
 	// at the wall clock in microseconds so that it also grows across
 	// restarts of the node.
 	rev      uint64
+	// base is rev's starting value: the revision of a service that has had
+	// no ephemeral instance since the node started.
+	base     uint64
 	observer Observer
 }
 
@@ -44,10 +47,12 @@ type service struct {
 
 // NewStore returns an empty store whose changes go to observer (may be nil).
 func NewStore(observer Observer) *Store {
+	start := uint64(time.Now().UnixMicro())
 	return &Store{
 		clients:  make(map[string]*client),
 		services: make(map[naming.ServiceKey]*service),
-		rev:      uint64(time.Now().UnixMicro()),
+		rev:      start,
+		base:     start,
 		observer: observer,
 	}
 }
@@ -178,11 +183,13 @@ func (s *Store) Deregister(clientID string, key naming.ServiceKey, ids []naming.
 	return rev
 }
 
-// dropIfEmpty forgets a service with no instances left. Its revision is not
-// lost for readers: a later change takes a larger store revision.
+// dropIfEmpty releases the instance cache of a service with no instances
+// left. The service entry itself stays, with its revision, so that the
+// revision readers see never goes back (a few dozen bytes per service ever
+// seen since start-up).
 func (s *Store) dropIfEmpty(key naming.ServiceKey) {
 	if svc := s.services[key]; svc != nil && len(svc.clients) == 0 {
-		delete(s.services, key)
+		svc.cache, svc.valid = nil, true
 	}
 }
 
@@ -220,7 +227,7 @@ func (s *Store) Instances(key naming.ServiceKey) ([]naming.Instance, uint64) {
 	svc := s.services[key]
 	if svc == nil {
 		s.mu.RUnlock()
-		return nil, 0
+		return nil, s.base
 	}
 	if svc.valid {
 		list, rev := svc.cache, svc.revision
@@ -233,7 +240,7 @@ func (s *Store) Instances(key naming.ServiceKey) ([]naming.Instance, uint64) {
 	defer s.mu.Unlock()
 	svc = s.services[key]
 	if svc == nil {
-		return nil, 0
+		return nil, s.base
 	}
 	if !svc.valid {
 		n := 0
@@ -252,14 +259,17 @@ func (s *Store) Instances(key naming.ServiceKey) ([]naming.Instance, uint64) {
 	return svc.cache, svc.revision
 }
 
-// Revision returns the revision of a service (0 when it has no instances).
+// Revision returns the revision of a service. A service that has had no
+// ephemeral instance since start-up has the store's starting revision (the
+// wall clock in microseconds at start), so revisions also grow across
+// restarts.
 func (s *Store) Revision(key naming.ServiceKey) uint64 {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if svc := s.services[key]; svc != nil {
 		return svc.revision
 	}
-	return 0
+	return s.base
 }
 
 // Services returns the keys of all services with ephemeral instances,
@@ -267,8 +277,10 @@ func (s *Store) Revision(key naming.ServiceKey) uint64 {
 func (s *Store) Services() []naming.ServiceKey {
 	s.mu.RLock()
 	keys := make([]naming.ServiceKey, 0, len(s.services))
-	for k := range s.services {
-		keys = append(keys, k)
+	for k, svc := range s.services {
+		if len(svc.clients) > 0 {
+			keys = append(keys, k)
+		}
 	}
 	s.mu.RUnlock()
 	sort.Slice(keys, func(i, j int) bool { return keys[i].String() < keys[j].String() })
@@ -327,8 +339,11 @@ type Stats struct {
 func (s *Store) Stats() Stats {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	st := Stats{Clients: len(s.clients), Services: len(s.services)}
+	st := Stats{Clients: len(s.clients)}
 	for _, svc := range s.services {
+		if len(svc.clients) > 0 {
+			st.Services++
+		}
 		for _, n := range svc.clients {
 			st.Instances += n
 		}

@@ -207,3 +207,21 @@ func BenchmarkMemoryPerInstance(b *testing.B) {
 		runtime.KeepAlive(s)
 	}
 }
+
+func TestRevisionNeverGoesBack(t *testing.T) {
+	s := NewStore(nil)
+	base := s.Revision(svcA)
+	if base == 0 {
+		t.Fatal("an unknown service has revision 0; it must start at the store's base")
+	}
+	s.Register("c1", "n1", svcA, []naming.Instance{inst("10.0.0.1", 80)})
+	r1 := s.Revision(svcA)
+	s.RemoveClient("c1")
+	_, r2 := s.Instances(svcA)
+	if r2 < r1 || r1 <= base {
+		t.Fatalf("revisions base %d, registered %d, emptied %d", base, r1, r2)
+	}
+	if got := s.Services(); len(got) != 0 {
+		t.Fatalf("an emptied service is still listed: %v", got)
+	}
+}

@@ -52,6 +52,9 @@ type DB struct {
 	// Restore and Close for writing.
 	mu   sync.RWMutex
 	bolt *bolt.DB // nil once closed
+
+	// restoreMu serializes Restore calls, which share the restore file.
+	restoreMu sync.Mutex
 }
 
 // Open opens or creates the database at path (mode 0600) and its root
@@ -70,7 +73,7 @@ func openBolt(path string, opts Options) (*bolt.DB, error) {
 	b, err := bolt.Open(path, fileMode, bo)
 	if err != nil {
 		if errors.Is(err, bolterrors.ErrTimeout) {
-			return nil, fmt.Errorf("%w: open %s: no file lock after %v: %w", ErrLocked, path, bo.Timeout, err)
+			return nil, fmt.Errorf("%w: open %s: file lock not acquired within %v: %w", ErrLocked, path, bo.Timeout, err)
 		}
 		return nil, fmt.Errorf("storage: open %s: %w", path, err)
 	}
@@ -173,6 +176,8 @@ func (db *DB) Snapshot(w io.Writer) (int64, error) {
 // old content stays in place and usable. Restore waits for running
 // transactions to finish and blocks new ones until it is done.
 func (db *DB) Restore(r io.Reader) (err error) {
+	db.restoreMu.Lock()
+	defer db.restoreMu.Unlock()
 	tmp := db.path + ".restore"
 	defer func() {
 		if err != nil {
@@ -184,7 +189,7 @@ func (db *DB) Restore(r io.Reader) (err error) {
 		return err
 	}
 	if err := validateFile(tmp, db.opts); err != nil {
-		return err
+		return fmt.Errorf("invalid snapshot: %w", err)
 	}
 
 	db.mu.Lock()
@@ -241,27 +246,31 @@ func validateFile(path string, opts Options) (err error) {
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
 		if p := recover(); p != nil {
-			err = fmt.Errorf("invalid snapshot: %v: %w", p, ErrCorrupt)
+			err = fmt.Errorf("%v: %w", p, ErrCorrupt)
 		}
 	}()
 	fi, err := os.Stat(path)
 	if err != nil {
 		return err
 	}
+	if fi.Size() == 0 {
+		// bbolt would try to initialize an empty file.
+		return fmt.Errorf("empty file: %w", ErrCorrupt)
+	}
 	bo := opts.boltOptions()
 	bo.ReadOnly = true
 	b, err := bolt.Open(path, fileMode, bo)
 	if err != nil {
-		return fmt.Errorf("invalid snapshot: %w: %w", err, ErrCorrupt)
+		return fmt.Errorf("%w: %w", err, ErrCorrupt)
 	}
 	defer b.Close()
-	err = b.View(func(btx *bolt.Tx) error {
+	return b.View(func(btx *bolt.Tx) error {
 		if btx.Size() > fi.Size() {
-			return fmt.Errorf("invalid snapshot: truncated: %d bytes, needs %d: %w", fi.Size(), btx.Size(), ErrCorrupt)
+			return fmt.Errorf("truncated: %d bytes, needs %d: %w", fi.Size(), btx.Size(), ErrCorrupt)
 		}
 		for _, name := range rootBuckets {
 			if btx.Bucket(name) == nil {
-				return fmt.Errorf("invalid snapshot: no bucket %q: %w", name, ErrCorrupt)
+				return fmt.Errorf("no bucket %q: %w", name, ErrCorrupt)
 			}
 		}
 		if err := checkSchemaVersion(btx.Bucket(bucketMeta).Get(keySchemaVersion)); err != nil {
@@ -282,10 +291,6 @@ func validateFile(path string, opts Options) (err error) {
 		}
 		return first
 	})
-	if err != nil {
-		return fmt.Errorf("invalid snapshot: %w", err)
-	}
-	return nil
 }
 
 // syncDir fsyncs a directory so that a rename in it is durable. Errors are

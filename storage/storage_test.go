@@ -483,6 +483,60 @@ func TestSnapshotRestore(t *testing.T) {
 	}
 }
 
+func TestRestoreConcurrent(t *testing.T) {
+	src := OpenTest(t)
+	fill(t, src, 100)
+	var snap bytes.Buffer
+	if _, err := src.Snapshot(&snap); err != nil {
+		t.Fatal(err)
+	}
+	db := OpenTest(t)
+	done := make(chan struct{})
+	errc := make(chan error, 2)
+	go func() {
+		for i := 0; ; i++ {
+			select {
+			case <-done:
+				errc <- nil
+				return
+			default:
+			}
+			if err := db.Update(func(tx *Tx) error {
+				_, err := tx.PutInstance(svcA, inst("10.9.0.1", 1+i%100))
+				return err
+			}); err != nil {
+				errc <- err
+				return
+			}
+		}
+	}()
+	go func() {
+		for {
+			select {
+			case <-done:
+				errc <- nil
+				return
+			default:
+			}
+			if err := db.View(func(tx *Tx) error { _, err := tx.Services("ns", "", "", 0); return err }); err != nil {
+				errc <- err
+				return
+			}
+		}
+	}()
+	for i := 0; i < 5; i++ {
+		if err := db.Restore(bytes.NewReader(snap.Bytes())); err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(done)
+	for i := 0; i < 2; i++ {
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 func TestRestoreGarbage(t *testing.T) {
 	db := OpenTest(t)
 	fill(t, db, 50)
@@ -505,14 +559,34 @@ func TestRestoreGarbage(t *testing.T) {
 	}
 	truncated := snap.Bytes()[:snap.Len()/2]
 
+	// A structurally sound snapshot holding an undecodable record.
+	bad := OpenTest(t)
+	fill(t, bad, 5)
+	bad.mu.RLock()
+	err = bad.bolt.Update(func(btx *bolt.Tx) error {
+		sb := btx.Bucket(bucketServices).Bucket([]byte("ns/g/s1"))
+		return sb.Bucket(bucketInstances).Put([]byte("10.0.0.1:81@DEFAULT"), []byte{9, '{', '}'})
+	})
+	bad.mu.RUnlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var badSnap bytes.Buffer
+	if _, err := bad.Snapshot(&badSnap); err != nil {
+		t.Fatal(err)
+	}
+
 	for name, data := range map[string][]byte{
 		"empty":        nil,
 		"garbage":      bytes.Repeat([]byte("not a database "), 2000),
 		"foreign bolt": foreign,
 		"truncated":    truncated,
+		"bad record":   badSnap.Bytes(),
 	} {
-		if err := db.Restore(bytes.NewReader(data)); err == nil {
-			t.Errorf("%s: Restore succeeded", name)
+		if err := db.Restore(bytes.NewReader(data)); !errors.Is(err, ErrCorrupt) {
+			t.Errorf("%s: Restore: %v, want ErrCorrupt", name, err)
+		} else {
+			t.Logf("%s: %v", name, err)
 		}
 		if got := dump(t, db); got != before {
 			t.Fatalf("%s: content changed after failed restore:\n%s", name, got)

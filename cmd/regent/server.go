@@ -1,0 +1,185 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/regent-registry/regent/internal/daemon"
+)
+
+func newServerCmd() *cobra.Command {
+	cfg := daemon.DefaultConfig()
+	var (
+		bind, configFile, logFormat, logLevel string
+		dev                                   bool
+	)
+	cmd := &cobra.Command{
+		Use:   "server",
+		Short: "Run a Regent node",
+		Long: `Run a Regent node. Settings come from flags, then REGENT_* environment
+variables (REGENT_DATA_DIR for --data-dir, and so on), then a JSON --config
+file whose keys are the flag names, then defaults. A node started with neither
+--join nor --bootstrap-expect is a cluster of one. SIGTERM or SIGINT drains the
+node (clients are told to reconnect elsewhere) and exits cleanly.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := applyEnvAndFile(cmd.Flags(), configFile); err != nil {
+				return err
+			}
+			logger, err := newLogger(logFormat, logLevel)
+			if err != nil {
+				return err
+			}
+			if bind != "" {
+				explicit := map[string]*string{"grpc-addr": &cfg.GRPCAddr, "http-addr": &cfg.HTTPAddr, "peer-addr": &cfg.PeerAddr, "gossip-addr": &cfg.GossipAddr, "raft-addr": &cfg.RaftAddr}
+				saved := map[string]string{}
+				for name, p := range explicit {
+					if cmd.Flags().Changed(name) {
+						saved[name] = *p
+					}
+				}
+				cfg.Bind(bind)
+				for name, v := range saved {
+					*explicit[name] = v
+				}
+			}
+			if dev {
+				dir, err := os.MkdirTemp("", "regent-dev-")
+				if err != nil {
+					return err
+				}
+				defer os.RemoveAll(dir)
+				if !cmd.Flags().Changed("data-dir") {
+					cfg.DataDir = dir
+				}
+				cfg.NoSync = true
+			}
+			cfg.Logger = logger
+			d, err := daemon.Start(cmd.Context(), cfg)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), `Regent node %q is serving.
+  gRPC API:   %s
+  operators:  http://%s/metrics  /healthz  /readyz
+  data:       %s
+Try, in another terminal:
+  regent register --server %[2]s --service demo --ip 127.0.0.1 --port 8080
+  regent list --server %[2]s --service demo
+  regent watch --server %[2]s --service demo
+Stop with Ctrl-C (or SIGTERM): clients are told to reconnect elsewhere.
+`, cfg.Name, d.GRPCAddr(), d.HTTPAddr(), cfg.DataDir)
+			<-cmd.Context().Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+			defer cancel()
+			d.Shutdown(ctx)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.Name, "name", cfg.Name, "node name, unique in the cluster")
+	f.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "folder for the node's state")
+	f.StringVar(&bind, "bind", "", "put every listener on this IP with the default ports (7400 gRPC, 7401 HTTP, 7402 peer, 7403 gossip, 7404 Raft)")
+	f.StringVar(&cfg.GRPCAddr, "grpc-addr", cfg.GRPCAddr, "client gRPC API address")
+	f.StringVar(&cfg.HTTPAddr, "http-addr", cfg.HTTPAddr, `operator HTTP address (/metrics, /healthz, /readyz); "" turns it off`)
+	f.StringVar(&cfg.PeerAddr, "peer-addr", cfg.PeerAddr, "node-to-node address (cluster)")
+	f.StringVar(&cfg.GossipAddr, "gossip-addr", cfg.GossipAddr, "gossip address (cluster)")
+	f.StringVar(&cfg.RaftAddr, "raft-addr", cfg.RaftAddr, "Raft address (cluster)")
+	f.StringSliceVar(&cfg.Join, "join", nil, "gossip seeds host[:port],... (cluster)")
+	f.IntVar(&cfg.BootstrapExpect, "bootstrap-expect", 0, "servers to wait for before bootstrapping Raft (cluster)")
+	f.StringVar(&cfg.LimitsFile, "limits", "", "JSON connection-limit rules, reloaded when the file changes")
+	f.BoolVar(&cfg.Pprof, "pprof", false, "serve /debug/pprof on the HTTP address")
+	f.BoolVar(&dev, "dev", false, "throwaway node: data in a temporary folder, no fsync")
+	f.StringVar(&configFile, "config", "", "JSON file of settings keyed by flag name")
+	f.StringVar(&logFormat, "log-format", "text", "text or json")
+	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	f.DurationVar(&cfg.RPC.Session.IdleTimeout, "session-idle-timeout", cfg.RPC.Session.IdleTimeout, "probe a session silent for this long")
+	f.DurationVar(&cfg.RPC.Session.ProbeTimeout, "session-probe-timeout", cfg.RPC.Session.ProbeTimeout, "close a probed session that does not answer within this")
+	f.DurationVar(&cfg.RPC.Session.CheckInterval, "session-check-interval", cfg.RPC.Session.CheckInterval, "how often sessions are checked")
+	f.DurationVar(&cfg.Registry.MergeWindow, "push-merge-window", cfg.Registry.MergeWindow, "changes within this window go out as one push")
+	return cmd
+}
+
+// applyEnvAndFile sets every flag not given on the command line from
+// REGENT_<FLAG> in the environment, or else from the config file.
+func applyEnvAndFile(fs *pflag.FlagSet, file string) error {
+	fileVals := map[string]any{}
+	if file == "" {
+		file = os.Getenv("REGENT_CONFIG")
+	}
+	if file != "" {
+		data, err := os.ReadFile(file)
+		if err != nil {
+			return fmt.Errorf("config file: %w", err)
+		}
+		if err := json.Unmarshal(data, &fileVals); err != nil {
+			return fmt.Errorf("config file %s: %w", file, err)
+		}
+		for k := range fileVals {
+			if fs.Lookup(k) == nil {
+				return fmt.Errorf("config file %s: unknown setting %q", file, k)
+			}
+		}
+	}
+	var ferr error
+	fs.VisitAll(func(f *pflag.Flag) {
+		if ferr != nil || f.Changed || f.Name == "config" {
+			return
+		}
+		env := "REGENT_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v, ok := os.LookupEnv(env); ok {
+			if err := fs.Set(f.Name, v); err != nil {
+				ferr = fmt.Errorf("%s: %w", env, err)
+			}
+			return
+		}
+		if v, ok := fileVals[f.Name]; ok {
+			var s string
+			switch x := v.(type) {
+			case string:
+				s = x
+			case float64:
+				s = strconv.FormatFloat(x, 'f', -1, 64)
+			case bool:
+				s = strconv.FormatBool(x)
+			case []any:
+				parts := make([]string, len(x))
+				for i, p := range x {
+					parts[i] = fmt.Sprint(p)
+				}
+				s = strings.Join(parts, ",")
+			default:
+				ferr = fmt.Errorf("config file: setting %q has an unsupported type", f.Name)
+				return
+			}
+			if err := fs.Set(f.Name, s); err != nil {
+				ferr = fmt.Errorf("config file: %s: %w", f.Name, err)
+			}
+		}
+	})
+	return ferr
+}
+
+func newLogger(format, level string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("log level %q: %w", level, err)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+	}
+	return nil, fmt.Errorf("log format %q: want text or json", format)
+}
