@@ -272,6 +272,14 @@ func (s *Store) Revision(key naming.ServiceKey) uint64 {
 	return s.base
 }
 
+// Known reports whether the service has had an ephemeral instance since the
+// node started.
+func (s *Store) Known(key naming.ServiceKey) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.services[key] != nil
+}
+
 // Services returns the keys of all services with ephemeral instances,
 // sorted by their string form.
 func (s *Store) Services() []naming.ServiceKey {

@@ -230,8 +230,9 @@ func (r *Registry) merged(k naming.ServiceKey) ([]naming.Instance, uint64, float
 	return all, erev + prev, meta.ProtectThreshold, nil
 }
 
-// Get answers a query. It returns ErrNotFound when the service has no
-// instances and no metadata.
+// Get answers a query. A service that had instances once and has none now
+// answers an empty list; ErrNotFound means the node has never heard of it
+// (no instances since start-up, no persistent history, no metadata).
 func (r *Registry) Get(k naming.ServiceKey, f naming.Filter) (Snapshot, naming.ServiceMeta, error) {
 	all, rev, _, err := r.merged(k)
 	if err != nil {
@@ -241,7 +242,11 @@ func (r *Registry) Get(k naming.ServiceKey, f naming.Filter) (Snapshot, naming.S
 	if err != nil {
 		return Snapshot{}, naming.ServiceMeta{}, err
 	}
-	if len(all) == 0 && !hasMeta {
+	_, perRev, err := r.per.Instances(k)
+	if err != nil {
+		return Snapshot{}, naming.ServiceMeta{}, err
+	}
+	if len(all) == 0 && !hasMeta && perRev == 0 && !r.eph.Known(k) {
 		return Snapshot{}, naming.ServiceMeta{}, fmt.Errorf("%w: %s", ErrNotFound, k)
 	}
 	if !hasMeta {

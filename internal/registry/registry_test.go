@@ -254,3 +254,20 @@ func TestListServicesPagesOverBothSides(t *testing.T) {
 		t.Fatalf("namespace leak: %+v", page)
 	}
 }
+
+func TestGetEmptiedServiceIsEmptyNotNotFound(t *testing.T) {
+	r, _ := start(t, DefaultConfig())
+	r.Ephemeral().Register("c1", "n1", key, []naming.Instance{inst("10.0.0.1", 80, true)})
+	before, _, err := r.Get(key, naming.Filter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Ephemeral().RemoveClient("c1")
+	snap, _, err := r.Get(key, naming.Filter{})
+	if err != nil {
+		t.Fatalf("emptied service: %v, want an empty list", err)
+	}
+	if len(snap.Instances) != 0 || snap.Revision <= before.Revision {
+		t.Fatalf("emptied service: %+v (revision before %d)", snap, before.Revision)
+	}
+}

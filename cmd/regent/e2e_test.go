@@ -1,0 +1,282 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The end-to-end tests build the real binary and drive it as a user would:
+// separate processes talking over loopback.
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+func regentBin(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "regent-e2e-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "regent")
+		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a process writing and a test reading.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+type proc struct {
+	cmd  *exec.Cmd
+	out  *syncBuffer
+	done chan struct{}
+	err  error
+}
+
+func startProc(t *testing.T, args ...string) *proc {
+	t.Helper()
+	p := &proc{cmd: exec.Command(regentBin(t), args...), out: &syncBuffer{}, done: make(chan struct{})}
+	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.err = p.cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		p.cmd.Process.Kill()
+		<-p.done
+		if t.Failed() {
+			t.Logf("output of %v:\n%s", args, p.out.String())
+		}
+	})
+	return p
+}
+
+func (p *proc) wait(t *testing.T, timeout time.Duration) error {
+	t.Helper()
+	select {
+	case <-p.done:
+		return p.err
+	case <-time.After(timeout):
+		t.Fatalf("process %v still running after %v", p.cmd.Args, timeout)
+		return nil
+	}
+}
+
+func runCLI(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	cmd := exec.Command(regentBin(t), args...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return string(out) + stderr.String(), err
+	}
+	return string(out), nil
+}
+
+type listOut struct {
+	Revision  uint64 `json:"revision"`
+	Instances []struct {
+		IP        string            `json:"ip"`
+		Port      int               `json:"port"`
+		Cluster   string            `json:"cluster"`
+		Weight    float64           `json:"weight"`
+		Healthy   bool              `json:"healthy"`
+		Enabled   bool              `json:"enabled"`
+		Ephemeral bool              `json:"ephemeral"`
+		Metadata  map[string]string `json:"metadata"`
+	} `json:"instances"`
+}
+
+func listJSONOf(t *testing.T, server, service string) (listOut, error) {
+	t.Helper()
+	out, err := runCLI(t, "list", "--server", server, "--service", service, "-o", "json")
+	if err != nil {
+		return listOut{}, fmt.Errorf("%v: %s", err, out)
+	}
+	var l listOut
+	if err := json.Unmarshal([]byte(out), &l); err != nil {
+		t.Fatalf("list -o json is not JSON: %v\n%s", err, out)
+	}
+	return l, nil
+}
+
+func startServer(t *testing.T) (grpcAddr, httpAddr string, p *proc) {
+	t.Helper()
+	grpcAddr, httpAddr = freeAddr(t), freeAddr(t)
+	p = startProc(t, "server", "--name", "e2e", "--data-dir", t.TempDir(), "--grpc-addr", grpcAddr, "--http-addr", httpAddr)
+	waitFor(t, "readyz", 20*time.Second, func() bool {
+		resp, err := http.Get("http://" + httpAddr + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	return grpcAddr, httpAddr, p
+}
+
+func TestEndToEndRegisterListKill(t *testing.T) {
+	server, httpAddr, srv := startServer(t)
+
+	reg := startProc(t, "register", "--server", server, "--service", "e2e", "--ip", "10.1.1.1", "--port", "9000", "--metadata", "zone=a", "--weight", "2.5")
+	waitFor(t, "register to print that it is registered", 10*time.Second, func() bool {
+		return strings.Contains(reg.out.String(), "registered 10.1.1.1:9000")
+	})
+	l, err := listJSONOf(t, server, "e2e")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(l.Instances) != 1 {
+		t.Fatalf("list shows %d instances, want 1: %+v", len(l.Instances), l)
+	}
+	in := l.Instances[0]
+	if in.IP != "10.1.1.1" || in.Port != 9000 || in.Cluster != "DEFAULT" || in.Weight != 2.5 || !in.Healthy || !in.Enabled || !in.Ephemeral || in.Metadata["zone"] != "a" {
+		t.Fatalf("instance as listed: %+v", in)
+	}
+	if l.Revision == 0 {
+		t.Fatal("revision is 0")
+	}
+
+	// A persistent registration returns once acknowledged and outlives it.
+	if out, err := runCLI(t, "register", "--persistent", "--server", server, "--service", "e2e", "--ip", "10.1.1.2", "--port", "80"); err != nil {
+		t.Fatalf("persistent register: %v %s", err, out)
+	}
+
+	// kill -9 of the registering process: its session dies with it, and so
+	// does its instance; the persistent one stays.
+	if err := reg.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the killed client's instance to disappear", 30*time.Second, func() bool {
+		l, err := listJSONOf(t, server, "e2e")
+		return err == nil && len(l.Instances) == 1 && l.Instances[0].IP == "10.1.1.2" && !l.Instances[0].Ephemeral
+	})
+
+	// Metrics are served and count what happened.
+	resp, err := http.Get("http://" + httpAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !bytes.Contains(body, []byte("regent_sessions_closed_total")) || !bytes.Contains(body, []byte(`regent_rpc_duration_seconds_count{code="OK",method="GetService"}`)) {
+		t.Fatalf("metrics lack session and RPC figures:\n%s", body)
+	}
+
+	// SIGTERM drains and exits 0.
+	srv.cmd.Process.Signal(syscall.SIGTERM)
+	if err := srv.wait(t, 20*time.Second); err != nil {
+		t.Fatalf("server exit after SIGTERM: %v", err)
+	}
+}
+
+func TestEndToEndRegisterSIGTERMDeregistersAndExitsZero(t *testing.T) {
+	server, _, _ := startServer(t)
+	watch := startProc(t, "watch", "--server", server, "--service", "e2e-term", "-o", "json")
+	reg := startProc(t, "register", "--server", server, "--service", "e2e-term", "--ip", "10.2.2.2", "--port", "81")
+	waitFor(t, "the watcher to see the instance", 10*time.Second, func() bool {
+		return strings.Contains(watch.out.String(), `"ip":"10.2.2.2"`)
+	})
+	reg.cmd.Process.Signal(syscall.SIGTERM)
+	if err := reg.wait(t, 10*time.Second); err != nil {
+		t.Fatalf("register after SIGTERM: %v\n%s", err, reg.out.String())
+	}
+	if !strings.Contains(reg.out.String(), "deregistered 10.2.2.2:81") {
+		t.Fatalf("register did not say it deregistered:\n%s", reg.out.String())
+	}
+	// The watcher's last line is the list without the instance.
+	waitFor(t, "the watcher to see the instance go", 10*time.Second, func() bool {
+		sc := bufio.NewScanner(strings.NewReader(watch.out.String()))
+		last := ""
+		for sc.Scan() {
+			last = sc.Text()
+		}
+		return strings.Contains(last, `"instances":[]`)
+	})
+}
+
+func TestEndToEndBadInputExitsNonZero(t *testing.T) {
+	server, _, _ := startServer(t)
+	cases := [][]string{
+		{"register", "--persistent", "--server", server, "--service", "bad", "--ip", "10.0.0.1", "--port", "0"},
+		{"register", "--persistent", "--server", server, "--service", "bad name", "--ip", "10.0.0.1", "--port", "80"},
+		{"register", "--persistent", "--server", server, "--service", "bad", "--ip", "10.0.0.1", "--port", "80", "--metadata", "novalue"},
+		{"list", "--server", server, "--service", "never-registered"},
+		{"list", "--server", server, "--service", "x", "-o", "yaml"},
+	}
+	for _, args := range cases {
+		out, err := runCLI(t, args...)
+		if err == nil {
+			t.Errorf("%v exited 0:\n%s", args, out)
+			continue
+		}
+		if !strings.Contains(out, "error:") {
+			t.Errorf("%v: no error on stderr:\n%s", args, out)
+		}
+	}
+	// Nothing was stored by the refused writes.
+	if out, err := runCLI(t, "services", "--server", server, "-o", "json"); err != nil || strings.TrimSpace(out) != "[]" {
+		t.Fatalf("services after refused writes: %v %s", err, out)
+	}
+}
