@@ -7,6 +7,7 @@ import (
 	"sync"
 
 	"github.com/regent-registry/regent/internal/naming"
+	"github.com/regent-registry/regent/internal/registry"
 	"github.com/regent-registry/regent/storage"
 )
 
@@ -15,6 +16,8 @@ var ErrClosed = errors.New("persistent: store closed")
 
 // Observer is told which services a write changed, after it is durable.
 type Observer func(changed []naming.ServiceKey)
+
+var _ registry.Persistent = (*Local)(nil)
 
 // Local writes persistent state straight into bbolt: a cluster of one. Every
 // acknowledged write has been fsynced (unless the DB was opened with NoSync).
@@ -100,23 +103,17 @@ func (l *Local) UpdateMeta(ctx context.Context, key naming.ServiceKey, m naming.
 	return m, err
 }
 
-// Instances reads a service's persistent instances and revision.
-func (l *Local) Instances(key naming.ServiceKey) (list []naming.Instance, rev uint64, err error) {
+// Service reads a service's persistent state in one read transaction.
+func (l *Local) Service(key naming.ServiceKey) (ps registry.PersistentService, err error) {
 	err = l.db.View(func(tx *storage.Tx) error {
-		list, err = tx.Instances(key)
-		rev = tx.Revision(key)
+		if ps.Instances, err = tx.Instances(key); err != nil {
+			return err
+		}
+		ps.Revision = tx.Revision(key)
+		ps.Meta, ps.HasMeta, err = tx.Meta(key)
 		return err
 	})
-	return list, rev, err
-}
-
-// Meta reads a service's metadata.
-func (l *Local) Meta(key naming.ServiceKey) (m naming.ServiceMeta, ok bool, err error) {
-	err = l.db.View(func(tx *storage.Tx) error {
-		m, ok, err = tx.Meta(key)
-		return err
-	})
-	return m, ok, err
+	return ps, err
 }
 
 // ServiceKeys lists services of a namespace in key order.

@@ -34,13 +34,21 @@ type Persistent interface {
 	Deregister(ctx context.Context, key naming.ServiceKey, id naming.InstanceID) (uint64, error)
 	// UpdateMeta replaces a service's metadata.
 	UpdateMeta(ctx context.Context, key naming.ServiceKey, m naming.ServiceMeta) (naming.ServiceMeta, error)
-	// Instances returns a service's persistent instances and revision.
-	Instances(key naming.ServiceKey) ([]naming.Instance, uint64, error)
-	// Meta returns a service's metadata, if set.
-	Meta(key naming.ServiceKey) (naming.ServiceMeta, bool, error)
+	// Service reads, in one consistent view, a service's persistent
+	// instances, its revision (0 if it never had persistent state) and its
+	// metadata if set.
+	Service(key naming.ServiceKey) (PersistentService, error)
 	// ServiceKeys lists services of a namespace (group "" = all) whose
 	// String() sorts after `after`, at most limit (<= 0: all).
 	ServiceKeys(namespace, group, after string, limit int) ([]naming.ServiceKey, error)
+}
+
+// PersistentService is what the persistent side holds of one service.
+type PersistentService struct {
+	Instances []naming.Instance
+	Revision  uint64
+	Meta      naming.ServiceMeta
+	HasMeta   bool
 }
 
 // Snapshot is a service's filtered instance list at one revision.
@@ -215,38 +223,35 @@ func snapshot(k naming.ServiceKey, all []naming.Instance, rev uint64, threshold 
 // combined revision and the protection threshold. Both revisions only grow,
 // so their sum does too.
 func (r *Registry) merged(k naming.ServiceKey) ([]naming.Instance, uint64, float64, error) {
+	all, rev, ps, err := r.mergedFull(k)
+	return all, rev, ps.Meta.ProtectThreshold, err
+}
+
+func (r *Registry) mergedFull(k naming.ServiceKey) ([]naming.Instance, uint64, PersistentService, error) {
 	eph, erev := r.eph.Instances(k)
-	per, prev, err := r.per.Instances(k)
+	ps, err := r.per.Service(k)
 	if err != nil {
-		return nil, 0, 0, err
+		return nil, 0, ps, err
 	}
-	meta, _, err := r.per.Meta(k)
-	if err != nil {
-		return nil, 0, 0, err
+	if len(ps.Instances) == 0 {
+		return eph, erev + ps.Revision, ps, nil // shared, read-only
 	}
-	all := make([]naming.Instance, 0, len(eph)+len(per))
+	all := make([]naming.Instance, 0, len(eph)+len(ps.Instances))
 	all = append(all, eph...)
-	all = append(all, per...)
-	return all, erev + prev, meta.ProtectThreshold, nil
+	all = append(all, ps.Instances...)
+	return all, erev + ps.Revision, ps, nil
 }
 
 // Get answers a query. A service that had instances once and has none now
 // answers an empty list; ErrNotFound means the node has never heard of it
 // (no instances since start-up, no persistent history, no metadata).
 func (r *Registry) Get(k naming.ServiceKey, f naming.Filter) (Snapshot, naming.ServiceMeta, error) {
-	all, rev, _, err := r.merged(k)
+	all, rev, ps, err := r.mergedFull(k)
 	if err != nil {
 		return Snapshot{}, naming.ServiceMeta{}, err
 	}
-	meta, hasMeta, err := r.per.Meta(k)
-	if err != nil {
-		return Snapshot{}, naming.ServiceMeta{}, err
-	}
-	_, perRev, err := r.per.Instances(k)
-	if err != nil {
-		return Snapshot{}, naming.ServiceMeta{}, err
-	}
-	if len(all) == 0 && !hasMeta && perRev == 0 && !r.eph.Known(k) {
+	meta, hasMeta := ps.Meta, ps.HasMeta
+	if len(all) == 0 && !hasMeta && ps.Revision == 0 && !r.eph.Known(k) {
 		return Snapshot{}, naming.ServiceMeta{}, fmt.Errorf("%w: %s", ErrNotFound, k)
 	}
 	if !hasMeta {

@@ -43,19 +43,14 @@ func (m *memPersistent) UpdateMeta(_ context.Context, k naming.ServiceKey, meta 
 	m.rev++
 	return meta, nil
 }
-func (m *memPersistent) Instances(k naming.ServiceKey) ([]naming.Instance, uint64, error) {
+func (m *memPersistent) Service(k naming.ServiceKey) (PersistentService, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.fail != nil {
-		return nil, 0, m.fail
+		return PersistentService{}, m.fail
 	}
-	return append([]naming.Instance(nil), m.ins[k]...), m.rev, nil
-}
-func (m *memPersistent) Meta(k naming.ServiceKey) (naming.ServiceMeta, bool, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
 	meta, ok := m.meta[k]
-	return meta, ok, nil
+	return PersistentService{Instances: append([]naming.Instance(nil), m.ins[k]...), Revision: m.rev, Meta: meta, HasMeta: ok}, nil
 }
 func (m *memPersistent) ServiceKeys(ns, group, after string, limit int) ([]naming.ServiceKey, error) {
 	m.mu.Lock()
