@@ -30,8 +30,9 @@ proto: ## regenerate Go code from proto/ (protoc from Debian's protobuf-compiler
 check-generate: proto ## fail when generated code is stale
 	git diff --exit-code -- proto
 
-bench: build ## benchmarks: Go benchmarks plus `regent bench` against a fresh dev node
-	$(GO) test -run '^$$' -bench . -benchmem ./...
+bench: build ## figures for BENCHMARKS.md: regent bench (beside the no-op ceiling) and memory per instance
+	$(BIN) bench --clients 1,16,64 --duration 4s
+	$(GO) test -run '^$$' -bench MemoryPerInstance -benchtime 1x ./ephemeral/
 
 fmt: ## gofmt everything
 	gofmt -w $$(git ls-files '*.go')
