@@ -378,11 +378,22 @@ func (c *Client) pingLoop(ctx context.Context, s *liveSession, every time.Durati
 
 // call sends a request over session s and waits for its ack.
 func (c *Client) call(ctx context.Context, s *liveSession, m *regentv1.ClientMessage) error {
+	return c.callBuilt(ctx, s, func() *regentv1.ClientMessage { return m })
+}
+
+// callBuilt is call with the request built while the session's send lock is
+// held, so that requests built from shared state go out in the order that
+// state was read.
+func (c *Client) callBuilt(ctx context.Context, s *liveSession, build func() *regentv1.ClientMessage) error {
 	id := c.nextReq.Add(1)
-	m.RequestId = id
 	ch := make(chan *regentv1.Ack, 1)
 	s.pending.Store(id, ch)
-	if err := s.send(m); err != nil {
+	s.sendMu.Lock()
+	m := build()
+	m.RequestId = id
+	err := s.stream.Send(m)
+	s.sendMu.Unlock()
+	if err != nil {
 		s.pending.Delete(id)
 		return fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}

@@ -95,17 +95,23 @@ func (c *Client) Deregister(ctx context.Context, svc Service, in Instance) error
 // applyReg sends an entry's wish (version ver) over session s and records
 // the outcome unless the entry changed meanwhile.
 func (c *Client) applyReg(ctx context.Context, s *liveSession, id string, e *regEntry, ver uint64) error {
-	c.mu.Lock()
-	want, in, key := e.want, e.inst, e.key
-	c.mu.Unlock()
-	svc := serviceOf(key).proto()
-	var m *regentv1.ClientMessage
-	if want {
-		m = &regentv1.ClientMessage{Body: &regentv1.ClientMessage_Register{Register: &regentv1.RegisterEphemeral{Service: svc, Instances: []*regentv1.Instance{in.proto()}}}}
-	} else {
-		m = &regentv1.ClientMessage{Body: &regentv1.ClientMessage_Deregister{Deregister: &regentv1.DeregisterEphemeral{Service: svc, Instances: []*regentv1.Instance{in.proto()}}}}
-	}
-	err := c.call(ctx, s, m)
+	// The wish is read under the send lock: when a redo and a Deregister
+	// race, whichever sends last read the entry last and so sends the
+	// newest wish (otherwise a redo's stale Register could follow the
+	// Deregister on the wire and win).
+	var want bool
+	err := c.callBuilt(ctx, s, func() *regentv1.ClientMessage {
+		c.mu.Lock()
+		var in Instance
+		var key naming.ServiceKey
+		want, in, key = e.want, e.inst, e.key
+		c.mu.Unlock()
+		svc := serviceOf(key).proto()
+		if want {
+			return &regentv1.ClientMessage{Body: &regentv1.ClientMessage_Register{Register: &regentv1.RegisterEphemeral{Service: svc, Instances: []*regentv1.Instance{in.proto()}}}}
+		}
+		return &regentv1.ClientMessage{Body: &regentv1.ClientMessage_Deregister{Deregister: &regentv1.DeregisterEphemeral{Service: svc, Instances: []*regentv1.Instance{in.proto()}}}}
+	})
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if e.ver != ver || c.regs[id] != e {

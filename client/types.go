@@ -1,6 +1,7 @@
 package client
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"maps"
@@ -153,8 +154,19 @@ type Error struct {
 
 func (e *Error) Error() string { return fmt.Sprintf("regent: %s: %s", e.Code, e.Message) }
 
-// Is matches the package's sentinels by code.
-func (e *Error) Is(target error) bool { return codeErrors[e.Code] == target && target != nil }
+// Is matches the package's sentinels by code, and the context errors by
+// the codes gRPC gives them, so errors.Is(err, context.DeadlineExceeded)
+// holds for a call that ran out of time.
+func (e *Error) Is(target error) bool {
+	switch {
+	case target == nil:
+		return false
+	case e.Code == codes.DeadlineExceeded && target == context.DeadlineExceeded,
+		e.Code == codes.Canceled && target == context.Canceled:
+		return true
+	}
+	return codeErrors[e.Code] == target
+}
 
 // GRPCStatus lets status.FromError see the code.
 func (e *Error) GRPCStatus() *status.Status { return status.New(e.Code, e.Message) }
