@@ -43,7 +43,7 @@ func DefaultConfig() Config {
 	return Config{
 		NodeName: "regent",
 		Session:  DefaultSessionConfig(),
-		// 4 MiB: a batch of 1000 instances with full metadata fits.
+		// 16 MiB: a batch of 1000 instances with full metadata (8 KiB each) fits.
 		MaxRecvBytes: 16 << 20,
 		// A dead peer is found within 30 s + 10 s, well under the session
 		// probe path's worst case for a peer that stops reading.

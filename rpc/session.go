@@ -54,6 +54,14 @@ func (s *Server) Session(stream regentv1.Registry_SessionServer) error {
 	if err != nil {
 		return toStatus(err)
 	}
+	// Queued before the session is visible to the manager, so that nothing
+	// it sends (a probe, a reconnect) can overtake the HelloReply. The queue
+	// is new and holds at least one message: this never blocks.
+	sess.out <- &regentv1.ServerMessage{Body: &regentv1.ServerMessage_HelloReply{HelloReply: &regentv1.HelloReply{
+		SessionId:   sess.id,
+		Node:        s.cfg.NodeName,
+		KeepaliveMs: uint32(s.cfg.Session.KeepaliveHint / time.Millisecond),
+	}}}
 	sessCtx, cancel := context.WithCancelCause(ctx)
 	sess.cancel = cancel
 	if err := s.sessions.add(sess); err != nil {
@@ -125,17 +133,19 @@ func (s *Server) openSession(ctx context.Context, m *regentv1.ClientMessage) (*s
 func (s *Server) serveSession(ctx context.Context, stream regentv1.Registry_SessionServer, sess *session, recv <-chan recvResult) error {
 	sendErr := make(chan error, 1)
 	sendDone := make(chan struct{})
+	// The sender has its own context: when the session ends from the
+	// receive side (the client half-closed, Recv failed), ctx is still
+	// live, and waiting for the sender without stopping it would hang.
+	sendCtx, stopSend := context.WithCancel(ctx)
 	go func() {
 		defer close(sendDone)
-		sendErr <- s.sendLoop(ctx, stream, sess)
+		sendErr <- s.sendLoop(sendCtx, stream, sess)
 	}()
-	defer func() { <-sendDone }()
+	defer func() {
+		stopSend()
+		<-sendDone
+	}()
 
-	sess.out <- &regentv1.ServerMessage{Body: &regentv1.ServerMessage_HelloReply{HelloReply: &regentv1.HelloReply{
-		SessionId:   sess.id,
-		Node:        s.cfg.NodeName,
-		KeepaliveMs: uint32(s.cfg.Session.KeepaliveHint / time.Millisecond),
-	}}}
 	for {
 		select {
 		case <-ctx.Done():

@@ -262,6 +262,10 @@ func (m *SessionManager) remove(s *session, cause error) {
 	owner := m.byClient[s.clientID] == s
 	if owner {
 		delete(m.byClient, s.clientID)
+		// Under mu: a new session of the same client cannot be admitted
+		// (and register) before the old session's instances are gone, so
+		// this clean-up never removes what the new session registered.
+		m.eph.RemoveClient(s.clientID)
 	}
 	m.mu.Unlock()
 	m.closed.Add(1)
@@ -272,9 +276,6 @@ func (m *SessionManager) remove(s *session, cause error) {
 	s.subMu.Unlock()
 	for k := range subs {
 		m.reg.Unsubscribe(k, s)
-	}
-	if owner {
-		m.eph.RemoveClient(s.clientID)
 	}
 	m.logger.Info("session ended", "session-id", s.id, "client-id", s.clientID, "ip", s.ip, "cause", cause)
 }

@@ -26,7 +26,7 @@ func (s *Server) RegisterInstance(ctx context.Context, r *regentv1.RegisterInsta
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	return &regentv1.RegisterInstanceResponse{Revision: rev}, nil
+	return &regentv1.RegisterInstanceResponse{Revision: s.serviceRevision(key, rev)}, nil
 }
 
 // DeregisterInstance removes a persistent instance.
@@ -43,7 +43,7 @@ func (s *Server) DeregisterInstance(ctx context.Context, r *regentv1.DeregisterI
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	return &regentv1.DeregisterInstanceResponse{Revision: rev}, nil
+	return &regentv1.DeregisterInstanceResponse{Revision: s.serviceRevision(key, rev)}, nil
 }
 
 // BatchRegisterInstances writes several persistent instances, all or none.
@@ -74,7 +74,7 @@ func (s *Server) BatchRegisterInstances(ctx context.Context, r *regentv1.BatchRe
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	return &regentv1.BatchRegisterInstancesResponse{Revision: rev}, nil
+	return &regentv1.BatchRegisterInstancesResponse{Revision: s.serviceRevision(key, rev)}, nil
 }
 
 // GetService answers a query.
@@ -153,4 +153,10 @@ func (s *Server) ListMembers(context.Context, *regentv1.ListMembersRequest) (*re
 		members = s.members()
 	}
 	return &regentv1.ListMembersResponse{Members: members}, nil
+}
+
+// serviceRevision turns the persistent side's revision into the service
+// revision that queries and pushes report (ephemeral plus persistent).
+func (s *Server) serviceRevision(key naming.ServiceKey, persistentRev uint64) uint64 {
+	return s.reg.Ephemeral().Revision(key) + persistentRev
 }
