@@ -44,24 +44,7 @@ func (c *Client) Register(ctx context.Context, svc Service, in Instance) error {
 	if err := checkInstance(in); err != nil {
 		return err
 	}
-	id := regID(key, in)
-	c.mu.Lock()
-	e := c.regs[id]
-	if e == nil {
-		e = &regEntry{key: key}
-		c.regs[id] = e
-	}
-	e.inst, e.want, e.done = in, true, false
-	e.ver++
-	ver := e.ver
-	c.mu.Unlock()
-	ctx, cancel := c.withTimeout(ctx)
-	defer cancel()
-	s, err := c.session(ctx)
-	if err != nil {
-		return err
-	}
-	return c.applyReg(ctx, s, id, e, ver)
+	return c.setWish(ctx, key, in, true)
 }
 
 // Deregister removes an ephemeral instance. It wins over a redo in flight:
@@ -72,6 +55,13 @@ func (c *Client) Deregister(ctx context.Context, svc Service, in Instance) error
 	if err != nil {
 		return invalid(err)
 	}
+	return c.setWish(ctx, key, in, false)
+}
+
+// setWish records that an instance should (want) or should not be
+// registered, then tells the server over the current session. The wish is
+// kept for the redo whatever happens to this attempt.
+func (c *Client) setWish(ctx context.Context, key naming.ServiceKey, in Instance, want bool) error {
 	id := regID(key, in)
 	c.mu.Lock()
 	e := c.regs[id]
@@ -79,7 +69,7 @@ func (c *Client) Deregister(ctx context.Context, svc Service, in Instance) error
 		e = &regEntry{key: key}
 		c.regs[id] = e
 	}
-	e.inst, e.want, e.done = in, false, false
+	e.inst, e.want, e.done = in, want, false
 	e.ver++
 	ver := e.ver
 	c.mu.Unlock()

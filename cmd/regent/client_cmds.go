@@ -45,6 +45,22 @@ func (c *common) check() error {
 	return nil
 }
 
+// run checks the flags, connects, and calls fn with a client and a context
+// bounded by --timeout.
+func (c *common) run(cmd *cobra.Command, fn func(ctx context.Context, cl *client.Client) error) error {
+	if err := c.check(); err != nil {
+		return err
+	}
+	cl, err := c.client()
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(cmd.Context(), c.timeout)
+	defer cancel()
+	return fn(ctx, cl)
+}
+
 func (c *common) client() (*client.Client, error) {
 	var servers []string
 	for _, s := range strings.Split(c.server, ",") {
@@ -198,33 +214,23 @@ that registered them: they go when that process deregisters or ends.`,
 	return cmd
 }
 
-// listJSON is the contract shape of `list -o json`.
+// listJSON is the contract shape of `list -o json`: revision and instances,
+// each with ip, port, cluster, weight, healthy, enabled, ephemeral and
+// metadata (client.Instance's JSON form).
 type listJSON struct {
-	Service             client.Service `json:"service"`
-	Revision            uint64         `json:"revision"`
-	ProtectionTriggered bool           `json:"protection_triggered"`
-	Instances           []instanceJSON `json:"instances"`
-}
-
-type instanceJSON struct {
-	IP        string            `json:"ip"`
-	Port      int               `json:"port"`
-	Cluster   string            `json:"cluster"`
-	Weight    float64           `json:"weight"`
-	Healthy   bool              `json:"healthy"`
-	Enabled   bool              `json:"enabled"`
-	Ephemeral bool              `json:"ephemeral"`
-	Metadata  map[string]string `json:"metadata"`
+	Service             client.Service    `json:"service"`
+	Revision            uint64            `json:"revision"`
+	ProtectionTriggered bool              `json:"protection_triggered"`
+	Instances           []client.Instance `json:"instances"`
 }
 
 func toListJSON(info client.ServiceInfo) listJSON {
-	out := listJSON{Service: info.Service, Revision: info.Revision, ProtectionTriggered: info.ProtectionTriggered, Instances: make([]instanceJSON, 0, len(info.Instances))}
+	out := listJSON{Service: info.Service, Revision: info.Revision, ProtectionTriggered: info.ProtectionTriggered, Instances: make([]client.Instance, 0, len(info.Instances))}
 	for _, in := range info.Instances {
-		md := in.Metadata
-		if md == nil {
-			md = map[string]string{}
+		if in.Metadata == nil {
+			in.Metadata = map[string]string{}
 		}
-		out.Instances = append(out.Instances, instanceJSON{IP: in.IP, Port: in.Port, Cluster: in.Cluster, Weight: in.Weight, Healthy: in.Healthy, Enabled: in.Enabled, Ephemeral: in.Ephemeral, Metadata: md})
+		out.Instances = append(out.Instances, in)
 	}
 	return out
 }
@@ -262,21 +268,13 @@ func newListCmd() *cobra.Command {
 		Short: "List a service's instances",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := c.check(); err != nil {
-				return err
-			}
-			cl, err := c.client()
-			if err != nil {
-				return err
-			}
-			defer cl.Close()
-			ctx, cancel := context.WithTimeout(cmd.Context(), c.timeout)
-			defer cancel()
-			info, err := cl.GetService(ctx, sel.svc(), client.Filter{HealthyOnly: healthy, Clusters: clusters})
-			if err != nil {
-				return err
-			}
-			return printList(cmd.OutOrStdout(), c.output, info)
+			return c.run(cmd, func(ctx context.Context, cl *client.Client) error {
+				info, err := cl.GetService(ctx, sel.svc(), client.Filter{HealthyOnly: healthy, Clusters: clusters})
+				if err != nil {
+					return err
+				}
+				return printList(cmd.OutOrStdout(), c.output, info)
+			})
 		},
 	}
 	c.add(cmd, true)
@@ -303,17 +301,11 @@ func newServicesCmd() *cobra.Command {
 	}
 	var cc common
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
-		if err := cc.check(); err != nil {
+		var list []client.ServiceSummary
+		err := cc.run(cmd, func(ctx context.Context, cl *client.Client) (err error) {
+			list, err = cl.ListServices(ctx, namespace, group)
 			return err
-		}
-		cl, err := cc.client()
-		if err != nil {
-			return err
-		}
-		defer cl.Close()
-		ctx, cancel := context.WithTimeout(cmd.Context(), cc.timeout)
-		defer cancel()
-		list, err := cl.ListServices(ctx, namespace, group)
+		})
 		if err != nil {
 			return err
 		}
@@ -402,32 +394,24 @@ func newMembersCmd() *cobra.Command {
 		Short: "List the cluster's nodes as the asked node sees them",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := c.check(); err != nil {
-				return err
-			}
-			cl, err := c.client()
-			if err != nil {
-				return err
-			}
-			defer cl.Close()
-			ctx, cancel := context.WithTimeout(cmd.Context(), c.timeout)
-			defer cancel()
-			members, err := cl.Members(ctx)
-			if err != nil {
-				return err
-			}
-			if members == nil {
-				members = []client.Member{}
-			}
-			if c.output == "json" {
-				return printJSON(cmd.OutOrStdout(), members)
-			}
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tADDR\tSTATUS\tRAFT")
-			for _, m := range members {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", m.Name, m.Addr, m.Status, m.Raft)
-			}
-			return tw.Flush()
+			return c.run(cmd, func(ctx context.Context, cl *client.Client) error {
+				members, err := cl.Members(ctx)
+				if err != nil {
+					return err
+				}
+				if members == nil {
+					members = []client.Member{}
+				}
+				if c.output == "json" {
+					return printJSON(cmd.OutOrStdout(), members)
+				}
+				tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "NAME\tADDR\tSTATUS\tRAFT")
+				for _, m := range members {
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", m.Name, m.Addr, m.Status, m.Raft)
+				}
+				return tw.Flush()
+			})
 		},
 	}
 	c.add(cmd, true)
