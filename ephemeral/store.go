@@ -22,7 +22,7 @@ type Store struct {
 	// counter's value at its last change, so revisions only grow. It starts
 	// at the wall clock in microseconds so that it also grows across
 	// restarts of the node.
-	rev      uint64
+	rev uint64
 	// base is rev's starting value: the revision of a service that has had
 	// no ephemeral instance since the node started.
 	base     uint64
