@@ -194,19 +194,14 @@ func newDeregisterCmd() *cobra.Command {
 that registered them: they go when that process deregisters or ends.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cl, err := c.client()
-			if err != nil {
-				return err
-			}
-			defer cl.Close()
-			ctx, cancel := context.WithTimeout(cmd.Context(), c.timeout)
-			defer cancel()
-			rev, err := cl.DeregisterPersistent(ctx, sel.svc(), client.Instance{IP: sel.ip, Port: sel.port, Cluster: sel.cluster})
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "deregistered %s:%d from %s (revision %d)\n", sel.ip, sel.port, sel.service, rev)
-			return nil
+			return c.run(cmd, func(ctx context.Context, cl *client.Client) error {
+				rev, err := cl.DeregisterPersistent(ctx, sel.svc(), client.Instance{IP: sel.ip, Port: sel.port, Cluster: sel.cluster})
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "deregistered %s:%d from %s (revision %d)\n", sel.ip, sel.port, sel.service, rev)
+				return nil
+			})
 		},
 	}
 	c.add(cmd, false)
