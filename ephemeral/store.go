@@ -94,8 +94,9 @@ func (s *Store) touchService(key naming.ServiceKey) *service {
 // Register adds or replaces instances of one service for a client, creating
 // the client (owned by owner) if it is new. The instances must already be
 // normalized. It is idempotent: registering identical data again changes
-// nothing and notifies nobody. It returns the client's revision.
-func (s *Store) Register(clientID, owner string, key naming.ServiceKey, instances []naming.Instance) uint64 {
+// nothing and notifies nobody. It returns the client's revision and whether
+// anything changed.
+func (s *Store) Register(clientID, owner string, key naming.ServiceKey, instances []naming.Instance) (uint64, bool) {
 	s.mu.Lock()
 	c := s.getClient(clientID, owner)
 	set := c.services[key]
@@ -135,18 +136,18 @@ func (s *Store) Register(clientID, owner string, key naming.ServiceKey, instance
 	if changed {
 		s.notify(obs, []naming.ServiceKey{key})
 	}
-	return rev
+	return rev, changed
 }
 
 // Deregister removes instances of one service from a client. Removing what
 // the client does not hold is not an error. It returns the client's revision
-// (0 when the client is unknown).
-func (s *Store) Deregister(clientID string, key naming.ServiceKey, ids []naming.InstanceID) uint64 {
+// (0 when the client is unknown) and whether anything changed.
+func (s *Store) Deregister(clientID string, key naming.ServiceKey, ids []naming.InstanceID) (uint64, bool) {
 	s.mu.Lock()
 	c := s.clients[clientID]
 	if c == nil {
 		s.mu.Unlock()
-		return 0
+		return 0, false
 	}
 	set := c.services[key]
 	changed := false
@@ -180,7 +181,7 @@ func (s *Store) Deregister(clientID string, key naming.ServiceKey, ids []naming.
 	if changed {
 		s.notify(obs, []naming.ServiceKey{key})
 	}
-	return rev
+	return rev, changed
 }
 
 // dropIfEmpty releases the instance cache of a service with no instances
@@ -357,4 +358,104 @@ func (s *Store) Stats() Stats {
 		}
 	}
 	return st
+}
+
+// ReplaceClient sets a client's whole state (owner and instances by
+// service), creating the client if it is new. Services whose instance set
+// does not change are not touched, so a replicated copy that only changes
+// owner (a client moving between nodes) notifies nobody. The instances must
+// be normalized; the store keeps copies. It reports whether any instance
+// changed.
+func (s *Store) ReplaceClient(clientID, owner string, services map[naming.ServiceKey][]naming.Instance) bool {
+	s.mu.Lock()
+	c := s.getClient(clientID, owner)
+	c.owner = owner
+	var changed []naming.ServiceKey
+	bumped := false
+	bump := func() {
+		if !bumped {
+			bumped = true
+			s.rev++
+		}
+	}
+	// Services the client no longer has.
+	for key := range c.services {
+		if _, ok := services[key]; ok {
+			continue
+		}
+		bump()
+		delete(s.services[key].clients, c)
+		delete(c.services, key)
+		changed = append(changed, key)
+	}
+	// Services added or changed.
+	for key, list := range services {
+		old := c.services[key]
+		if sameSet(old, list) {
+			continue
+		}
+		bump()
+		set := make(map[naming.InstanceID]*naming.Instance, len(list))
+		for i := range list {
+			in := list[i].Clone()
+			in.Ephemeral = true
+			set[in.ID()] = &in
+		}
+		if len(set) == 0 {
+			delete(c.services, key)
+		} else {
+			c.services[key] = set
+		}
+		svc := s.services[key]
+		if svc == nil {
+			svc = &service{clients: make(map[*client]int)}
+			s.services[key] = svc
+		}
+		if len(set) == 0 {
+			delete(svc.clients, c)
+		} else {
+			svc.clients[c] = len(set)
+		}
+		changed = append(changed, key)
+	}
+	var obs Observer
+	if bumped {
+		c.revision = s.rev
+		for _, key := range changed {
+			s.touchService(key)
+			s.dropIfEmpty(key)
+		}
+		obs = s.observer
+	}
+	s.mu.Unlock()
+	s.notify(obs, changed)
+	return bumped
+}
+
+func sameSet(old map[naming.InstanceID]*naming.Instance, list []naming.Instance) bool {
+	if len(old) != len(list) {
+		return false
+	}
+	for i := range list {
+		in := &list[i]
+		o, ok := old[in.ID()]
+		if !ok {
+			return false
+		}
+		cp := *in
+		cp.Ephemeral = true
+		if !o.Equal(&cp) {
+			return false
+		}
+	}
+	return true
+}
+
+// SetOwner records a new owner for a client without touching its instances.
+func (s *Store) SetOwner(clientID, owner string) {
+	s.mu.Lock()
+	if c := s.clients[clientID]; c != nil {
+		c.owner = owner
+	}
+	s.mu.Unlock()
 }

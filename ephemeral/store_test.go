@@ -62,10 +62,10 @@ func TestRegisterManyInstancesPerClient(t *testing.T) {
 func TestRegisterIsIdempotent(t *testing.T) {
 	rec := &recorder{}
 	s := NewStore(rec.observe)
-	r1 := s.Register("c1", "n1", svcA, []naming.Instance{inst("10.0.0.1", 80)})
+	r1, _ := s.Register("c1", "n1", svcA, []naming.Instance{inst("10.0.0.1", 80)})
 	rev1 := s.Revision(svcA)
 	rec.take()
-	r2 := s.Register("c1", "n1", svcA, []naming.Instance{inst("10.0.0.1", 80)})
+	r2, _ := s.Register("c1", "n1", svcA, []naming.Instance{inst("10.0.0.1", 80)})
 	if r1 != r2 || s.Revision(svcA) != rev1 {
 		t.Fatalf("identical register changed revisions: %d->%d, svc %d->%d", r1, r2, rev1, s.Revision(svcA))
 	}

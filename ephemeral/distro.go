@@ -1,0 +1,1121 @@
+package ephemeral
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/regent-registry/regent/internal/naming"
+)
+
+// numBuckets partitions clients for paged snapshots: a page walks buckets in
+// order and sorts only inside one bucket, so paging a million clients costs
+// O(n log(n/numBuckets)) in all, with no per-request state on the server.
+const numBuckets = 1024
+
+// clientMeta is what Distro keeps per client beside the store's instances.
+type clientMeta struct {
+	id      string
+	owner   string
+	ver     Version
+	native  bool      // this node holds the client's session
+	renewed time.Time // last time the owner confirmed this copy
+}
+
+type tomb struct {
+	owner string
+	ver   Version
+	at    time.Time
+}
+
+// ownerSet is every client one node owns, as this node knows it.
+type ownerSet struct {
+	clients map[string]*clientMeta
+	digest  Digest
+	// renewed is when the owner last verified the whole set by digest.
+	renewed time.Time
+}
+
+// peer is this node's view of one other node and its outgoing queue.
+type peer struct {
+	name      string
+	up        bool
+	downSince time.Time
+	purged    bool
+	// pending holds clients whose current state (or tombstone) must be sent.
+	pending      map[string]struct{}
+	firstPending time.Time
+	retryAt      time.Time
+	backoff      time.Duration
+	nextVerify   time.Time
+	verifyNow    bool
+	wake         chan struct{}
+	started      bool
+}
+
+// DistroStats counts what the engine did since it started.
+type DistroStats struct {
+	SyncMessages      uint64 // sync messages sent
+	SyncClients       uint64 // client states and tombstones in them
+	SyncFailures      uint64
+	VerifyMessages    uint64 // digest messages sent
+	VerifyListMsgs    uint64 // list messages sent after a digest mismatch
+	VerifyListEntries uint64
+	Repairs           uint64 // clients re-sent because a peer lacked them
+	Applied           uint64 // remote states and tombstones that changed this node
+	Expired           uint64 // replicated clients removed because their owner stopped confirming them
+	Purged            uint64 // replicated clients removed after their owner died or left
+	Clients           int    // clients held now
+	Native            int    // of which this node owns
+	Tombstones        int
+}
+
+// PeerStatus is one peer as the engine sees it.
+type PeerStatus struct {
+	Name    string
+	Up      bool
+	Pending int
+}
+
+// Distro replicates the ephemeral store between nodes, as Nacos' Distro does
+// but with batched syncs, digest verification, owner epochs and a paged
+// start-up load. See DESIGN.md.
+type Distro struct {
+	cfg   Config
+	clock Clock
+	log   *slog.Logger
+	store *Store
+	tr    Transport
+	self  string
+
+	// mu guards every field below it.
+	mu       sync.Mutex
+	clients  map[string]*clientMeta
+	tombs    map[string]tomb
+	buckets  [numBuckets]map[string]struct{}
+	owners   map[string]*ownerSet
+	peers    map[string]*peer
+	draining bool
+
+	loaded   atomic.Bool
+	loadedCh chan struct{}
+
+	// lifecycle, also under mu
+	ctx     context.Context
+	cancel  context.CancelFunc
+	running bool
+	stopped bool
+	wg      sync.WaitGroup
+
+	syncMsgs, syncClients, syncFail     atomic.Uint64
+	verifyMsgs, verifyList, verifyEntry atomic.Uint64
+	repairs, applied, expired, purged   atomic.Uint64
+}
+
+// New builds the engine of one node over its store and a transport to its
+// peers. It does nothing on its own until Start.
+func New(cfg Config, store *Store, tr Transport) (*Distro, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if store == nil || tr == nil {
+		return nil, fmt.Errorf("%w: store and transport are required", ErrConfig)
+	}
+	clock := cfg.Clock
+	if clock == nil {
+		clock = wallClock{}
+	}
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	d := &Distro{
+		cfg: cfg, clock: clock, store: store, tr: tr, self: cfg.Node,
+		log:      logger.With("component", "distro", "node", cfg.Node),
+		clients:  make(map[string]*clientMeta),
+		tombs:    make(map[string]tomb),
+		owners:   make(map[string]*ownerSet),
+		peers:    make(map[string]*peer),
+		loadedCh: make(chan struct{}),
+	}
+	for i := range d.buckets {
+		d.buckets[i] = make(map[string]struct{})
+	}
+	return d, nil
+}
+
+// Store returns the store the engine writes.
+func (d *Distro) Store() *Store { return d.store }
+
+// Node returns this node's name.
+func (d *Distro) Node() string { return d.self }
+
+// Start launches the sweeper and one sender per peer; they stop when ctx
+// ends or Stop is called.
+func (d *Distro) Start(ctx context.Context) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.running || d.stopped {
+		return
+	}
+	d.ctx, d.cancel = context.WithCancel(ctx)
+	d.running = true
+	d.goFuncLocked(d.sweepLoop)
+	for _, p := range d.peers {
+		d.startPeerLocked(p)
+	}
+}
+
+// Stop ends every goroutine of the engine and waits for them. It is
+// idempotent.
+func (d *Distro) Stop() {
+	d.mu.Lock()
+	d.stopped, d.running = true, false
+	if d.cancel != nil {
+		d.cancel()
+	}
+	d.mu.Unlock()
+	d.wg.Wait()
+}
+
+// goFuncLocked runs f in a goroutine the engine owns and waits for on Stop;
+// callers hold mu and have checked that the engine runs.
+func (d *Distro) goFuncLocked(f func(ctx context.Context)) {
+	d.wg.Add(1)
+	ctx := d.ctx
+	go func() {
+		defer d.wg.Done()
+		f(ctx)
+	}()
+}
+
+// startPeerLocked starts p's sender if the engine runs.
+func (d *Distro) startPeerLocked(p *peer) {
+	if p.started || !d.running {
+		return
+	}
+	p.started = true
+	d.goFuncLocked(func(ctx context.Context) { d.peerLoop(ctx, p) })
+}
+
+func (d *Distro) now() time.Time { return d.clock.Now() }
+
+func bucketOf(id string) int {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(id))
+	return int(h.Sum32() % numBuckets)
+}
+
+func (d *Distro) ownerSetLocked(owner string) *ownerSet {
+	o := d.owners[owner]
+	if o == nil {
+		o = &ownerSet{clients: make(map[string]*clientMeta)}
+		d.owners[owner] = o
+	}
+	return o
+}
+
+// link records m (with its current owner and version) in the indexes.
+func (d *Distro) linkLocked(m *clientMeta) {
+	d.clients[m.id] = m
+	d.buckets[bucketOf(m.id)][m.id] = struct{}{}
+	o := d.ownerSetLocked(m.owner)
+	o.clients[m.id] = m
+	o.digest.add(m.id, m.ver)
+}
+
+// unlink removes m from the indexes; the store is the caller's business.
+func (d *Distro) unlinkLocked(m *clientMeta) {
+	delete(d.clients, m.id)
+	delete(d.buckets[bucketOf(m.id)], m.id)
+	if o := d.owners[m.owner]; o != nil {
+		if _, ok := o.clients[m.id]; ok {
+			delete(o.clients, m.id)
+			o.digest.remove(m.id, m.ver)
+		}
+		if len(o.clients) == 0 && m.owner != d.self && d.peers[m.owner] == nil {
+			delete(d.owners, m.owner)
+		}
+	}
+}
+
+// ---------------------------------------------------------------------------
+// Local changes: the sessions held by this node.
+
+// takeLocked makes this node the owner of a client, creating it if new. A
+// client that another node owned (or that was deleted) gets an epoch above
+// anything known of it, so every peer swaps owners. It reports whether the
+// ownership is new.
+func (d *Distro) takeLocked(id string) (*clientMeta, bool) {
+	m := d.clients[id]
+	if m != nil && m.native {
+		return m, false
+	}
+	var floor Version
+	if m != nil {
+		floor = m.ver
+		d.unlinkLocked(m)
+	} else {
+		m = &clientMeta{id: id}
+	}
+	if t, ok := d.tombs[id]; ok && floor.Less(t.ver) {
+		floor = t.ver
+	}
+	now := d.now()
+	epoch := uint64(now.UnixMicro())
+	if epoch <= floor.Epoch {
+		epoch = floor.Epoch + 1
+	}
+	m.owner, m.ver, m.native, m.renewed = d.self, Version{Epoch: epoch}, true, now
+	d.linkLocked(m)
+	delete(d.tombs, id)
+	d.store.SetOwner(id, d.self)
+	return m, true
+}
+
+// bumpLocked records a change of a native client.
+func (d *Distro) bumpLocked(m *clientMeta) {
+	o := d.owners[d.self]
+	o.digest.remove(m.id, m.ver)
+	m.ver.Seq++
+	o.digest.add(m.id, m.ver)
+}
+
+// markLocked queues a client for every live peer and returns the peers to
+// wake.
+func (d *Distro) markLocked(id string) []*peer {
+	now := d.now()
+	woken := make([]*peer, 0, len(d.peers))
+	for _, p := range d.peers {
+		if !p.up {
+			continue
+		}
+		if len(p.pending) == 0 {
+			p.firstPending = now
+		}
+		p.pending[id] = struct{}{}
+		woken = append(woken, p)
+	}
+	return woken
+}
+
+func wakeAll(ps []*peer) {
+	for _, p := range ps {
+		select {
+		case p.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// Connect is called when a session of clientID opens on this node. If a
+// peer's copy of the client is known, this node takes it over at once, so
+// peers swap owners without removing the instances. prevNode, the node the
+// client was connected to before (may be empty), is asked for the client's
+// state when this node has no copy yet.
+func (d *Distro) Connect(ctx context.Context, clientID, prevNode string) {
+	d.mu.Lock()
+	m := d.clients[clientID]
+	ask := m == nil && prevNode != "" && prevNode != d.self
+	if p := d.peers[prevNode]; ask && (p == nil || !p.up) {
+		ask = false
+	}
+	d.mu.Unlock()
+	if ask {
+		qctx, cancel := context.WithTimeout(ctx, d.cfg.QueryTimeout)
+		rep, err := d.tr.Query(qctx, prevNode, &QueryRequest{From: d.self, IDs: []string{clientID}})
+		cancel()
+		if err != nil {
+			d.log.Debug("query of a moving client failed", "client-id", clientID, "peer", prevNode, "err", err)
+		} else {
+			d.mu.Lock()
+			var lost []string
+			for i := range rep.Clients {
+				if rep.Clients[i].ID == clientID {
+					d.applyLocked(&rep.Clients[i], &lost)
+				}
+			}
+			d.mu.Unlock()
+			d.notifyLost(lost)
+		}
+	}
+	d.mu.Lock()
+	var woken []*peer
+	if m := d.clients[clientID]; m != nil && !m.native {
+		d.takeLocked(clientID)
+		woken = d.markLocked(clientID)
+	}
+	d.mu.Unlock()
+	wakeAll(woken)
+}
+
+// Register adds or replaces instances of a service for a client whose
+// session this node holds. It reports whether anything changed.
+func (d *Distro) Register(clientID string, key naming.ServiceKey, instances []naming.Instance) bool {
+	d.mu.Lock()
+	m, taken := d.takeLocked(clientID)
+	_, changed := d.store.Register(clientID, d.self, key, instances)
+	if changed {
+		d.bumpLocked(m)
+	}
+	var woken []*peer
+	if changed || taken {
+		woken = d.markLocked(clientID)
+	}
+	d.mu.Unlock()
+	wakeAll(woken)
+	return changed
+}
+
+// Deregister removes instances of a service from a client whose session
+// this node holds. It reports whether anything changed.
+func (d *Distro) Deregister(clientID string, key naming.ServiceKey, ids []naming.InstanceID) bool {
+	d.mu.Lock()
+	m, taken := d.takeLocked(clientID)
+	_, changed := d.store.Deregister(clientID, key, ids)
+	if changed {
+		d.bumpLocked(m)
+	}
+	var woken []*peer
+	if changed || taken {
+		woken = d.markLocked(clientID)
+	}
+	d.mu.Unlock()
+	wakeAll(woken)
+	return changed
+}
+
+// Disconnect is called when the session of a client ends for good: the
+// client and its instances are deleted here and on every peer. It does
+// nothing for a client another node has taken over, and nothing while the
+// node drains (its clients are reconnecting elsewhere; peers remove the ones
+// that do not after the node has left).
+func (d *Distro) Disconnect(clientID string) {
+	d.mu.Lock()
+	m := d.clients[clientID]
+	if m == nil || !m.native || d.draining {
+		d.mu.Unlock()
+		return
+	}
+	d.unlinkLocked(m)
+	d.tombs[clientID] = tomb{owner: d.self, ver: Version{Epoch: m.ver.Epoch, Seq: m.ver.Seq + 1}, at: d.now()}
+	d.store.RemoveClient(clientID)
+	woken := d.markLocked(clientID)
+	d.mu.Unlock()
+	wakeAll(woken)
+}
+
+// Drain makes Disconnect keep clients: the node is shutting down and its
+// clients move to other nodes, which take them over without a gap.
+func (d *Distro) Drain() {
+	d.mu.Lock()
+	d.draining = true
+	d.mu.Unlock()
+}
+
+// Owns reports whether this node owns the client.
+func (d *Distro) Owns(clientID string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	m := d.clients[clientID]
+	return m != nil && m.native
+}
+
+// ClientVersion returns what the engine knows of one client.
+func (d *Distro) ClientVersion(clientID string) (owner string, v Version, ok bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	m := d.clients[clientID]
+	if m == nil {
+		return "", Version{}, false
+	}
+	return m.owner, m.ver, true
+}
+
+// ---------------------------------------------------------------------------
+// Membership.
+
+// PeerUp records that gossip sees a node alive (joined, or back). A peer
+// that returns is verified at once, which re-sends what it missed.
+func (d *Distro) PeerUp(name string) {
+	if name == d.self || name == "" {
+		return
+	}
+	d.mu.Lock()
+	p := d.peers[name]
+	if p == nil {
+		p = &peer{name: name, pending: make(map[string]struct{}), wake: make(chan struct{}, 1)}
+		d.peers[name] = p
+		d.ownerSetLocked(name)
+	}
+	wasUp := p.up
+	p.up, p.downSince, p.purged = true, time.Time{}, false
+	if !wasUp {
+		p.verifyNow = true
+		p.backoff, p.retryAt = 0, time.Time{}
+	}
+	d.startPeerLocked(p)
+	d.mu.Unlock()
+	wakeAll([]*peer{p})
+}
+
+// PeerDown records that gossip declares a node dead or left. Nothing is
+// sent to it until it returns, and its clients are removed after
+// OwnerGrace unless they reconnect elsewhere first.
+func (d *Distro) PeerDown(name string) {
+	if name == d.self {
+		return
+	}
+	d.mu.Lock()
+	p := d.peers[name]
+	if p == nil {
+		p = &peer{name: name, pending: make(map[string]struct{}), wake: make(chan struct{}, 1)}
+		d.peers[name] = p
+	}
+	if p.up || p.downSince.IsZero() {
+		p.up = false
+		p.downSince = d.now()
+		p.purged = false
+		// What it misses is repaired by verify when it returns.
+		clear(p.pending)
+		p.firstPending = time.Time{}
+	}
+	d.mu.Unlock()
+}
+
+// Peers lists the peers the engine knows, sorted by name.
+func (d *Distro) Peers() []PeerStatus {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make([]PeerStatus, 0, len(d.peers))
+	for _, p := range d.peers {
+		out = append(out, PeerStatus{Name: p.name, Up: p.up, Pending: len(p.pending)})
+	}
+	slices.SortFunc(out, func(a, b PeerStatus) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+func (d *Distro) upPeersLocked() []string {
+	var out []string
+	for _, p := range d.peers {
+		if p.up {
+			out = append(out, p.name)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// ---------------------------------------------------------------------------
+// Applying what peers send.
+
+func toMap(services []ServiceInstances) map[naming.ServiceKey][]naming.Instance {
+	m := make(map[naming.ServiceKey][]naming.Instance, len(services))
+	for _, s := range services {
+		if len(s.Instances) > 0 {
+			m[s.Key] = append(m[s.Key], s.Instances...)
+		}
+	}
+	return m
+}
+
+// applyLocked applies a peer's state of a client (a CHANGE or a snapshot
+// entry) if it is newer than what this node knows. Clients whose session
+// this node loses are appended to lost. It reports whether anything
+// changed.
+func (d *Distro) applyLocked(st *ClientState, lost *[]string) bool {
+	if st.ID == "" || st.Owner == "" {
+		return false
+	}
+	if st.Owner == d.self {
+		m := d.clients[st.ID]
+		if m != nil && m.native {
+			// This node is the authority on its own clients: a copy of one
+			// coming back (in a snapshot) never overwrites it.
+			return false
+		}
+		// A client of an earlier run of this node: its session died with
+		// that run. Delete it everywhere, unless a newer owner exists.
+		if m != nil && !m.ver.Less(st.Version) {
+			return false
+		}
+		if t, ok := d.tombs[st.ID]; ok && !t.ver.Less(st.Version) {
+			return false
+		}
+		if m != nil {
+			d.removeLocked(m)
+		}
+		d.tombs[st.ID] = tomb{owner: d.self, ver: Version{Epoch: st.Version.Epoch, Seq: st.Version.Seq + 1}, at: d.now()}
+		wakeAll(d.markLocked(st.ID))
+		return false
+	}
+	if t, ok := d.tombs[st.ID]; ok && !t.ver.Less(st.Version) {
+		return false // deleted at a version at least as new
+	}
+	now := d.now()
+	m := d.clients[st.ID]
+	if m != nil {
+		switch m.ver.Compare(st.Version) {
+		case 1:
+			return false
+		case 0:
+			m.renewed = now // the owner re-sent what we hold: a renewal
+			return false
+		}
+		if m.native {
+			*lost = append(*lost, st.ID)
+		}
+		d.unlinkLocked(m)
+	} else {
+		m = &clientMeta{id: st.ID}
+	}
+	m.owner, m.ver, m.native, m.renewed = st.Owner, st.Version, false, now
+	d.linkLocked(m)
+	delete(d.tombs, st.ID)
+	d.store.ReplaceClient(st.ID, st.Owner, toMap(st.Services))
+	d.applied.Add(1)
+	return true
+}
+
+// deleteLocked applies a peer's DELETE.
+func (d *Distro) deleteLocked(t *Tombstone, lost *[]string) bool {
+	if t.ID == "" {
+		return false
+	}
+	if old, ok := d.tombs[t.ID]; ok && !old.ver.Less(t.Version) {
+		return false
+	}
+	m := d.clients[t.ID]
+	if m != nil && !m.ver.Less(t.Version) {
+		return false // a newer state exists (the client moved or came back)
+	}
+	d.tombs[t.ID] = tomb{owner: t.Owner, ver: t.Version, at: d.now()}
+	if m == nil {
+		return false
+	}
+	if m.native {
+		*lost = append(*lost, t.ID)
+	}
+	d.unlinkLocked(m)
+	d.store.RemoveClient(t.ID)
+	d.applied.Add(1)
+	return true
+}
+
+func (d *Distro) notifyLost(ids []string) {
+	if d.cfg.OwnershipLost == nil {
+		return
+	}
+	for _, id := range ids {
+		d.cfg.OwnershipLost(id)
+	}
+}
+
+// HandleSync applies a batch of CHANGEs and DELETEs from a peer.
+func (d *Distro) HandleSync(_ context.Context, req *SyncRequest) (*SyncReply, error) {
+	var lost []string
+	var n uint32
+	d.mu.Lock()
+	for i := range req.Changes {
+		if d.applyLocked(&req.Changes[i], &lost) {
+			n++
+		}
+	}
+	for i := range req.Deletes {
+		if d.deleteLocked(&req.Deletes[i], &lost) {
+			n++
+		}
+	}
+	d.mu.Unlock()
+	d.notifyLost(lost)
+	return &SyncReply{Applied: n}, nil
+}
+
+// HandleVerify checks an owner's claim on its clients and renews the copies
+// that match.
+func (d *Distro) HandleVerify(_ context.Context, req *VerifyRequest) (*VerifyReply, error) {
+	if req.From == "" || req.From == d.self {
+		return nil, fmt.Errorf("%w: verify from %q", naming.ErrInvalid, req.From)
+	}
+	now := d.now()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !req.List {
+		o := d.owners[req.From]
+		var have Digest
+		if o != nil {
+			have = o.digest
+		}
+		if have == req.Digest {
+			if o != nil {
+				o.renewed = now
+			}
+			return &VerifyReply{Match: true}, nil
+		}
+		return &VerifyReply{Match: false}, nil
+	}
+	var want []string
+	for _, cv := range req.Clients {
+		m := d.clients[cv.ID]
+		if m != nil {
+			switch m.ver.Compare(cv.Version) {
+			case 0:
+				m.renewed = now
+				continue
+			case 1:
+				continue // we hold something newer: the claim is stale
+			}
+		}
+		if t, ok := d.tombs[cv.ID]; ok && !t.ver.Less(cv.Version) {
+			continue
+		}
+		want = append(want, cv.ID)
+	}
+	return &VerifyReply{Want: want}, nil
+}
+
+// stateLocked builds the replicated state of a client.
+func (d *Distro) stateLocked(m *clientMeta) ClientState {
+	st := ClientState{ID: m.id, Owner: m.owner, Version: m.ver}
+	for key, list := range d.store.ClientInstances(m.id) {
+		st.Services = append(st.Services, ServiceInstances{Key: key, Instances: list})
+	}
+	slices.SortFunc(st.Services, func(a, b ServiceInstances) int { return strings.Compare(a.Key.String(), b.Key.String()) })
+	return st
+}
+
+// HandleQuery returns the states of the clients asked for that this node
+// holds.
+func (d *Distro) HandleQuery(_ context.Context, req *QueryRequest) (*QueryReply, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	rep := &QueryReply{}
+	for _, id := range req.IDs {
+		if m := d.clients[id]; m != nil {
+			rep.Clients = append(rep.Clients, d.stateLocked(m))
+		}
+	}
+	return rep, nil
+}
+
+// HandleSnapshot returns one page of every client this node holds, owned
+// or replicated.
+func (d *Distro) HandleSnapshot(_ context.Context, req *SnapshotRequest) (*SnapshotPage, error) {
+	b, after, err := parseCursor(req.Cursor)
+	if err != nil {
+		return nil, err
+	}
+	maxBytes := req.MaxBytes
+	if maxBytes <= 0 || maxBytes > d.cfg.MaxBatchBytes {
+		maxBytes = d.cfg.MaxBatchBytes
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	page := &SnapshotPage{}
+	size := 0
+	for ; b < numBuckets; b, after = b+1, "" {
+		ids := make([]string, 0, len(d.buckets[b]))
+		for id := range d.buckets[b] {
+			if id > after {
+				ids = append(ids, id)
+			}
+		}
+		slices.Sort(ids)
+		for _, id := range ids {
+			if size >= maxBytes && len(page.Clients) > 0 {
+				page.Next = formatCursor(b, page.Clients[len(page.Clients)-1].ID)
+				return page, nil
+			}
+			st := d.stateLocked(d.clients[id])
+			size += stateSize(&st)
+			page.Clients = append(page.Clients, st)
+		}
+	}
+	page.Done = true
+	return page, nil
+}
+
+func formatCursor(b int, after string) string { return strconv.Itoa(b) + ":" + after }
+
+func parseCursor(c string) (int, string, error) {
+	if c == "" {
+		return 0, "", nil
+	}
+	bs, after, ok := strings.Cut(c, ":")
+	b, err := strconv.Atoi(bs)
+	if !ok || err != nil || b < 0 || b >= numBuckets {
+		return 0, "", fmt.Errorf("%w: %q", ErrBadCursor, c)
+	}
+	return b, after, nil
+}
+
+// ---------------------------------------------------------------------------
+// Sending: one loop per peer, so a slow peer never holds up the others.
+
+func (d *Distro) peerLoop(ctx context.Context, p *peer) {
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		act, wait := d.nextAction(p)
+		switch act {
+		case actSync:
+			d.syncPeer(ctx, p)
+			continue
+		case actVerify:
+			d.verifyPeer(ctx, p)
+			continue
+		}
+		timer.Reset(wait)
+		select {
+		case <-ctx.Done():
+			return
+		case <-p.wake:
+		case <-timer.C:
+		}
+	}
+}
+
+const (
+	actWait = iota
+	actSync
+	actVerify
+)
+
+func (d *Distro) nextAction(p *peer) (int, time.Duration) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	now := d.now()
+	if !p.up {
+		return actWait, time.Hour
+	}
+	if now.Before(p.retryAt) {
+		return actWait, p.retryAt.Sub(now)
+	}
+	wait := time.Hour
+	if len(p.pending) > 0 {
+		due := p.firstPending.Add(d.cfg.SyncDelay)
+		if !now.Before(due) {
+			return actSync, 0
+		}
+		wait = due.Sub(now)
+	}
+	if p.nextVerify.IsZero() {
+		// Spread the first round so that nodes do not verify in step.
+		p.nextVerify = now.Add(d.cfg.VerifyInterval/2 + time.Duration(bucketOf(d.self+p.name))*d.cfg.VerifyInterval/(2*numBuckets))
+	}
+	if p.verifyNow || !now.Before(p.nextVerify) {
+		return actVerify, 0
+	}
+	if w := p.nextVerify.Sub(now); w < wait {
+		wait = w
+	}
+	return actWait, wait
+}
+
+func (d *Distro) failLocked(p *peer) {
+	if p.backoff == 0 {
+		p.backoff = d.cfg.RetryMin
+	} else {
+		p.backoff = min(2*p.backoff, d.cfg.RetryMax)
+	}
+	p.retryAt = d.now().Add(p.backoff)
+}
+
+// syncPeer sends one batch of p's pending clients, read at send time so that
+// changes merged in the queue go once, in their latest state.
+func (d *Distro) syncPeer(ctx context.Context, p *peer) {
+	d.mu.Lock()
+	req := &SyncRequest{From: d.self}
+	var taken []string
+	size := 0
+	for id := range p.pending {
+		if size >= d.cfg.MaxBatchBytes {
+			break
+		}
+		delete(p.pending, id)
+		taken = append(taken, id)
+		if m := d.clients[id]; m != nil && m.native {
+			st := d.stateLocked(m)
+			size += stateSize(&st)
+			req.Changes = append(req.Changes, st)
+		} else if t, ok := d.tombs[id]; ok && t.owner == d.self {
+			size += 48 + len(id)
+			req.Deletes = append(req.Deletes, Tombstone{ID: id, Owner: t.owner, Version: t.ver})
+		}
+		// Otherwise the client is no longer this node's: its new owner
+		// syncs it.
+	}
+	if len(p.pending) == 0 {
+		p.firstPending = time.Time{}
+	}
+	d.mu.Unlock()
+	if len(req.Changes)+len(req.Deletes) == 0 {
+		return
+	}
+	cctx, cancel := context.WithTimeout(ctx, d.cfg.SyncTimeout)
+	_, err := d.tr.Sync(cctx, p.name, req)
+	cancel()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err != nil {
+		d.syncFail.Add(1)
+		if ctx.Err() == nil {
+			d.log.Debug("sync failed", "peer", p.name, "clients", len(taken), "err", err)
+		}
+		if p.up {
+			if len(p.pending) == 0 {
+				p.firstPending = d.now()
+			}
+			for _, id := range taken {
+				p.pending[id] = struct{}{}
+			}
+			d.failLocked(p)
+		}
+		return
+	}
+	p.backoff, p.retryAt = 0, time.Time{}
+	d.syncMsgs.Add(1)
+	d.syncClients.Add(uint64(len(req.Changes) + len(req.Deletes)))
+}
+
+// verifyPeer sends p the digest of this node's clients and, on a mismatch,
+// the list; then it queues what p lacks.
+func (d *Distro) verifyPeer(ctx context.Context, p *peer) {
+	d.mu.Lock()
+	p.verifyNow = false
+	p.nextVerify = d.now().Add(d.cfg.VerifyInterval)
+	digest := d.ownerSetLocked(d.self).digest
+	d.mu.Unlock()
+
+	call := func(req *VerifyRequest) (*VerifyReply, error) {
+		cctx, cancel := context.WithTimeout(ctx, d.cfg.SyncTimeout)
+		defer cancel()
+		return d.tr.Verify(cctx, p.name, req)
+	}
+	rep, err := call(&VerifyRequest{From: d.self, Digest: digest})
+	if err != nil {
+		if ctx.Err() == nil {
+			d.log.Debug("verify failed", "peer", p.name, "err", err)
+		}
+		return
+	}
+	d.verifyMsgs.Add(1)
+	if rep.Match {
+		return
+	}
+	d.mu.Lock()
+	own := d.owners[d.self]
+	list := make([]ClientVersion, 0, len(own.clients))
+	for _, m := range own.clients {
+		list = append(list, ClientVersion{ID: m.id, Version: m.ver})
+	}
+	d.mu.Unlock()
+	var want []string
+	for start := 0; start < len(list) || start == 0; start += d.cfg.VerifyChunk {
+		chunk := list[start:min(start+d.cfg.VerifyChunk, len(list))]
+		rep, err := call(&VerifyRequest{From: d.self, Digest: digest, List: true, Clients: chunk})
+		if err != nil {
+			if ctx.Err() == nil {
+				d.log.Debug("verify list failed", "peer", p.name, "err", err)
+			}
+			return
+		}
+		d.verifyList.Add(1)
+		d.verifyEntry.Add(uint64(len(chunk)))
+		want = append(want, rep.Want...)
+		if len(list) == 0 {
+			break
+		}
+	}
+	if len(want) == 0 {
+		return
+	}
+	d.mu.Lock()
+	n := 0
+	for _, id := range want {
+		if m := d.clients[id]; m != nil && m.native && p.up {
+			if len(p.pending) == 0 {
+				p.firstPending = d.now().Add(-d.cfg.SyncDelay)
+			}
+			p.pending[id] = struct{}{}
+			n++
+		}
+	}
+	d.mu.Unlock()
+	d.repairs.Add(uint64(n))
+	d.log.Debug("verify found clients a peer lacks", "peer", p.name, "clients", n)
+}
+
+// ---------------------------------------------------------------------------
+// Expiry, owner grace and tombstones.
+
+func (d *Distro) sweepLoop(ctx context.Context) {
+	t := time.NewTicker(d.cfg.SweepInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			d.Sweep()
+		}
+	}
+}
+
+// removeLocked drops a replicated client without a tombstone: its owner may
+// still hold it (a partition), and then verify brings it back after the
+// heal.
+func (d *Distro) removeLocked(m *clientMeta) {
+	d.unlinkLocked(m)
+	d.store.RemoveClient(m.id)
+}
+
+// Sweep removes replicated clients whose owner stopped confirming them or
+// died more than OwnerGrace ago, and forgets old tombstones. The engine runs
+// it every SweepInterval; tests may call it.
+func (d *Distro) Sweep() {
+	now := d.now()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for name, o := range d.owners {
+		if name == d.self {
+			continue
+		}
+		if p := d.peers[name]; p != nil && !p.up && !p.purged && now.Sub(p.downSince) >= d.cfg.OwnerGrace {
+			p.purged = true
+			n := 0
+			for _, m := range o.clients {
+				d.removeLocked(m)
+				n++
+			}
+			d.purged.Add(uint64(n))
+			if n > 0 {
+				d.log.Info("removed the clients of a node that is gone", "peer", name, "clients", n)
+			}
+			continue
+		}
+		if now.Sub(o.renewed) <= d.cfg.Expiry {
+			continue // the owner verified the whole set recently
+		}
+		for _, m := range o.clients {
+			if now.Sub(m.renewed) > d.cfg.Expiry {
+				d.removeLocked(m)
+				d.expired.Add(1)
+			}
+		}
+	}
+	for id, t := range d.tombs {
+		if now.Sub(t.at) > d.cfg.TombstoneTTL {
+			delete(d.tombs, id)
+		}
+	}
+}
+
+// ---------------------------------------------------------------------------
+// Start-up load.
+
+// Loaded reports whether the start-up load has finished: the node holds
+// what its peers held when it started and may answer queries.
+func (d *Distro) Loaded() bool { return d.loaded.Load() }
+
+// LoadedCh is closed when the start-up load finishes.
+func (d *Distro) LoadedCh() <-chan struct{} { return d.loadedCh }
+
+func (d *Distro) markLoaded() {
+	if d.loaded.CompareAndSwap(false, true) {
+		close(d.loadedCh)
+	}
+}
+
+// Load pulls every peer's clients, page by page, from the first live peer
+// that answers, trying the next on failure and all of them again after
+// LoadRetry. A node with no live peer is loaded at once. Registrations made
+// on this node meanwhile are kept: a loaded state never overwrites a client
+// this node owns, and stale ones lose on version.
+func (d *Distro) Load(ctx context.Context) error {
+	defer func() {
+		if ctx.Err() == nil {
+			d.markLoaded()
+		}
+	}()
+	for {
+		d.mu.Lock()
+		peers := d.upPeersLocked()
+		d.mu.Unlock()
+		if len(peers) == 0 {
+			d.log.Info("no live peer: start-up load skipped")
+			return nil
+		}
+		for _, name := range peers {
+			n, err := d.loadFrom(ctx, name)
+			if err == nil {
+				d.log.Info("loaded clients from a peer", "peer", name, "clients", n)
+				return nil
+			}
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			d.log.Warn("start-up load from a peer failed", "peer", name, "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(d.cfg.LoadRetry):
+		}
+	}
+}
+
+func (d *Distro) loadFrom(ctx context.Context, name string) (int, error) {
+	cursor := ""
+	n := 0
+	for {
+		cctx, cancel := context.WithTimeout(ctx, d.cfg.SyncTimeout)
+		page, err := d.tr.Snapshot(cctx, name, &SnapshotRequest{From: d.self, Cursor: cursor, MaxBytes: d.cfg.MaxBatchBytes})
+		cancel()
+		if err != nil {
+			return n, err
+		}
+		var lost []string
+		d.mu.Lock()
+		for i := range page.Clients {
+			d.applyLocked(&page.Clients[i], &lost)
+		}
+		d.mu.Unlock()
+		d.notifyLost(lost)
+		n += len(page.Clients)
+		if page.Done {
+			return n, nil
+		}
+		if page.Next == "" || page.Next == cursor {
+			return n, errors.New("snapshot page without progress")
+		}
+		cursor = page.Next
+	}
+}
+
+// Stats returns the engine's counters.
+func (d *Distro) Stats() DistroStats {
+	d.mu.Lock()
+	clients, tombs := len(d.clients), len(d.tombs)
+	native := 0
+	if o := d.owners[d.self]; o != nil {
+		native = len(o.clients)
+	}
+	d.mu.Unlock()
+	return DistroStats{
+		SyncMessages: d.syncMsgs.Load(), SyncClients: d.syncClients.Load(), SyncFailures: d.syncFail.Load(),
+		VerifyMessages: d.verifyMsgs.Load(), VerifyListMsgs: d.verifyList.Load(), VerifyListEntries: d.verifyEntry.Load(),
+		Repairs: d.repairs.Load(), Applied: d.applied.Load(), Expired: d.expired.Load(), Purged: d.purged.Load(),
+		Clients: clients, Native: native, Tombstones: tombs,
+	}
+}
+
+var _ Handler = (*Distro)(nil)
