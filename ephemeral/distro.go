@@ -393,6 +393,26 @@ func (d *Distro) Deregister(clientID string, key naming.ServiceKey, ids []naming
 	return changed
 }
 
+// Replace sets the whole instance set of a client whose session this node
+// holds, in one step: what a reconnected SDK sends when it redoes its
+// registrations, so that instances it dropped while moving go and the ones
+// it keeps never vanish. It reports whether anything changed.
+func (d *Distro) Replace(clientID string, services map[naming.ServiceKey][]naming.Instance) bool {
+	d.mu.Lock()
+	m, taken := d.takeLocked(clientID)
+	changed := d.store.ReplaceClient(clientID, d.self, services)
+	if changed {
+		d.bumpLocked(m)
+	}
+	var woken []*peer
+	if changed || taken {
+		woken = d.markLocked(clientID)
+	}
+	d.mu.Unlock()
+	wakeAll(woken)
+	return changed
+}
+
 // Disconnect is called when the session of a client ends for good: the
 // client and its instances are deleted here and on every peer. It does
 // nothing for a client another node has taken over, and nothing while the
@@ -720,7 +740,7 @@ func (d *Distro) HandleSnapshot(_ context.Context, req *SnapshotRequest) (*Snaps
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	page := &SnapshotPage{}
-	size := 0
+	size, lastB := 0, 0
 	for ; b < numBuckets; b, after = b+1, "" {
 		ids := make([]string, 0, len(d.buckets[b]))
 		for id := range d.buckets[b] {
@@ -731,12 +751,13 @@ func (d *Distro) HandleSnapshot(_ context.Context, req *SnapshotRequest) (*Snaps
 		slices.Sort(ids)
 		for _, id := range ids {
 			if size >= maxBytes && len(page.Clients) > 0 {
-				page.Next = formatCursor(b, page.Clients[len(page.Clients)-1].ID)
+				page.Next = formatCursor(lastB, page.Clients[len(page.Clients)-1].ID)
 				return page, nil
 			}
 			st := d.stateLocked(d.clients[id])
 			size += stateSize(&st)
 			page.Clients = append(page.Clients, st)
+			lastB = b
 		}
 	}
 	page.Done = true
