@@ -93,6 +93,9 @@ type Client struct {
 	// mu guards everything below.
 	mu        sync.Mutex
 	sess      *liveSession // nil while disconnected
+	// lastNode is the node of the latest session, told to the next one
+	// so that it can fetch this client's state while it moves.
+	lastNode string
 	connected chan struct{}
 	regs      map[string]*regEntry
 	subs      map[naming.ServiceKey]*subState
@@ -269,8 +272,12 @@ func (c *Client) runSession(idx int) (suggested int, err error) {
 	if err != nil {
 		return suggested, err
 	}
+	c.mu.Lock()
+	prev := c.lastNode
+	c.mu.Unlock()
 	err = stream.Send(&regentv1.ClientMessage{Body: &regentv1.ClientMessage_Hello{Hello: &regentv1.Hello{
 		ClientId: c.cfg.ClientID, ClientName: c.cfg.ClientName, SdkVersion: Version, Labels: c.cfg.Labels,
+		PreviousNode: prev,
 	}}})
 	if err != nil {
 		return suggested, err
@@ -300,6 +307,7 @@ func (c *Client) runSession(idx int) (suggested int, err error) {
 	c.current.Store(int64(idx))
 	c.mu.Lock()
 	c.sess = s
+	c.lastNode = s.node
 	for _, e := range c.regs {
 		e.done = false
 	}

@@ -126,6 +126,11 @@ func (c *Client) applyReg(ctx context.Context, s *liveSession, id string, e *reg
 func (c *Client) redoLoop(ctx context.Context, s *liveSession) {
 	t := time.NewTicker(c.cfg.RedoInterval)
 	defer t.Stop()
+	cctx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
+	if err := c.redoAll(cctx, s); err != nil {
+		c.logger.Debug("full redo failed; redoing one by one", "err", err)
+	}
+	cancel()
 	for {
 		c.redoPass(ctx, s)
 		select {
@@ -134,6 +139,57 @@ func (c *Client) redoLoop(ctx context.Context, s *liveSession) {
 		case <-t.C:
 		}
 	}
+}
+
+// redoAll sends the whole wish set in one RegisterAll, the first thing on a
+// new session: the server then holds exactly what this client wants, even
+// if the session moved to a node holding an older copy of the client.
+// The message is built under the send lock, like every wish, so a
+// Register or Deregister racing with it reaches the server after it.
+func (c *Client) redoAll(ctx context.Context, s *liveSession) error {
+	type sent struct {
+		e    *regEntry
+		id   string
+		ver  uint64
+		want bool
+	}
+	var batch []sent
+	err := c.callBuilt(ctx, s, func() *regentv1.ClientMessage {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		byKey := map[naming.ServiceKey]*regentv1.RegisterEphemeral{}
+		all := &regentv1.RegisterAll{}
+		for id, e := range c.regs {
+			batch = append(batch, sent{e, id, e.ver, e.want})
+			if !e.want {
+				continue
+			}
+			r := byKey[e.key]
+			if r == nil {
+				r = &regentv1.RegisterEphemeral{Service: serviceOf(e.key).proto()}
+				byKey[e.key] = r
+				all.Services = append(all.Services, r)
+			}
+			r.Instances = append(r.Instances, e.inst.proto())
+		}
+		return &regentv1.ClientMessage{Body: &regentv1.ClientMessage_RegisterAll{RegisterAll: all}}
+	})
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, b := range batch {
+		if b.e.ver != b.ver || c.regs[b.id] != b.e {
+			continue // changed meanwhile; that change reports for itself
+		}
+		if !b.want {
+			delete(c.regs, b.id)
+		} else if c.sess == s {
+			b.e.done = true
+		}
+	}
+	return nil
 }
 
 func (c *Client) redoPass(ctx context.Context, s *liveSession) {

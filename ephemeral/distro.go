@@ -1140,3 +1140,31 @@ func (d *Distro) Stats() DistroStats {
 }
 
 var _ Handler = (*Distro)(nil)
+
+// NewStandalone returns an engine for a node without peers: it keeps the
+// store's ownership and versions, and is loaded at once.
+func NewStandalone(node string, store *Store) *Distro {
+	cfg := DefaultConfig()
+	cfg.Node = node
+	d, err := New(cfg, store, noPeers{})
+	if err != nil {
+		panic(fmt.Sprintf("ephemeral: standalone config: %v", err)) // only a bad node name gets here
+	}
+	d.markLoaded()
+	return d
+}
+
+type noPeers struct{}
+
+func (noPeers) Sync(context.Context, string, *SyncRequest) (*SyncReply, error) {
+	return nil, ErrUnreachable
+}
+func (noPeers) Verify(context.Context, string, *VerifyRequest) (*VerifyReply, error) {
+	return nil, ErrUnreachable
+}
+func (noPeers) Snapshot(context.Context, string, *SnapshotRequest) (*SnapshotPage, error) {
+	return nil, ErrUnreachable
+}
+func (noPeers) Query(context.Context, string, *QueryRequest) (*QueryReply, error) {
+	return nil, ErrUnreachable
+}

@@ -2,6 +2,7 @@ package rpc
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"runtime/debug"
@@ -19,6 +20,8 @@ import (
 
 	regentv1 "github.com/regent-registry/regent/proto/regent/v1"
 
+	"github.com/regent-registry/regent/ephemeral"
+	"github.com/regent-registry/regent/internal/naming"
 	"github.com/regent-registry/regent/internal/registry"
 )
 
@@ -72,14 +75,33 @@ func (c Config) Validate() error {
 // MembersFunc lists the cluster's members as this node sees them.
 type MembersFunc func() []*regentv1.Member
 
+// EphemeralWriter takes the ephemeral writes of the sessions this node
+// holds; *ephemeral.Distro implements it.
+type EphemeralWriter interface {
+	// Connect: a session of the client opened here (prevNode: the node of
+	// its previous session, or "").
+	Connect(ctx context.Context, clientID, prevNode string)
+	Register(clientID string, key naming.ServiceKey, instances []naming.Instance) bool
+	Deregister(clientID string, key naming.ServiceKey, ids []naming.InstanceID) bool
+	// Replace sets the client's whole instance set.
+	Replace(clientID string, services map[naming.ServiceKey][]naming.Instance) bool
+	// Disconnect: the client's session ended for good.
+	Disconnect(clientID string)
+}
+
+var _ EphemeralWriter = (*ephemeral.Distro)(nil)
+
 // Deps are the cores the server fronts.
 type Deps struct {
 	Registry *registry.Registry
-	Limits   *LimitWatcher // nil: unlimited
-	Members  MembersFunc
-	Clock    Clock // nil: wall clock
-	Logger   *slog.Logger
-	Metrics  prometheus.Registerer // nil: no RPC metrics
+	// Ephemeral takes the sessions' writes (nil: a standalone engine over
+	// the registry's ephemeral store, for a node without peers).
+	Ephemeral EphemeralWriter
+	Limits    *LimitWatcher // nil: unlimited
+	Members   MembersFunc
+	Clock     Clock // nil: wall clock
+	Logger    *slog.Logger
+	Metrics   prometheus.Registerer // nil: no RPC metrics
 }
 
 // Server is the gRPC front of one node.
@@ -88,6 +110,7 @@ type Server struct {
 
 	cfg      Config
 	reg      *registry.Registry
+	eph      EphemeralWriter
 	sessions *SessionManager
 	members  MembersFunc
 	logger   *slog.Logger
@@ -105,11 +128,17 @@ func NewServer(cfg Config, deps Deps) (*Server, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	sm, err := NewSessionManager(cfg.Session, deps.Clock, deps.Registry, deps.Limits, logger)
+	if deps.Ephemeral == nil {
+		if deps.Registry == nil {
+			return nil, errors.New("rpc: a registry is required")
+		}
+		deps.Ephemeral = ephemeral.NewStandalone(cfg.NodeName, deps.Registry.Ephemeral())
+	}
+	sm, err := NewSessionManager(cfg.Session, deps.Clock, deps.Registry, deps.Ephemeral, deps.Limits, logger)
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, reg: deps.Registry, sessions: sm, members: deps.Members, logger: logger.With("component", "rpc")}
+	s := &Server{cfg: cfg, reg: deps.Registry, eph: deps.Ephemeral, sessions: sm, members: deps.Members, logger: logger.With("component", "rpc")}
 
 	var latency *prometheus.HistogramVec
 	if deps.Metrics != nil {

@@ -68,6 +68,9 @@ func (s *Server) Session(stream regentv1.Registry_SessionServer) error {
 		cancel(err)
 		return toStatus(err)
 	}
+	// Take the client over (and fetch its state from its previous node if
+	// this node has none) before the client sees the HelloReply and redoes.
+	s.eph.Connect(sessCtx, sess.clientID, hello.GetHello().GetPreviousNode())
 	cause := s.serveSession(sessCtx, stream, sess, recv)
 	cancel(cause)
 	s.sessions.remove(sess, cause)
@@ -214,6 +217,8 @@ func (s *Server) handle(sess *session, m *regentv1.ClientMessage) *regentv1.Serv
 		return ackMsg(id, s.registerEphemeral(sess, b.Register))
 	case *regentv1.ClientMessage_Deregister:
 		return ackMsg(id, s.deregisterEphemeral(sess, b.Deregister))
+	case *regentv1.ClientMessage_RegisterAll:
+		return ackMsg(id, s.registerAll(sess, b.RegisterAll))
 	case *regentv1.ClientMessage_Subscribe:
 		return ackMsg(id, s.subscribe(sess, b.Subscribe))
 	case *regentv1.ClientMessage_Unsubscribe:
@@ -239,7 +244,38 @@ func (s *Server) registerEphemeral(sess *session, r *regentv1.RegisterEphemeral)
 			return err
 		}
 	}
-	s.reg.Ephemeral().Register(sess.clientID, s.cfg.NodeName, key, list)
+	s.eph.Register(sess.clientID, key, list)
+	return nil
+}
+
+// maxRegisterAll bounds the instances of one RegisterAll.
+const maxRegisterAll = 10 * naming.MaxBatch
+
+func (s *Server) registerAll(sess *session, r *regentv1.RegisterAll) error {
+	services := make(map[naming.ServiceKey][]naming.Instance, len(r.GetServices()))
+	total := 0
+	for _, e := range r.GetServices() {
+		key, err := keyFromProto(e.GetService())
+		if err != nil {
+			return err
+		}
+		total += len(e.GetInstances())
+		if total > maxRegisterAll {
+			return fmt.Errorf("%w: register-all carries more than %d instances", naming.ErrInvalid, maxRegisterAll)
+		}
+		list := services[key]
+		for _, p := range e.GetInstances() {
+			in, err := instanceFromProto(p, true)
+			if err != nil {
+				return err
+			}
+			list = append(list, in)
+		}
+		if len(list) > 0 {
+			services[key] = list
+		}
+	}
+	s.eph.Replace(sess.clientID, services)
 	return nil
 }
 
@@ -257,7 +293,7 @@ func (s *Server) deregisterEphemeral(sess *session, r *regentv1.DeregisterEpheme
 			return err
 		}
 	}
-	s.reg.Ephemeral().Deregister(sess.clientID, key, ids)
+	s.eph.Deregister(sess.clientID, key, ids)
 	return nil
 }
 

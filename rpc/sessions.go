@@ -11,7 +11,6 @@ import (
 
 	regentv1 "github.com/regent-registry/regent/proto/regent/v1"
 
-	"github.com/regent-registry/regent/ephemeral"
 	"github.com/regent-registry/regent/internal/naming"
 	"github.com/regent-registry/regent/internal/registry"
 )
@@ -153,7 +152,7 @@ func (s *session) info() SessionInfo {
 type SessionManager struct {
 	cfg    SessionConfig
 	clock  Clock
-	eph    *ephemeral.Store
+	eph    EphemeralWriter
 	reg    *registry.Registry
 	limits *LimitWatcher
 	logger *slog.Logger
@@ -170,7 +169,7 @@ type SessionManager struct {
 }
 
 // NewSessionManager builds a manager; limits may be nil (unlimited).
-func NewSessionManager(cfg SessionConfig, clock Clock, reg *registry.Registry, limits *LimitWatcher, logger *slog.Logger) (*SessionManager, error) {
+func NewSessionManager(cfg SessionConfig, clock Clock, reg *registry.Registry, eph EphemeralWriter, limits *LimitWatcher, logger *slog.Logger) (*SessionManager, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -181,7 +180,7 @@ func NewSessionManager(cfg SessionConfig, clock Clock, reg *registry.Registry, l
 		logger = slog.New(slog.DiscardHandler)
 	}
 	return &SessionManager{
-		cfg: cfg, clock: clock, eph: reg.Ephemeral(), reg: reg, limits: limits,
+		cfg: cfg, clock: clock, eph: eph, reg: reg, limits: limits,
 		logger:   logger.With("component", "sessions"),
 		sessions: make(map[string]*session),
 		byClient: make(map[string]*session),
@@ -265,7 +264,7 @@ func (m *SessionManager) remove(s *session, cause error) {
 		// Under mu: a new session of the same client cannot be admitted
 		// (and register) before the old session's instances are gone, so
 		// this clean-up never removes what the new session registered.
-		m.eph.RemoveClient(s.clientID)
+		m.eph.Disconnect(s.clientID)
 	}
 	m.mu.Unlock()
 	m.closed.Add(1)
@@ -278,6 +277,18 @@ func (m *SessionManager) remove(s *session, cause error) {
 		m.reg.Unsubscribe(k, s)
 	}
 	m.logger.Info("session ended", "session-id", s.id, "client-id", s.clientID, "ip", s.ip, "cause", cause)
+}
+
+// Moved ends the session of a client that another node has taken over: the
+// client reconnected there, so this session is stale. The client's
+// instances stay (they belong to the new node now).
+func (m *SessionManager) Moved(clientID string) {
+	m.mu.Lock()
+	s := m.byClient[clientID]
+	m.mu.Unlock()
+	if s != nil {
+		s.cancel(fmt.Errorf("%w: client %s moved to another node", ErrFailedPrecondition, clientID))
+	}
 }
 
 // touch records activity from the client.

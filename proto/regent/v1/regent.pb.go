@@ -524,6 +524,7 @@ type ClientMessage struct {
 	//	*ClientMessage_Unsubscribe
 	//	*ClientMessage_ProbeReply
 	//	*ClientMessage_Ping
+	//	*ClientMessage_RegisterAll
 	Body          isClientMessage_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -636,6 +637,15 @@ func (x *ClientMessage) GetPing() *Ping {
 	return nil
 }
 
+func (x *ClientMessage) GetRegisterAll() *RegisterAll {
+	if x != nil {
+		if x, ok := x.Body.(*ClientMessage_RegisterAll); ok {
+			return x.RegisterAll
+		}
+	}
+	return nil
+}
+
 type isClientMessage_Body interface {
 	isClientMessage_Body()
 }
@@ -668,6 +678,10 @@ type ClientMessage_Ping struct {
 	Ping *Ping `protobuf:"bytes,8,opt,name=ping,proto3,oneof"`
 }
 
+type ClientMessage_RegisterAll struct {
+	RegisterAll *RegisterAll `protobuf:"bytes,9,opt,name=register_all,json=registerAll,proto3,oneof"`
+}
+
 func (*ClientMessage_Hello) isClientMessage_Body() {}
 
 func (*ClientMessage_Register) isClientMessage_Body() {}
@@ -682,6 +696,8 @@ func (*ClientMessage_ProbeReply) isClientMessage_Body() {}
 
 func (*ClientMessage_Ping) isClientMessage_Body() {}
 
+func (*ClientMessage_RegisterAll) isClientMessage_Body() {}
+
 // Hello opens a session. It must be the first message.
 type Hello struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -693,7 +709,12 @@ type Hello struct {
 	// SDK version string.
 	SdkVersion string `protobuf:"bytes,3,opt,name=sdk_version,json=sdkVersion,proto3" json:"sdk_version,omitempty"`
 	// Labels; the label "app" is matched by per-app connection limits.
-	Labels        map[string]string `protobuf:"bytes,4,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Labels map[string]string `protobuf:"bytes,4,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Name of the node that held this client's previous session (the node of
+	// its last HelloReply), empty on the first. A node that has no copy of
+	// the client yet fetches its state from there, so the client's instances
+	// stay listed while it moves.
+	PreviousNode  string `protobuf:"bytes,5,opt,name=previous_node,json=previousNode,proto3" json:"previous_node,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -756,6 +777,64 @@ func (x *Hello) GetLabels() map[string]string {
 	return nil
 }
 
+func (x *Hello) GetPreviousNode() string {
+	if x != nil {
+		return x.PreviousNode
+	}
+	return ""
+}
+
+// RegisterAll replaces every ephemeral instance of this session's client
+// with the given set, atomically: what the SDK sends first on every new
+// session (its whole wish set), so that a client that moved between nodes
+// keeps exactly what it wants, with no gap and nothing stale. Services not
+// named lose this client's instances. All entries are validated first; on
+// error none is applied.
+type RegisterAll struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One entry per service; an entry with no instances is allowed.
+	Services      []*RegisterEphemeral `protobuf:"bytes,1,rep,name=services,proto3" json:"services,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RegisterAll) Reset() {
+	*x = RegisterAll{}
+	mi := &file_regent_v1_regent_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegisterAll) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegisterAll) ProtoMessage() {}
+
+func (x *RegisterAll) ProtoReflect() protoreflect.Message {
+	mi := &file_regent_v1_regent_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegisterAll.ProtoReflect.Descriptor instead.
+func (*RegisterAll) Descriptor() ([]byte, []int) {
+	return file_regent_v1_regent_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *RegisterAll) GetServices() []*RegisterEphemeral {
+	if x != nil {
+		return x.Services
+	}
+	return nil
+}
+
 // RegisterEphemeral adds or updates instances owned by this session. It is
 // idempotent. All instances are validated first; on error none is applied.
 type RegisterEphemeral struct {
@@ -770,7 +849,7 @@ type RegisterEphemeral struct {
 
 func (x *RegisterEphemeral) Reset() {
 	*x = RegisterEphemeral{}
-	mi := &file_regent_v1_regent_proto_msgTypes[7]
+	mi := &file_regent_v1_regent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -782,7 +861,7 @@ func (x *RegisterEphemeral) String() string {
 func (*RegisterEphemeral) ProtoMessage() {}
 
 func (x *RegisterEphemeral) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_regent_proto_msgTypes[7]
+	mi := &file_regent_v1_regent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -795,7 +874,7 @@ func (x *RegisterEphemeral) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterEphemeral.ProtoReflect.Descriptor instead.
 func (*RegisterEphemeral) Descriptor() ([]byte, []int) {
-	return file_regent_v1_regent_proto_rawDescGZIP(), []int{7}
+	return file_regent_v1_regent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *RegisterEphemeral) GetService() *ServiceRef {
@@ -826,7 +905,7 @@ type DeregisterEphemeral struct {
 
 func (x *DeregisterEphemeral) Reset() {
 	*x = DeregisterEphemeral{}
-	mi := &file_regent_v1_regent_proto_msgTypes[8]
+	mi := &file_regent_v1_regent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -838,7 +917,7 @@ func (x *DeregisterEphemeral) String() string {
 func (*DeregisterEphemeral) ProtoMessage() {}
 
 func (x *DeregisterEphemeral) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_regent_proto_msgTypes[8]
+	mi := &file_regent_v1_regent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -851,7 +930,7 @@ func (x *DeregisterEphemeral) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeregisterEphemeral.ProtoReflect.Descriptor instead.
 func (*DeregisterEphemeral) Descriptor() ([]byte, []int) {
-	return file_regent_v1_regent_proto_rawDescGZIP(), []int{8}
+	return file_regent_v1_regent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *DeregisterEphemeral) GetService() *ServiceRef {
@@ -884,7 +963,7 @@ type Subscribe struct {
 
 func (x *Subscribe) Reset() {
 	*x = Subscribe{}
-	mi := &file_regent_v1_regent_proto_msgTypes[9]
+	mi := &file_regent_v1_regent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -896,7 +975,7 @@ func (x *Subscribe) String() string {
 func (*Subscribe) ProtoMessage() {}
 
 func (x *Subscribe) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_regent_proto_msgTypes[9]
+	mi := &file_regent_v1_regent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -909,7 +988,7 @@ func (x *Subscribe) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Subscribe.ProtoReflect.Descriptor instead.
 func (*Subscribe) Descriptor() ([]byte, []int) {
-	return file_regent_v1_regent_proto_rawDescGZIP(), []int{9}
+	return file_regent_v1_regent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Subscribe) GetService() *ServiceRef {
@@ -944,7 +1023,7 @@ type Unsubscribe struct {
 
 func (x *Unsubscribe) Reset() {
 	*x = Unsubscribe{}
-	mi := &file_regent_v1_regent_proto_msgTypes[10]
+	mi := &file_regent_v1_regent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -956,7 +1035,7 @@ func (x *Unsubscribe) String() string {
 func (*Unsubscribe) ProtoMessage() {}
 
 func (x *Unsubscribe) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_regent_proto_msgTypes[10]
+	mi := &file_regent_v1_regent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -969,7 +1048,7 @@ func (x *Unsubscribe) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Unsubscribe.ProtoReflect.Descriptor instead.
 func (*Unsubscribe) Descriptor() ([]byte, []int) {
-	return file_regent_v1_regent_proto_rawDescGZIP(), []int{10}
+	return file_regent_v1_regent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Unsubscribe) GetService() *ServiceRef {
@@ -990,7 +1069,7 @@ type ProbeReply struct {
 
 func (x *ProbeReply) Reset() {
 	*x = ProbeReply{}
-	mi := &file_regent_v1_regent_proto_msgTypes[11]
+	mi := &file_regent_v1_regent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1002,7 +1081,7 @@ func (x *ProbeReply) String() string {
 func (*ProbeReply) ProtoMessage() {}
 
 func (x *ProbeReply) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_regent_proto_msgTypes[11]
+	mi := &file_regent_v1_regent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1015,7 +1094,7 @@ func (x *ProbeReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProbeReply.ProtoReflect.Descriptor instead.
 func (*ProbeReply) Descriptor() ([]byte, []int) {
-	return file_regent_v1_regent_proto_rawDescGZIP(), []int{11}
+	return file_regent_v1_regent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ProbeReply) GetProbeId() uint64 {
@@ -1034,7 +1113,7 @@ type Ping struct {
 
 func (x *Ping) Reset() {
 	*x = Ping{}
-	mi := &file_regent_v1_regent_proto_msgTypes[12]
+	mi := &file_regent_v1_regent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1046,7 +1125,7 @@ func (x *Ping) String() string {
 func (*Ping) ProtoMessage() {}
 
 func (x *Ping) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_regent_proto_msgTypes[12]
+	mi := &file_regent_v1_regent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1059,7 +1138,7 @@ func (x *Ping) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ping.ProtoReflect.Descriptor instead.
 func (*Ping) Descriptor() ([]byte, []int) {
-	return file_regent_v1_regent_proto_rawDescGZIP(), []int{12}
+	return file_regent_v1_regent_proto_rawDescGZIP(), []int{13}
 }
 
 // ServerMessage is one message from server to client on the Session stream.
@@ -1081,7 +1160,7 @@ type ServerMessage struct {
 
 func (x *ServerMessage) Reset() {
 	*x = ServerMessage{}
-	mi := &file_regent_v1_regent_proto_msgTypes[13]
+	mi := &file_regent_v1_regent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1093,7 +1172,7 @@ func (x *ServerMessage) String() string {
 func (*ServerMessage) ProtoMessage() {}
 
 func (x *ServerMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_regent_proto_msgTypes[13]
+	mi := &file_regent_v1_regent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1106,7 +1185,7 @@ func (x *ServerMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerMessage.ProtoReflect.Descriptor instead.
 func (*ServerMessage) Descriptor() ([]byte, []int) {
-	return file_regent_v1_regent_proto_rawDescGZIP(), []int{13}
+	return file_regent_v1_regent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ServerMessage) GetBody() isServerMessage_Body {
@@ -1211,7 +1290,7 @@ type HelloReply struct {
 
 func (x *HelloReply) Reset() {
 	*x = HelloReply{}
-	mi := &file_regent_v1_regent_proto_msgTypes[14]
+	mi := &file_regent_v1_regent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1223,7 +1302,7 @@ func (x *HelloReply) String() string {
 func (*HelloReply) ProtoMessage() {}
 
 func (x *HelloReply) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_regent_proto_msgTypes[14]
+	mi := &file_regent_v1_regent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1236,7 +1315,7 @@ func (x *HelloReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HelloReply.ProtoReflect.Descriptor instead.
 func (*HelloReply) Descriptor() ([]byte, []int) {
-	return file_regent_v1_regent_proto_rawDescGZIP(), []int{14}
+	return file_regent_v1_regent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *HelloReply) GetSessionId() string {
@@ -1275,7 +1354,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_regent_v1_regent_proto_msgTypes[15]
+	mi := &file_regent_v1_regent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1287,7 +1366,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_regent_proto_msgTypes[15]
+	mi := &file_regent_v1_regent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1300,7 +1379,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_regent_v1_regent_proto_rawDescGZIP(), []int{15}
+	return file_regent_v1_regent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Ack) GetRequestId() uint64 {
@@ -1335,7 +1414,7 @@ type Push struct {
 
 func (x *Push) Reset() {
 	*x = Push{}
-	mi := &file_regent_v1_regent_proto_msgTypes[16]
+	mi := &file_regent_v1_regent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1347,7 +1426,7 @@ func (x *Push) String() string {
 func (*Push) ProtoMessage() {}
 
 func (x *Push) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_regent_proto_msgTypes[16]
+	mi := &file_regent_v1_regent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1360,7 +1439,7 @@ func (x *Push) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Push.ProtoReflect.Descriptor instead.
 func (*Push) Descriptor() ([]byte, []int) {
-	return file_regent_v1_regent_proto_rawDescGZIP(), []int{16}
+	return file_regent_v1_regent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Push) GetSnapshot() *ServiceSnapshot {
@@ -1381,7 +1460,7 @@ type Probe struct {
 
 func (x *Probe) Reset() {
 	*x = Probe{}
-	mi := &file_regent_v1_regent_proto_msgTypes[17]
+	mi := &file_regent_v1_regent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1393,7 +1472,7 @@ func (x *Probe) String() string {
 func (*Probe) ProtoMessage() {}
 
 func (x *Probe) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_regent_proto_msgTypes[17]
+	mi := &file_regent_v1_regent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1406,7 +1485,7 @@ func (x *Probe) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Probe.ProtoReflect.Descriptor instead.
 func (*Probe) Descriptor() ([]byte, []int) {
-	return file_regent_v1_regent_proto_rawDescGZIP(), []int{17}
+	return file_regent_v1_regent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Probe) GetProbeId() uint64 {
@@ -1431,7 +1510,7 @@ type Reconnect struct {
 
 func (x *Reconnect) Reset() {
 	*x = Reconnect{}
-	mi := &file_regent_v1_regent_proto_msgTypes[18]
+	mi := &file_regent_v1_regent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1443,7 +1522,7 @@ func (x *Reconnect) String() string {
 func (*Reconnect) ProtoMessage() {}
 
 func (x *Reconnect) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_regent_proto_msgTypes[18]
+	mi := &file_regent_v1_regent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1456,7 +1535,7 @@ func (x *Reconnect) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Reconnect.ProtoReflect.Descriptor instead.
 func (*Reconnect) Descriptor() ([]byte, []int) {
-	return file_regent_v1_regent_proto_rawDescGZIP(), []int{18}
+	return file_regent_v1_regent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Reconnect) GetReason() string {
@@ -1486,7 +1565,7 @@ type RegisterInstanceRequest struct {
 
 func (x *RegisterInstanceRequest) Reset() {
 	*x = RegisterInstanceRequest{}
-	mi := &file_regent_v1_regent_proto_msgTypes[19]
+	mi := &file_regent_v1_regent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1498,7 +1577,7 @@ func (x *RegisterInstanceRequest) String() string {
 func (*RegisterInstanceRequest) ProtoMessage() {}
 
 func (x *RegisterInstanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_regent_proto_msgTypes[19]
+	mi := &file_regent_v1_regent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1511,7 +1590,7 @@ func (x *RegisterInstanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterInstanceRequest.ProtoReflect.Descriptor instead.
 func (*RegisterInstanceRequest) Descriptor() ([]byte, []int) {
-	return file_regent_v1_regent_proto_rawDescGZIP(), []int{19}
+	return file_regent_v1_regent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RegisterInstanceRequest) GetService() *ServiceRef {
@@ -1539,7 +1618,7 @@ type RegisterInstanceResponse struct {
 
 func (x *RegisterInstanceResponse) Reset() {
 	*x = RegisterInstanceResponse{}
-	mi := &file_regent_v1_regent_proto_msgTypes[20]
+	mi := &file_regent_v1_regent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1551,7 +1630,7 @@ func (x *RegisterInstanceResponse) String() string {
 func (*RegisterInstanceResponse) ProtoMessage() {}
 
 func (x *RegisterInstanceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_regent_proto_msgTypes[20]
+	mi := &file_regent_v1_regent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1564,7 +1643,7 @@ func (x *RegisterInstanceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterInstanceResponse.ProtoReflect.Descriptor instead.
 func (*RegisterInstanceResponse) Descriptor() ([]byte, []int) {
-	return file_regent_v1_regent_proto_rawDescGZIP(), []int{20}
+	return file_regent_v1_regent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RegisterInstanceResponse) GetRevision() uint64 {
@@ -1587,7 +1666,7 @@ type DeregisterInstanceRequest struct {
 
 func (x *DeregisterInstanceRequest) Reset() {
 	*x = DeregisterInstanceRequest{}
-	mi := &file_regent_v1_regent_proto_msgTypes[21]
+	mi := &file_regent_v1_regent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1599,7 +1678,7 @@ func (x *DeregisterInstanceRequest) String() string {
 func (*DeregisterInstanceRequest) ProtoMessage() {}
 
 func (x *DeregisterInstanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_regent_proto_msgTypes[21]
+	mi := &file_regent_v1_regent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1612,7 +1691,7 @@ func (x *DeregisterInstanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeregisterInstanceRequest.ProtoReflect.Descriptor instead.
 func (*DeregisterInstanceRequest) Descriptor() ([]byte, []int) {
-	return file_regent_v1_regent_proto_rawDescGZIP(), []int{21}
+	return file_regent_v1_regent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *DeregisterInstanceRequest) GetService() *ServiceRef {
@@ -1640,7 +1719,7 @@ type DeregisterInstanceResponse struct {
 
 func (x *DeregisterInstanceResponse) Reset() {
 	*x = DeregisterInstanceResponse{}
-	mi := &file_regent_v1_regent_proto_msgTypes[22]
+	mi := &file_regent_v1_regent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1652,7 +1731,7 @@ func (x *DeregisterInstanceResponse) String() string {
 func (*DeregisterInstanceResponse) ProtoMessage() {}
 
 func (x *DeregisterInstanceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_regent_proto_msgTypes[22]
+	mi := &file_regent_v1_regent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1665,7 +1744,7 @@ func (x *DeregisterInstanceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeregisterInstanceResponse.ProtoReflect.Descriptor instead.
 func (*DeregisterInstanceResponse) Descriptor() ([]byte, []int) {
-	return file_regent_v1_regent_proto_rawDescGZIP(), []int{22}
+	return file_regent_v1_regent_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *DeregisterInstanceResponse) GetRevision() uint64 {
@@ -1688,7 +1767,7 @@ type BatchRegisterInstancesRequest struct {
 
 func (x *BatchRegisterInstancesRequest) Reset() {
 	*x = BatchRegisterInstancesRequest{}
-	mi := &file_regent_v1_regent_proto_msgTypes[23]
+	mi := &file_regent_v1_regent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1700,7 +1779,7 @@ func (x *BatchRegisterInstancesRequest) String() string {
 func (*BatchRegisterInstancesRequest) ProtoMessage() {}
 
 func (x *BatchRegisterInstancesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_regent_proto_msgTypes[23]
+	mi := &file_regent_v1_regent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1713,7 +1792,7 @@ func (x *BatchRegisterInstancesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchRegisterInstancesRequest.ProtoReflect.Descriptor instead.
 func (*BatchRegisterInstancesRequest) Descriptor() ([]byte, []int) {
-	return file_regent_v1_regent_proto_rawDescGZIP(), []int{23}
+	return file_regent_v1_regent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *BatchRegisterInstancesRequest) GetService() *ServiceRef {
@@ -1741,7 +1820,7 @@ type BatchRegisterInstancesResponse struct {
 
 func (x *BatchRegisterInstancesResponse) Reset() {
 	*x = BatchRegisterInstancesResponse{}
-	mi := &file_regent_v1_regent_proto_msgTypes[24]
+	mi := &file_regent_v1_regent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1753,7 +1832,7 @@ func (x *BatchRegisterInstancesResponse) String() string {
 func (*BatchRegisterInstancesResponse) ProtoMessage() {}
 
 func (x *BatchRegisterInstancesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_regent_proto_msgTypes[24]
+	mi := &file_regent_v1_regent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1766,7 +1845,7 @@ func (x *BatchRegisterInstancesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchRegisterInstancesResponse.ProtoReflect.Descriptor instead.
 func (*BatchRegisterInstancesResponse) Descriptor() ([]byte, []int) {
-	return file_regent_v1_regent_proto_rawDescGZIP(), []int{24}
+	return file_regent_v1_regent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *BatchRegisterInstancesResponse) GetRevision() uint64 {
@@ -1791,7 +1870,7 @@ type GetServiceRequest struct {
 
 func (x *GetServiceRequest) Reset() {
 	*x = GetServiceRequest{}
-	mi := &file_regent_v1_regent_proto_msgTypes[25]
+	mi := &file_regent_v1_regent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1803,7 +1882,7 @@ func (x *GetServiceRequest) String() string {
 func (*GetServiceRequest) ProtoMessage() {}
 
 func (x *GetServiceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_regent_proto_msgTypes[25]
+	mi := &file_regent_v1_regent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1816,7 +1895,7 @@ func (x *GetServiceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetServiceRequest.ProtoReflect.Descriptor instead.
 func (*GetServiceRequest) Descriptor() ([]byte, []int) {
-	return file_regent_v1_regent_proto_rawDescGZIP(), []int{25}
+	return file_regent_v1_regent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *GetServiceRequest) GetService() *ServiceRef {
@@ -1853,7 +1932,7 @@ type GetServiceResponse struct {
 
 func (x *GetServiceResponse) Reset() {
 	*x = GetServiceResponse{}
-	mi := &file_regent_v1_regent_proto_msgTypes[26]
+	mi := &file_regent_v1_regent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1865,7 +1944,7 @@ func (x *GetServiceResponse) String() string {
 func (*GetServiceResponse) ProtoMessage() {}
 
 func (x *GetServiceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_regent_proto_msgTypes[26]
+	mi := &file_regent_v1_regent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1878,7 +1957,7 @@ func (x *GetServiceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetServiceResponse.ProtoReflect.Descriptor instead.
 func (*GetServiceResponse) Descriptor() ([]byte, []int) {
-	return file_regent_v1_regent_proto_rawDescGZIP(), []int{26}
+	return file_regent_v1_regent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *GetServiceResponse) GetSnapshot() *ServiceSnapshot {
@@ -1912,7 +1991,7 @@ type ListServicesRequest struct {
 
 func (x *ListServicesRequest) Reset() {
 	*x = ListServicesRequest{}
-	mi := &file_regent_v1_regent_proto_msgTypes[27]
+	mi := &file_regent_v1_regent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1924,7 +2003,7 @@ func (x *ListServicesRequest) String() string {
 func (*ListServicesRequest) ProtoMessage() {}
 
 func (x *ListServicesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_regent_proto_msgTypes[27]
+	mi := &file_regent_v1_regent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1937,7 +2016,7 @@ func (x *ListServicesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServicesRequest.ProtoReflect.Descriptor instead.
 func (*ListServicesRequest) Descriptor() ([]byte, []int) {
-	return file_regent_v1_regent_proto_rawDescGZIP(), []int{27}
+	return file_regent_v1_regent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ListServicesRequest) GetNamespace() string {
@@ -1983,7 +2062,7 @@ type ServiceSummary struct {
 
 func (x *ServiceSummary) Reset() {
 	*x = ServiceSummary{}
-	mi := &file_regent_v1_regent_proto_msgTypes[28]
+	mi := &file_regent_v1_regent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1995,7 +2074,7 @@ func (x *ServiceSummary) String() string {
 func (*ServiceSummary) ProtoMessage() {}
 
 func (x *ServiceSummary) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_regent_proto_msgTypes[28]
+	mi := &file_regent_v1_regent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2008,7 +2087,7 @@ func (x *ServiceSummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceSummary.ProtoReflect.Descriptor instead.
 func (*ServiceSummary) Descriptor() ([]byte, []int) {
-	return file_regent_v1_regent_proto_rawDescGZIP(), []int{28}
+	return file_regent_v1_regent_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ServiceSummary) GetService() *ServiceRef {
@@ -2045,7 +2124,7 @@ type ListServicesResponse struct {
 
 func (x *ListServicesResponse) Reset() {
 	*x = ListServicesResponse{}
-	mi := &file_regent_v1_regent_proto_msgTypes[29]
+	mi := &file_regent_v1_regent_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2057,7 +2136,7 @@ func (x *ListServicesResponse) String() string {
 func (*ListServicesResponse) ProtoMessage() {}
 
 func (x *ListServicesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_regent_proto_msgTypes[29]
+	mi := &file_regent_v1_regent_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2070,7 +2149,7 @@ func (x *ListServicesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServicesResponse.ProtoReflect.Descriptor instead.
 func (*ListServicesResponse) Descriptor() ([]byte, []int) {
-	return file_regent_v1_regent_proto_rawDescGZIP(), []int{29}
+	return file_regent_v1_regent_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ListServicesResponse) GetServices() []*ServiceSummary {
@@ -2100,7 +2179,7 @@ type UpdateServiceMetadataRequest struct {
 
 func (x *UpdateServiceMetadataRequest) Reset() {
 	*x = UpdateServiceMetadataRequest{}
-	mi := &file_regent_v1_regent_proto_msgTypes[30]
+	mi := &file_regent_v1_regent_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2112,7 +2191,7 @@ func (x *UpdateServiceMetadataRequest) String() string {
 func (*UpdateServiceMetadataRequest) ProtoMessage() {}
 
 func (x *UpdateServiceMetadataRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_regent_proto_msgTypes[30]
+	mi := &file_regent_v1_regent_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2125,7 +2204,7 @@ func (x *UpdateServiceMetadataRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateServiceMetadataRequest.ProtoReflect.Descriptor instead.
 func (*UpdateServiceMetadataRequest) Descriptor() ([]byte, []int) {
-	return file_regent_v1_regent_proto_rawDescGZIP(), []int{30}
+	return file_regent_v1_regent_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *UpdateServiceMetadataRequest) GetService() *ServiceRef {
@@ -2153,7 +2232,7 @@ type UpdateServiceMetadataResponse struct {
 
 func (x *UpdateServiceMetadataResponse) Reset() {
 	*x = UpdateServiceMetadataResponse{}
-	mi := &file_regent_v1_regent_proto_msgTypes[31]
+	mi := &file_regent_v1_regent_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2165,7 +2244,7 @@ func (x *UpdateServiceMetadataResponse) String() string {
 func (*UpdateServiceMetadataResponse) ProtoMessage() {}
 
 func (x *UpdateServiceMetadataResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_regent_proto_msgTypes[31]
+	mi := &file_regent_v1_regent_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2178,7 +2257,7 @@ func (x *UpdateServiceMetadataResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateServiceMetadataResponse.ProtoReflect.Descriptor instead.
 func (*UpdateServiceMetadataResponse) Descriptor() ([]byte, []int) {
-	return file_regent_v1_regent_proto_rawDescGZIP(), []int{31}
+	return file_regent_v1_regent_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *UpdateServiceMetadataResponse) GetMeta() *ServiceMeta {
@@ -2197,7 +2276,7 @@ type ListMembersRequest struct {
 
 func (x *ListMembersRequest) Reset() {
 	*x = ListMembersRequest{}
-	mi := &file_regent_v1_regent_proto_msgTypes[32]
+	mi := &file_regent_v1_regent_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2209,7 +2288,7 @@ func (x *ListMembersRequest) String() string {
 func (*ListMembersRequest) ProtoMessage() {}
 
 func (x *ListMembersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_regent_proto_msgTypes[32]
+	mi := &file_regent_v1_regent_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2222,7 +2301,7 @@ func (x *ListMembersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMembersRequest.ProtoReflect.Descriptor instead.
 func (*ListMembersRequest) Descriptor() ([]byte, []int) {
-	return file_regent_v1_regent_proto_rawDescGZIP(), []int{32}
+	return file_regent_v1_regent_proto_rawDescGZIP(), []int{33}
 }
 
 // Member is one node.
@@ -2242,7 +2321,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_regent_v1_regent_proto_msgTypes[33]
+	mi := &file_regent_v1_regent_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2254,7 +2333,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_regent_proto_msgTypes[33]
+	mi := &file_regent_v1_regent_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2267,7 +2346,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_regent_v1_regent_proto_rawDescGZIP(), []int{33}
+	return file_regent_v1_regent_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *Member) GetName() string {
@@ -2309,7 +2388,7 @@ type ListMembersResponse struct {
 
 func (x *ListMembersResponse) Reset() {
 	*x = ListMembersResponse{}
-	mi := &file_regent_v1_regent_proto_msgTypes[34]
+	mi := &file_regent_v1_regent_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2321,7 +2400,7 @@ func (x *ListMembersResponse) String() string {
 func (*ListMembersResponse) ProtoMessage() {}
 
 func (x *ListMembersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_regent_proto_msgTypes[34]
+	mi := &file_regent_v1_regent_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2334,7 +2413,7 @@ func (x *ListMembersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMembersResponse.ProtoReflect.Descriptor instead.
 func (*ListMembersResponse) Descriptor() ([]byte, []int) {
-	return file_regent_v1_regent_proto_rawDescGZIP(), []int{34}
+	return file_regent_v1_regent_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ListMembersResponse) GetMembers() []*Member {
@@ -2396,7 +2475,7 @@ const file_regent_v1_regent_proto_rawDesc = "" +
 	"\brevision\x18\x02 \x01(\x04R\brevision\x121\n" +
 	"\tinstances\x18\x03 \x03(\v2\x13.regent.v1.InstanceR\tinstances\x121\n" +
 	"\x14protection_triggered\x18\x04 \x01(\bR\x13protectionTriggered\x12+\n" +
-	"\x11protect_threshold\x18\x05 \x01(\x01R\x10protectThreshold\"\xb1\x03\n" +
+	"\x11protect_threshold\x18\x05 \x01(\x01R\x10protectThreshold\"\xee\x03\n" +
 	"\rClientMessage\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\x04R\trequestId\x12(\n" +
@@ -2409,18 +2488,22 @@ const file_regent_v1_regent_proto_rawDesc = "" +
 	"\vunsubscribe\x18\x06 \x01(\v2\x16.regent.v1.UnsubscribeH\x00R\vunsubscribe\x128\n" +
 	"\vprobe_reply\x18\a \x01(\v2\x15.regent.v1.ProbeReplyH\x00R\n" +
 	"probeReply\x12%\n" +
-	"\x04ping\x18\b \x01(\v2\x0f.regent.v1.PingH\x00R\x04pingB\x06\n" +
-	"\x04body\"\xd7\x01\n" +
+	"\x04ping\x18\b \x01(\v2\x0f.regent.v1.PingH\x00R\x04ping\x12;\n" +
+	"\fregister_all\x18\t \x01(\v2\x16.regent.v1.RegisterAllH\x00R\vregisterAllB\x06\n" +
+	"\x04body\"\xfc\x01\n" +
 	"\x05Hello\x12\x1b\n" +
 	"\tclient_id\x18\x01 \x01(\tR\bclientId\x12\x1f\n" +
 	"\vclient_name\x18\x02 \x01(\tR\n" +
 	"clientName\x12\x1f\n" +
 	"\vsdk_version\x18\x03 \x01(\tR\n" +
 	"sdkVersion\x124\n" +
-	"\x06labels\x18\x04 \x03(\v2\x1c.regent.v1.Hello.LabelsEntryR\x06labels\x1a9\n" +
+	"\x06labels\x18\x04 \x03(\v2\x1c.regent.v1.Hello.LabelsEntryR\x06labels\x12#\n" +
+	"\rprevious_node\x18\x05 \x01(\tR\fpreviousNode\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"w\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"G\n" +
+	"\vRegisterAll\x128\n" +
+	"\bservices\x18\x01 \x03(\v2\x1c.regent.v1.RegisterEphemeralR\bservices\"w\n" +
 	"\x11RegisterEphemeral\x12/\n" +
 	"\aservice\x18\x01 \x01(\v2\x15.regent.v1.ServiceRefR\aservice\x121\n" +
 	"\tinstances\x18\x02 \x03(\v2\x13.regent.v1.InstanceR\tinstances\"y\n" +
@@ -2535,7 +2618,7 @@ func file_regent_v1_regent_proto_rawDescGZIP() []byte {
 }
 
 var file_regent_v1_regent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_regent_v1_regent_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
+var file_regent_v1_regent_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
 var file_regent_v1_regent_proto_goTypes = []any{
 	(HealthCheck_Type)(0),                  // 0: regent.v1.HealthCheck.Type
 	(*ServiceRef)(nil),                     // 1: regent.v1.ServiceRef
@@ -2545,101 +2628,104 @@ var file_regent_v1_regent_proto_goTypes = []any{
 	(*ServiceSnapshot)(nil),                // 5: regent.v1.ServiceSnapshot
 	(*ClientMessage)(nil),                  // 6: regent.v1.ClientMessage
 	(*Hello)(nil),                          // 7: regent.v1.Hello
-	(*RegisterEphemeral)(nil),              // 8: regent.v1.RegisterEphemeral
-	(*DeregisterEphemeral)(nil),            // 9: regent.v1.DeregisterEphemeral
-	(*Subscribe)(nil),                      // 10: regent.v1.Subscribe
-	(*Unsubscribe)(nil),                    // 11: regent.v1.Unsubscribe
-	(*ProbeReply)(nil),                     // 12: regent.v1.ProbeReply
-	(*Ping)(nil),                           // 13: regent.v1.Ping
-	(*ServerMessage)(nil),                  // 14: regent.v1.ServerMessage
-	(*HelloReply)(nil),                     // 15: regent.v1.HelloReply
-	(*Ack)(nil),                            // 16: regent.v1.Ack
-	(*Push)(nil),                           // 17: regent.v1.Push
-	(*Probe)(nil),                          // 18: regent.v1.Probe
-	(*Reconnect)(nil),                      // 19: regent.v1.Reconnect
-	(*RegisterInstanceRequest)(nil),        // 20: regent.v1.RegisterInstanceRequest
-	(*RegisterInstanceResponse)(nil),       // 21: regent.v1.RegisterInstanceResponse
-	(*DeregisterInstanceRequest)(nil),      // 22: regent.v1.DeregisterInstanceRequest
-	(*DeregisterInstanceResponse)(nil),     // 23: regent.v1.DeregisterInstanceResponse
-	(*BatchRegisterInstancesRequest)(nil),  // 24: regent.v1.BatchRegisterInstancesRequest
-	(*BatchRegisterInstancesResponse)(nil), // 25: regent.v1.BatchRegisterInstancesResponse
-	(*GetServiceRequest)(nil),              // 26: regent.v1.GetServiceRequest
-	(*GetServiceResponse)(nil),             // 27: regent.v1.GetServiceResponse
-	(*ListServicesRequest)(nil),            // 28: regent.v1.ListServicesRequest
-	(*ServiceSummary)(nil),                 // 29: regent.v1.ServiceSummary
-	(*ListServicesResponse)(nil),           // 30: regent.v1.ListServicesResponse
-	(*UpdateServiceMetadataRequest)(nil),   // 31: regent.v1.UpdateServiceMetadataRequest
-	(*UpdateServiceMetadataResponse)(nil),  // 32: regent.v1.UpdateServiceMetadataResponse
-	(*ListMembersRequest)(nil),             // 33: regent.v1.ListMembersRequest
-	(*Member)(nil),                         // 34: regent.v1.Member
-	(*ListMembersResponse)(nil),            // 35: regent.v1.ListMembersResponse
-	nil,                                    // 36: regent.v1.Instance.MetadataEntry
-	nil,                                    // 37: regent.v1.ServiceMeta.MetadataEntry
-	nil,                                    // 38: regent.v1.Hello.LabelsEntry
+	(*RegisterAll)(nil),                    // 8: regent.v1.RegisterAll
+	(*RegisterEphemeral)(nil),              // 9: regent.v1.RegisterEphemeral
+	(*DeregisterEphemeral)(nil),            // 10: regent.v1.DeregisterEphemeral
+	(*Subscribe)(nil),                      // 11: regent.v1.Subscribe
+	(*Unsubscribe)(nil),                    // 12: regent.v1.Unsubscribe
+	(*ProbeReply)(nil),                     // 13: regent.v1.ProbeReply
+	(*Ping)(nil),                           // 14: regent.v1.Ping
+	(*ServerMessage)(nil),                  // 15: regent.v1.ServerMessage
+	(*HelloReply)(nil),                     // 16: regent.v1.HelloReply
+	(*Ack)(nil),                            // 17: regent.v1.Ack
+	(*Push)(nil),                           // 18: regent.v1.Push
+	(*Probe)(nil),                          // 19: regent.v1.Probe
+	(*Reconnect)(nil),                      // 20: regent.v1.Reconnect
+	(*RegisterInstanceRequest)(nil),        // 21: regent.v1.RegisterInstanceRequest
+	(*RegisterInstanceResponse)(nil),       // 22: regent.v1.RegisterInstanceResponse
+	(*DeregisterInstanceRequest)(nil),      // 23: regent.v1.DeregisterInstanceRequest
+	(*DeregisterInstanceResponse)(nil),     // 24: regent.v1.DeregisterInstanceResponse
+	(*BatchRegisterInstancesRequest)(nil),  // 25: regent.v1.BatchRegisterInstancesRequest
+	(*BatchRegisterInstancesResponse)(nil), // 26: regent.v1.BatchRegisterInstancesResponse
+	(*GetServiceRequest)(nil),              // 27: regent.v1.GetServiceRequest
+	(*GetServiceResponse)(nil),             // 28: regent.v1.GetServiceResponse
+	(*ListServicesRequest)(nil),            // 29: regent.v1.ListServicesRequest
+	(*ServiceSummary)(nil),                 // 30: regent.v1.ServiceSummary
+	(*ListServicesResponse)(nil),           // 31: regent.v1.ListServicesResponse
+	(*UpdateServiceMetadataRequest)(nil),   // 32: regent.v1.UpdateServiceMetadataRequest
+	(*UpdateServiceMetadataResponse)(nil),  // 33: regent.v1.UpdateServiceMetadataResponse
+	(*ListMembersRequest)(nil),             // 34: regent.v1.ListMembersRequest
+	(*Member)(nil),                         // 35: regent.v1.Member
+	(*ListMembersResponse)(nil),            // 36: regent.v1.ListMembersResponse
+	nil,                                    // 37: regent.v1.Instance.MetadataEntry
+	nil,                                    // 38: regent.v1.ServiceMeta.MetadataEntry
+	nil,                                    // 39: regent.v1.Hello.LabelsEntry
 }
 var file_regent_v1_regent_proto_depIdxs = []int32{
-	36, // 0: regent.v1.Instance.metadata:type_name -> regent.v1.Instance.MetadataEntry
+	37, // 0: regent.v1.Instance.metadata:type_name -> regent.v1.Instance.MetadataEntry
 	0,  // 1: regent.v1.HealthCheck.type:type_name -> regent.v1.HealthCheck.Type
-	37, // 2: regent.v1.ServiceMeta.metadata:type_name -> regent.v1.ServiceMeta.MetadataEntry
+	38, // 2: regent.v1.ServiceMeta.metadata:type_name -> regent.v1.ServiceMeta.MetadataEntry
 	3,  // 3: regent.v1.ServiceMeta.health_check:type_name -> regent.v1.HealthCheck
 	1,  // 4: regent.v1.ServiceSnapshot.service:type_name -> regent.v1.ServiceRef
 	2,  // 5: regent.v1.ServiceSnapshot.instances:type_name -> regent.v1.Instance
 	7,  // 6: regent.v1.ClientMessage.hello:type_name -> regent.v1.Hello
-	8,  // 7: regent.v1.ClientMessage.register:type_name -> regent.v1.RegisterEphemeral
-	9,  // 8: regent.v1.ClientMessage.deregister:type_name -> regent.v1.DeregisterEphemeral
-	10, // 9: regent.v1.ClientMessage.subscribe:type_name -> regent.v1.Subscribe
-	11, // 10: regent.v1.ClientMessage.unsubscribe:type_name -> regent.v1.Unsubscribe
-	12, // 11: regent.v1.ClientMessage.probe_reply:type_name -> regent.v1.ProbeReply
-	13, // 12: regent.v1.ClientMessage.ping:type_name -> regent.v1.Ping
-	38, // 13: regent.v1.Hello.labels:type_name -> regent.v1.Hello.LabelsEntry
-	1,  // 14: regent.v1.RegisterEphemeral.service:type_name -> regent.v1.ServiceRef
-	2,  // 15: regent.v1.RegisterEphemeral.instances:type_name -> regent.v1.Instance
-	1,  // 16: regent.v1.DeregisterEphemeral.service:type_name -> regent.v1.ServiceRef
-	2,  // 17: regent.v1.DeregisterEphemeral.instances:type_name -> regent.v1.Instance
-	1,  // 18: regent.v1.Subscribe.service:type_name -> regent.v1.ServiceRef
-	1,  // 19: regent.v1.Unsubscribe.service:type_name -> regent.v1.ServiceRef
-	15, // 20: regent.v1.ServerMessage.hello_reply:type_name -> regent.v1.HelloReply
-	16, // 21: regent.v1.ServerMessage.ack:type_name -> regent.v1.Ack
-	17, // 22: regent.v1.ServerMessage.push:type_name -> regent.v1.Push
-	18, // 23: regent.v1.ServerMessage.probe:type_name -> regent.v1.Probe
-	19, // 24: regent.v1.ServerMessage.reconnect:type_name -> regent.v1.Reconnect
-	5,  // 25: regent.v1.Push.snapshot:type_name -> regent.v1.ServiceSnapshot
-	1,  // 26: regent.v1.RegisterInstanceRequest.service:type_name -> regent.v1.ServiceRef
-	2,  // 27: regent.v1.RegisterInstanceRequest.instance:type_name -> regent.v1.Instance
-	1,  // 28: regent.v1.DeregisterInstanceRequest.service:type_name -> regent.v1.ServiceRef
-	2,  // 29: regent.v1.DeregisterInstanceRequest.instance:type_name -> regent.v1.Instance
-	1,  // 30: regent.v1.BatchRegisterInstancesRequest.service:type_name -> regent.v1.ServiceRef
-	2,  // 31: regent.v1.BatchRegisterInstancesRequest.instances:type_name -> regent.v1.Instance
-	1,  // 32: regent.v1.GetServiceRequest.service:type_name -> regent.v1.ServiceRef
-	5,  // 33: regent.v1.GetServiceResponse.snapshot:type_name -> regent.v1.ServiceSnapshot
-	4,  // 34: regent.v1.GetServiceResponse.meta:type_name -> regent.v1.ServiceMeta
-	1,  // 35: regent.v1.ServiceSummary.service:type_name -> regent.v1.ServiceRef
-	29, // 36: regent.v1.ListServicesResponse.services:type_name -> regent.v1.ServiceSummary
-	1,  // 37: regent.v1.UpdateServiceMetadataRequest.service:type_name -> regent.v1.ServiceRef
-	4,  // 38: regent.v1.UpdateServiceMetadataRequest.meta:type_name -> regent.v1.ServiceMeta
-	4,  // 39: regent.v1.UpdateServiceMetadataResponse.meta:type_name -> regent.v1.ServiceMeta
-	34, // 40: regent.v1.ListMembersResponse.members:type_name -> regent.v1.Member
-	6,  // 41: regent.v1.Registry.Session:input_type -> regent.v1.ClientMessage
-	20, // 42: regent.v1.Registry.RegisterInstance:input_type -> regent.v1.RegisterInstanceRequest
-	22, // 43: regent.v1.Registry.DeregisterInstance:input_type -> regent.v1.DeregisterInstanceRequest
-	24, // 44: regent.v1.Registry.BatchRegisterInstances:input_type -> regent.v1.BatchRegisterInstancesRequest
-	26, // 45: regent.v1.Registry.GetService:input_type -> regent.v1.GetServiceRequest
-	28, // 46: regent.v1.Registry.ListServices:input_type -> regent.v1.ListServicesRequest
-	31, // 47: regent.v1.Registry.UpdateServiceMetadata:input_type -> regent.v1.UpdateServiceMetadataRequest
-	33, // 48: regent.v1.Registry.ListMembers:input_type -> regent.v1.ListMembersRequest
-	14, // 49: regent.v1.Registry.Session:output_type -> regent.v1.ServerMessage
-	21, // 50: regent.v1.Registry.RegisterInstance:output_type -> regent.v1.RegisterInstanceResponse
-	23, // 51: regent.v1.Registry.DeregisterInstance:output_type -> regent.v1.DeregisterInstanceResponse
-	25, // 52: regent.v1.Registry.BatchRegisterInstances:output_type -> regent.v1.BatchRegisterInstancesResponse
-	27, // 53: regent.v1.Registry.GetService:output_type -> regent.v1.GetServiceResponse
-	30, // 54: regent.v1.Registry.ListServices:output_type -> regent.v1.ListServicesResponse
-	32, // 55: regent.v1.Registry.UpdateServiceMetadata:output_type -> regent.v1.UpdateServiceMetadataResponse
-	35, // 56: regent.v1.Registry.ListMembers:output_type -> regent.v1.ListMembersResponse
-	49, // [49:57] is the sub-list for method output_type
-	41, // [41:49] is the sub-list for method input_type
-	41, // [41:41] is the sub-list for extension type_name
-	41, // [41:41] is the sub-list for extension extendee
-	0,  // [0:41] is the sub-list for field type_name
+	9,  // 7: regent.v1.ClientMessage.register:type_name -> regent.v1.RegisterEphemeral
+	10, // 8: regent.v1.ClientMessage.deregister:type_name -> regent.v1.DeregisterEphemeral
+	11, // 9: regent.v1.ClientMessage.subscribe:type_name -> regent.v1.Subscribe
+	12, // 10: regent.v1.ClientMessage.unsubscribe:type_name -> regent.v1.Unsubscribe
+	13, // 11: regent.v1.ClientMessage.probe_reply:type_name -> regent.v1.ProbeReply
+	14, // 12: regent.v1.ClientMessage.ping:type_name -> regent.v1.Ping
+	8,  // 13: regent.v1.ClientMessage.register_all:type_name -> regent.v1.RegisterAll
+	39, // 14: regent.v1.Hello.labels:type_name -> regent.v1.Hello.LabelsEntry
+	9,  // 15: regent.v1.RegisterAll.services:type_name -> regent.v1.RegisterEphemeral
+	1,  // 16: regent.v1.RegisterEphemeral.service:type_name -> regent.v1.ServiceRef
+	2,  // 17: regent.v1.RegisterEphemeral.instances:type_name -> regent.v1.Instance
+	1,  // 18: regent.v1.DeregisterEphemeral.service:type_name -> regent.v1.ServiceRef
+	2,  // 19: regent.v1.DeregisterEphemeral.instances:type_name -> regent.v1.Instance
+	1,  // 20: regent.v1.Subscribe.service:type_name -> regent.v1.ServiceRef
+	1,  // 21: regent.v1.Unsubscribe.service:type_name -> regent.v1.ServiceRef
+	16, // 22: regent.v1.ServerMessage.hello_reply:type_name -> regent.v1.HelloReply
+	17, // 23: regent.v1.ServerMessage.ack:type_name -> regent.v1.Ack
+	18, // 24: regent.v1.ServerMessage.push:type_name -> regent.v1.Push
+	19, // 25: regent.v1.ServerMessage.probe:type_name -> regent.v1.Probe
+	20, // 26: regent.v1.ServerMessage.reconnect:type_name -> regent.v1.Reconnect
+	5,  // 27: regent.v1.Push.snapshot:type_name -> regent.v1.ServiceSnapshot
+	1,  // 28: regent.v1.RegisterInstanceRequest.service:type_name -> regent.v1.ServiceRef
+	2,  // 29: regent.v1.RegisterInstanceRequest.instance:type_name -> regent.v1.Instance
+	1,  // 30: regent.v1.DeregisterInstanceRequest.service:type_name -> regent.v1.ServiceRef
+	2,  // 31: regent.v1.DeregisterInstanceRequest.instance:type_name -> regent.v1.Instance
+	1,  // 32: regent.v1.BatchRegisterInstancesRequest.service:type_name -> regent.v1.ServiceRef
+	2,  // 33: regent.v1.BatchRegisterInstancesRequest.instances:type_name -> regent.v1.Instance
+	1,  // 34: regent.v1.GetServiceRequest.service:type_name -> regent.v1.ServiceRef
+	5,  // 35: regent.v1.GetServiceResponse.snapshot:type_name -> regent.v1.ServiceSnapshot
+	4,  // 36: regent.v1.GetServiceResponse.meta:type_name -> regent.v1.ServiceMeta
+	1,  // 37: regent.v1.ServiceSummary.service:type_name -> regent.v1.ServiceRef
+	30, // 38: regent.v1.ListServicesResponse.services:type_name -> regent.v1.ServiceSummary
+	1,  // 39: regent.v1.UpdateServiceMetadataRequest.service:type_name -> regent.v1.ServiceRef
+	4,  // 40: regent.v1.UpdateServiceMetadataRequest.meta:type_name -> regent.v1.ServiceMeta
+	4,  // 41: regent.v1.UpdateServiceMetadataResponse.meta:type_name -> regent.v1.ServiceMeta
+	35, // 42: regent.v1.ListMembersResponse.members:type_name -> regent.v1.Member
+	6,  // 43: regent.v1.Registry.Session:input_type -> regent.v1.ClientMessage
+	21, // 44: regent.v1.Registry.RegisterInstance:input_type -> regent.v1.RegisterInstanceRequest
+	23, // 45: regent.v1.Registry.DeregisterInstance:input_type -> regent.v1.DeregisterInstanceRequest
+	25, // 46: regent.v1.Registry.BatchRegisterInstances:input_type -> regent.v1.BatchRegisterInstancesRequest
+	27, // 47: regent.v1.Registry.GetService:input_type -> regent.v1.GetServiceRequest
+	29, // 48: regent.v1.Registry.ListServices:input_type -> regent.v1.ListServicesRequest
+	32, // 49: regent.v1.Registry.UpdateServiceMetadata:input_type -> regent.v1.UpdateServiceMetadataRequest
+	34, // 50: regent.v1.Registry.ListMembers:input_type -> regent.v1.ListMembersRequest
+	15, // 51: regent.v1.Registry.Session:output_type -> regent.v1.ServerMessage
+	22, // 52: regent.v1.Registry.RegisterInstance:output_type -> regent.v1.RegisterInstanceResponse
+	24, // 53: regent.v1.Registry.DeregisterInstance:output_type -> regent.v1.DeregisterInstanceResponse
+	26, // 54: regent.v1.Registry.BatchRegisterInstances:output_type -> regent.v1.BatchRegisterInstancesResponse
+	28, // 55: regent.v1.Registry.GetService:output_type -> regent.v1.GetServiceResponse
+	31, // 56: regent.v1.Registry.ListServices:output_type -> regent.v1.ListServicesResponse
+	33, // 57: regent.v1.Registry.UpdateServiceMetadata:output_type -> regent.v1.UpdateServiceMetadataResponse
+	36, // 58: regent.v1.Registry.ListMembers:output_type -> regent.v1.ListMembersResponse
+	51, // [51:59] is the sub-list for method output_type
+	43, // [43:51] is the sub-list for method input_type
+	43, // [43:43] is the sub-list for extension type_name
+	43, // [43:43] is the sub-list for extension extendee
+	0,  // [0:43] is the sub-list for field type_name
 }
 
 func init() { file_regent_v1_regent_proto_init() }
@@ -2656,8 +2742,9 @@ func file_regent_v1_regent_proto_init() {
 		(*ClientMessage_Unsubscribe)(nil),
 		(*ClientMessage_ProbeReply)(nil),
 		(*ClientMessage_Ping)(nil),
+		(*ClientMessage_RegisterAll)(nil),
 	}
-	file_regent_v1_regent_proto_msgTypes[13].OneofWrappers = []any{
+	file_regent_v1_regent_proto_msgTypes[14].OneofWrappers = []any{
 		(*ServerMessage_HelloReply)(nil),
 		(*ServerMessage_Ack)(nil),
 		(*ServerMessage_Push)(nil),
@@ -2670,7 +2757,7 @@ func file_regent_v1_regent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_regent_v1_regent_proto_rawDesc), len(file_regent_v1_regent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   38,
+			NumMessages:   39,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
