@@ -7,6 +7,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/regent-registry/regent/ephemeral"
 	"github.com/regent-registry/regent/internal/naming"
 	"github.com/regent-registry/regent/internal/registry"
 )
@@ -28,8 +29,11 @@ var errorCodes = []struct {
 }{
 	{naming.ErrInvalid, codes.InvalidArgument},
 	{registry.ErrNotFound, codes.NotFound},
+	{registry.ErrNotReady, codes.Unavailable},
 	{ErrUnavailable, codes.Unavailable},
 	{ErrFailedPrecondition, codes.FailedPrecondition},
+	{ephemeral.ErrBadCursor, codes.InvalidArgument},
+	{ephemeral.ErrStopped, codes.Unavailable},
 	{context.DeadlineExceeded, codes.DeadlineExceeded},
 	{context.Canceled, codes.Canceled},
 }

@@ -23,6 +23,10 @@ import (
 // ErrNotFound is returned for a service with neither instances nor metadata.
 var ErrNotFound = errors.New("registry: service not found")
 
+// ErrNotReady is returned for queries while the node is still loading the
+// cluster's ephemeral state: it answers nothing rather than a partial list.
+var ErrNotReady = errors.New("registry: node is still loading the cluster's state")
+
 // Persistent is what the registry needs of the persistent side. On one node
 // it is bbolt directly; with Raft, writes go through the log and reads come
 // from the FSM's bbolt state. Implementations call the registry's Changed
@@ -101,7 +105,37 @@ type Registry struct {
 	dirty map[naming.ServiceKey]struct{}
 	wake  chan struct{}
 
+	// gate, when set, is closed once the node may answer; until then
+	// queries fail with ErrNotReady and nothing is pushed.
+	gate atomic.Pointer[<-chan struct{}]
+
 	pushes atomic.Uint64
+}
+
+// SetGate makes queries and pushes wait until loaded is closed: the node
+// never answers with, or pushes, a list that lacks data it has not loaded
+// yet. Call it before serving.
+func (r *Registry) SetGate(loaded <-chan struct{}) { r.gate.Store(&loaded) }
+
+// Ready reports whether the gate is open (or there is none).
+func (r *Registry) Ready() bool {
+	g := r.gate.Load()
+	if g == nil {
+		return true
+	}
+	select {
+	case <-*g:
+		return true
+	default:
+		return false
+	}
+}
+
+func (r *Registry) gateCh() <-chan struct{} {
+	if g := r.gate.Load(); g != nil && !r.Ready() {
+		return *g
+	}
+	return nil
 }
 
 // New builds a registry over the two stores. It makes itself the ephemeral
@@ -155,11 +189,23 @@ func (r *Registry) Changed(keys []naming.ServiceKey) {
 func (r *Registry) Run(ctx context.Context) {
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
+	gate := r.gateCh()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-r.wake:
+		case <-gate:
+			// Loaded: every subscriber gets its first list now.
+			gate = nil
+			r.subMu.Lock()
+			for k := range r.subs {
+				r.dirty[k] = struct{}{}
+			}
+			r.subMu.Unlock()
+		}
+		if !r.Ready() {
+			continue // dirty services wait for the gate
 		}
 		timer.Reset(r.cfg.MergeWindow)
 		select {
@@ -246,6 +292,9 @@ func (r *Registry) mergedFull(k naming.ServiceKey) ([]naming.Instance, uint64, P
 // answers an empty list; ErrNotFound means the node has never heard of it
 // (no instances since start-up, no persistent history, no metadata).
 func (r *Registry) Get(k naming.ServiceKey, f naming.Filter) (Snapshot, naming.ServiceMeta, error) {
+	if !r.Ready() {
+		return Snapshot{}, naming.ServiceMeta{}, ErrNotReady
+	}
 	all, rev, ps, err := r.mergedFull(k)
 	if err != nil {
 		return Snapshot{}, naming.ServiceMeta{}, err
@@ -271,6 +320,9 @@ func (r *Registry) Subscribe(k naming.ServiceKey, f naming.Filter, sub Subscribe
 	}
 	m[sub] = f
 	r.subMu.Unlock()
+	if !r.Ready() {
+		return nil // the first list goes out when the node is loaded
+	}
 	all, rev, threshold, err := r.merged(k)
 	if err != nil {
 		r.Unsubscribe(k, sub)
@@ -316,6 +368,9 @@ type ServiceInfo struct {
 // persistent together, in key order. It returns the page and the key to pass
 // as `after` for the next page ("" on the last page).
 func (r *Registry) ListServices(namespace, group, after string, limit int) ([]ServiceInfo, string, error) {
+	if !r.Ready() {
+		return nil, "", ErrNotReady
+	}
 	per, err := r.per.ServiceKeys(namespace, group, after, limit+1)
 	if err != nil {
 		return nil, "", err

@@ -266,3 +266,41 @@ func TestGetEmptiedServiceIsEmptyNotNotFound(t *testing.T) {
 		t.Fatalf("emptied service: %+v (revision before %d)", snap, before.Revision)
 	}
 }
+
+func TestNotReadyAnswersNothingAndPushesNothingUntilLoaded(t *testing.T) {
+	r, err := New(DefaultConfig(), ephemeral.NewStore(nil), newMem())
+	if err != nil {
+		t.Fatal(err)
+	}
+	loaded := make(chan struct{})
+	r.SetGate(loaded)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { r.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	r.Ephemeral().Register("c1", "n1", key, []naming.Instance{inst("10.0.0.1", 80, true)})
+	if _, _, err := r.Get(key, naming.Filter{}); !errors.Is(err, ErrNotReady) {
+		t.Fatalf("Get before the load: %v, want ErrNotReady", err)
+	}
+	if _, _, err := r.ListServices("", "", "", 10); !errors.Is(err, ErrNotReady) {
+		t.Fatalf("ListServices before the load: %v, want ErrNotReady", err)
+	}
+	s := &sink{}
+	if err := r.Subscribe(key, naming.Filter{}, s); err != nil {
+		t.Fatal(err)
+	}
+	r.Ephemeral().Register("c2", "n1", key, []naming.Instance{inst("10.0.0.2", 80, true)})
+	time.Sleep(5 * DefaultConfig().MergeWindow)
+	if got := s.all(); len(got) != 0 {
+		t.Fatalf("pushed %d lists before the load finished", len(got))
+	}
+	close(loaded)
+	s.waitFor(t, func(last Snapshot, _ int) bool { return len(last.Instances) == 2 })
+	if got := s.all(); len(got[0].Instances) != 2 {
+		t.Fatalf("first push after the load held %d instances, want the full 2", len(got[0].Instances))
+	}
+	if snap, _, err := r.Get(key, naming.Filter{}); err != nil || len(snap.Instances) != 2 {
+		t.Fatalf("Get after the load: %v %v", snap, err)
+	}
+}
