@@ -91,11 +91,11 @@ type Client struct {
 	wg     sync.WaitGroup
 
 	// mu guards everything below.
-	mu        sync.Mutex
-	sess      *liveSession // nil while disconnected
+	mu   sync.Mutex
+	sess *liveSession // nil while disconnected
 	// lastNode is the node of the latest session, told to the next one
 	// so that it can fetch this client's state while it moves.
-	lastNode string
+	lastNode  string
 	connected chan struct{}
 	regs      map[string]*regEntry
 	subs      map[naming.ServiceKey]*subState

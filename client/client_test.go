@@ -21,15 +21,10 @@ const waitLimit = 15 * time.Second
 
 func startDaemon(t *testing.T, name, addr string) *daemon.Daemon {
 	t.Helper()
-	cfg := daemon.DefaultConfig()
-	cfg.Name = name
-	cfg.DataDir = t.TempDir()
-	if addr == "" {
-		addr = "127.0.0.1:0"
+	cfg := daemon.DefaultLocalConfig(name, t.TempDir())
+	if addr != "" {
+		cfg.GRPCAddr = addr
 	}
-	cfg.GRPCAddr = addr
-	cfg.HTTPAddr = ""
-	cfg.NoSync = true
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	var d *daemon.Daemon

@@ -104,6 +104,11 @@ type Distro struct {
 	owners   map[string]*ownerSet
 	peers    map[string]*peer
 	draining bool
+	// epochClock is a Lamport clock over ownership epochs: the highest
+	// epoch this node has seen or made. A takeover's epoch exceeds it, so
+	// a node never takes over below an epoch it has witnessed, whatever
+	// its wall clock says.
+	epochClock uint64
 
 	loaded   atomic.Bool
 	loadedCh chan struct{}
@@ -270,10 +275,8 @@ func (d *Distro) takeLocked(id string) (*clientMeta, bool) {
 		floor = t.ver
 	}
 	now := d.now()
-	epoch := uint64(now.UnixMicro())
-	if epoch <= floor.Epoch {
-		epoch = floor.Epoch + 1
-	}
+	epoch := max(uint64(now.UnixMicro()), floor.Epoch+1, d.epochClock+1)
+	d.epochClock = epoch
 	m.owner, m.ver, m.native, m.renewed = d.self, Version{Epoch: epoch}, true, now
 	d.linkLocked(m)
 	delete(d.tombs, id)
@@ -598,6 +601,7 @@ func (d *Distro) applyLocked(st *ClientState, lost *[]string) bool {
 		m = &clientMeta{id: st.ID}
 	}
 	m.owner, m.ver, m.native, m.renewed = st.Owner, st.Version, false, now
+	d.epochClock = max(d.epochClock, st.Version.Epoch)
 	d.linkLocked(m)
 	delete(d.tombs, st.ID)
 	d.store.ReplaceClient(st.ID, st.Owner, toMap(st.Services))

@@ -565,22 +565,61 @@ func TestRandomChurnUnderReorderingConverges(t *testing.T) {
 	}
 }
 
+type churnClient struct {
+	node  string
+	ports map[int]bool
+	live  bool
+}
+
+type wish struct {
+	node string
+	set  map[naming.ServiceKey][]naming.Instance
+}
+
+func clients2wish(clients map[string]*churnClient) map[string]wish {
+	out := map[string]wish{}
+	for id, cl := range clients {
+		if !cl.live {
+			continue
+		}
+		var list []naming.Instance
+		for p := range cl.ports {
+			list = append(list, inst("10.1.0."+id[1:], p))
+		}
+		out[id] = wish{cl.node, map[naming.ServiceKey][]naming.Instance{svcA: list}}
+	}
+	return out
+}
+
+// reconnectKicked plays the SDK's part when a node ends a session because
+// another node claimed the client (OwnershipLost): the client reconnects to
+// the same node and redoes its whole wish set.
+func reconnectKicked(c *tcluster, wishes map[string]wish) {
+	for name := range c.nodes {
+		c.mu.Lock()
+		lost := c.lost[name]
+		c.lost[name] = nil
+		c.mu.Unlock()
+		for _, id := range lost {
+			if w, ok := wishes[id]; ok && w.node == name {
+				c.nodes[name].Connect(c.ctx, id, name)
+				c.nodes[name].Replace(id, w.set)
+			}
+		}
+	}
+}
+
 func churn(t *testing.T, seed uint64) {
 	c := newTClusterSeed(t, 5, seed, nil)
 	c.net.SetDrop(0.1)
 	c.net.SetDelay(0, 80*time.Millisecond)
 	rng := rand.New(rand.NewPCG(seed, 7))
-	type client struct {
-		node  string
-		ports map[int]bool
-		live  bool
-	}
-	clients := map[string]*client{}
+	clients := map[string]*churnClient{}
 	for step := range 400 {
 		id := fmt.Sprintf("c%d", rng.IntN(30))
 		cl := clients[id]
 		if cl == nil || !cl.live {
-			cl = &client{node: nodeName(1 + rng.IntN(5)), ports: map[int]bool{}, live: true}
+			cl = &churnClient{node: nodeName(1 + rng.IntN(5)), ports: map[int]bool{}, live: true}
 			clients[id] = cl
 			// A session starts with the SDK's full (here empty) wish set,
 			// which also clears whatever an earlier client of the same id
@@ -620,10 +659,15 @@ func churn(t *testing.T, seed uint64) {
 		if step%10 == 0 {
 			time.Sleep(time.Duration(rng.IntN(30)) * time.Millisecond)
 		}
+		reconnectKicked(c, clients2wish(clients))
 	}
 	c.net.SetDrop(0)
 	c.net.SetDelay(0, 0)
-	settle(3 * c.cfg.VerifyInterval)
+	for range 5 {
+		settle(c.cfg.VerifyInterval)
+		reconnectKicked(c, clients2wish(clients))
+	}
+	settle(2 * c.cfg.VerifyInterval)
 	c.checkConverged()
 	var want []string
 	for id, cl := range clients {

@@ -41,8 +41,9 @@ JSON with -o json).`,
 					return err
 				}
 				defer os.RemoveAll(dir)
-				cfg := daemon.DefaultConfig()
-				cfg.Name, cfg.DataDir, cfg.GRPCAddr, cfg.HTTPAddr = "bench", dir, "127.0.0.1:0", ""
+				// fsync stays on, as on a real node.
+				cfg := daemon.DefaultLocalConfig("bench", dir)
+				cfg.NoSync = false
 				d, err := daemon.Start(ctx, cfg)
 				if err != nil {
 					return err

@@ -164,7 +164,8 @@ func listJSONOf(t *testing.T, server, service string) (listOut, error) {
 func startServer(t *testing.T) (grpcAddr, httpAddr string, p *proc) {
 	t.Helper()
 	grpcAddr, httpAddr = freeAddr(t), freeAddr(t)
-	p = startProc(t, "server", "--name", "e2e", "--data-dir", t.TempDir(), "--grpc-addr", grpcAddr, "--http-addr", httpAddr)
+	p = startProc(t, "server", "--name", "e2e", "--data-dir", t.TempDir(), "--grpc-addr", grpcAddr, "--http-addr", httpAddr,
+		"--peer-addr", "127.0.0.1:0", "--gossip-addr", "127.0.0.1:0")
 	waitFor(t, "readyz", 20*time.Second, func() bool {
 		resp, err := http.Get("http://" + httpAddr + "/readyz")
 		if err != nil {

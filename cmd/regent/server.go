@@ -14,13 +14,14 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/regent-registry/regent/internal/daemon"
+	"github.com/regent-registry/regent/membership"
 )
 
 func newServerCmd() *cobra.Command {
 	cfg := daemon.DefaultConfig()
 	var (
-		bind, configFile, logFormat, logLevel string
-		dev                                   bool
+		bind, configFile, logFormat, logLevel, gossipKey string
+		dev                                              bool
 	)
 	cmd := &cobra.Command{
 		Use:   "server",
@@ -63,6 +64,11 @@ node (clients are told to reconnect elsewhere) and exits cleanly.`,
 				}
 				cfg.NoSync = true
 			}
+			if gossipKey != "" {
+				if cfg.GossipKey, err = membership.ParseKey(gossipKey); err != nil {
+					return fmt.Errorf("--gossip-key: %w", err)
+				}
+			}
 			cfg.Logger = logger
 			d, err := daemon.Start(cmd.Context(), cfg)
 			if err != nil {
@@ -94,7 +100,13 @@ Stop with Ctrl-C (or SIGTERM): clients are told to reconnect elsewhere.
 	f.StringVar(&cfg.PeerAddr, "peer-addr", cfg.PeerAddr, "node-to-node address (cluster)")
 	f.StringVar(&cfg.GossipAddr, "gossip-addr", cfg.GossipAddr, "gossip address (cluster)")
 	f.StringVar(&cfg.RaftAddr, "raft-addr", cfg.RaftAddr, "Raft address (cluster)")
-	f.StringSliceVar(&cfg.Join, "join", nil, "gossip seeds host[:port],... (cluster)")
+	f.StringSliceVar(&cfg.Join, "join", nil, "gossip seeds host:port,... of any node(s) of the cluster; retried until one answers")
+	f.StringVar(&gossipKey, "gossip-key", "", "base64 key (16, 24 or 32 bytes) encrypting gossip; the same on every node")
+	f.StringVar(&cfg.GossipProfile, "gossip-profile", cfg.GossipProfile, `gossip timings: "lan", or "local" for fast failure detection on one machine`)
+	f.DurationVar(&cfg.Distro.SyncDelay, "distro-sync-delay", cfg.Distro.SyncDelay, "changes within this window go to each peer as one batch")
+	f.DurationVar(&cfg.Distro.VerifyInterval, "distro-verify-interval", cfg.Distro.VerifyInterval, "how often each node verifies its clients with each peer")
+	f.DurationVar(&cfg.Distro.Expiry, "distro-expiry", cfg.Distro.Expiry, "remove a replicated client its owner has not confirmed for this long")
+	f.DurationVar(&cfg.Distro.OwnerGrace, "distro-owner-grace", cfg.Distro.OwnerGrace, "keep a dead or departed node's clients this long, for them to reconnect elsewhere")
 	f.IntVar(&cfg.BootstrapExpect, "bootstrap-expect", 0, "servers to wait for before bootstrapping Raft (cluster)")
 	f.StringVar(&cfg.LimitsFile, "limits", "", "JSON connection-limit rules, reloaded when the file changes")
 	f.BoolVar(&cfg.Pprof, "pprof", false, "serve /debug/pprof on the HTTP address")

@@ -11,12 +11,7 @@ import (
 
 func startNode(tb testing.TB) *daemon.Daemon {
 	tb.Helper()
-	cfg := daemon.DefaultConfig()
-	cfg.Name = "bench"
-	cfg.DataDir = tb.TempDir()
-	cfg.GRPCAddr = "127.0.0.1:0"
-	cfg.HTTPAddr = ""
-	cfg.NoSync = true
+	cfg := daemon.DefaultLocalConfig("bench", tb.TempDir())
 	d, err := daemon.Start(context.Background(), cfg)
 	if err != nil {
 		tb.Fatal(err)

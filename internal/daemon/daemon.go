@@ -27,6 +27,7 @@ import (
 
 	"github.com/regent-registry/regent/ephemeral"
 	"github.com/regent-registry/regent/internal/registry"
+	"github.com/regent-registry/regent/membership"
 	"github.com/regent-registry/regent/persistent"
 	"github.com/regent-registry/regent/rpc"
 	"github.com/regent-registry/regent/storage"
@@ -56,9 +57,20 @@ type Config struct {
 	HTTPAddr string
 	// PeerAddr, GossipAddr and RaftAddr are the cluster listeners.
 	PeerAddr, GossipAddr, RaftAddr string
-	// Join lists gossip seeds; BootstrapExpect the servers to wait for.
+	// Join lists gossip seeds (host:port, or host with the default gossip
+	// port). The node retries them until one answers, so nodes may start
+	// in any order. BootstrapExpect is the number of Raft servers to wait
+	// for (persistent side, not yet in this build beyond 1).
 	Join            []string
 	BootstrapExpect int
+	// GossipKey turns on gossip encryption (16, 24 or 32 bytes; every node
+	// needs the same key).
+	GossipKey []byte
+	// GossipProfile is "lan" (memberlist's LAN timings) or "local" (fast
+	// failure detection, for one machine and tests).
+	GossipProfile string
+	// Distro tunes ephemeral replication; Node is set from Name.
+	Distro ephemeral.Config
 	// LimitsFile holds connection limit rules, reloaded on change; "" = unlimited.
 	LimitsFile string
 	// Pprof serves /debug/pprof on the HTTP endpoint.
@@ -79,16 +91,32 @@ func DefaultConfig() Config {
 		host = "regent"
 	}
 	return Config{
-		Name:       host,
-		DataDir:    "regent-data",
-		GRPCAddr:   fmt.Sprintf("127.0.0.1:%d", DefaultGRPCPort),
-		HTTPAddr:   fmt.Sprintf("127.0.0.1:%d", DefaultHTTPPort),
-		PeerAddr:   fmt.Sprintf("127.0.0.1:%d", DefaultPeerPort),
-		GossipAddr: fmt.Sprintf("127.0.0.1:%d", DefaultGossipPort),
-		RaftAddr:   fmt.Sprintf("127.0.0.1:%d", DefaultRaftPort),
-		RPC:        rpc.DefaultConfig(),
-		Registry:   registry.DefaultConfig(),
+		Name:          host,
+		DataDir:       "regent-data",
+		GRPCAddr:      fmt.Sprintf("127.0.0.1:%d", DefaultGRPCPort),
+		HTTPAddr:      fmt.Sprintf("127.0.0.1:%d", DefaultHTTPPort),
+		PeerAddr:      fmt.Sprintf("127.0.0.1:%d", DefaultPeerPort),
+		GossipAddr:    fmt.Sprintf("127.0.0.1:%d", DefaultGossipPort),
+		RaftAddr:      fmt.Sprintf("127.0.0.1:%d", DefaultRaftPort),
+		RPC:           rpc.DefaultConfig(),
+		Registry:      registry.DefaultConfig(),
+		GossipProfile: "lan",
+		Distro:        ephemeral.DefaultConfig(),
 	}
+}
+
+// DefaultLocalConfig returns a throwaway node for tests and benchmarks:
+// every listener on 127.0.0.1 with a port the system picks, no HTTP
+// endpoint, no fsync, and fast gossip and Distro timings.
+func DefaultLocalConfig(name, dataDir string) Config {
+	c := DefaultConfig()
+	c.Name, c.DataDir = name, dataDir
+	c.GRPCAddr, c.HTTPAddr = "127.0.0.1:0", ""
+	c.PeerAddr, c.GossipAddr, c.RaftAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
+	c.NoSync = true
+	c.GossipProfile = "local"
+	c.Distro = ephemeral.DefaultLocalConfig()
+	return c
 }
 
 // Bind puts every listener on ip with the default ports.
@@ -117,12 +145,26 @@ func (c *Config) Validate() error {
 	if c.BootstrapExpect < 0 {
 		return errors.New("daemon: bootstrap-expect must not be negative")
 	}
-	if len(c.Join) > 0 || c.BootstrapExpect > 1 {
-		return errors.New("daemon: clustering (--join, --bootstrap-expect > 1) is not available in this build yet; start a cluster of one")
+	if c.BootstrapExpect > 1 {
+		return errors.New("daemon: --bootstrap-expect > 1 (a Raft cluster for persistent data) is not available in this build yet; ephemeral clustering with --join is")
+	}
+	for _, a := range []struct{ name, addr string }{{"peer", c.PeerAddr}, {"gossip", c.GossipAddr}} {
+		if _, _, err := net.SplitHostPort(a.addr); err != nil {
+			return fmt.Errorf("daemon: %s address %q: %w", a.name, a.addr, err)
+		}
+	}
+	for _, j := range c.Join {
+		if j == "" {
+			return errors.New("daemon: empty --join address")
+		}
 	}
 	c.RPC.NodeName = c.Name
 	if err := c.RPC.Validate(); err != nil {
 		return err
+	}
+	c.Distro.Node = c.Name
+	if err := c.Distro.Validate(); err != nil {
+		return fmt.Errorf("daemon: %w", err)
 	}
 	return c.Registry.Validate()
 }
@@ -134,6 +176,11 @@ type Daemon struct {
 	db       *storage.DB
 	local    *persistent.Local
 	reg      *registry.Registry
+	distro   *ephemeral.Distro
+	gossip   *membership.Cluster
+	peerTr   *rpc.PeerTransport
+	peerSrv  *rpc.PeerServer
+	peerLis  net.Listener
 	rpc      *rpc.Server
 	limits   *rpc.LimitWatcher
 	grpcLis  net.Listener
@@ -170,7 +217,8 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 		return nil, fmt.Errorf("daemon: open state: %w", err)
 	}
 	d.local = persistent.NewLocal(d.db)
-	if d.reg, err = registry.New(cfg.Registry, ephemeral.NewStore(nil), d.local); err != nil {
+	store := ephemeral.NewStore(nil)
+	if d.reg, err = registry.New(cfg.Registry, store, d.local); err != nil {
 		return nil, err
 	}
 	d.local.SetObserver(d.reg.Changed)
@@ -182,12 +230,49 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	if d.grpcLis, err = net.Listen("tcp", cfg.GRPCAddr); err != nil {
 		return nil, fmt.Errorf("daemon: grpc listener: %w", err)
 	}
+	if d.peerLis, err = net.Listen("tcp", cfg.PeerAddr); err != nil {
+		return nil, fmt.Errorf("daemon: peer listener: %w", err)
+	}
+
+	// Cluster: gossip membership, the peer transport and Distro.
+	mcfg := membership.DefaultConfig()
+	mcfg.Name = cfg.Name
+	mcfg.BindAddr = cfg.GossipAddr
+	mcfg.SecretKey = cfg.GossipKey
+	mcfg.Profile = cfg.GossipProfile
+	mcfg.Logger = logger
+	mcfg.Meta = membership.Meta{GRPCAddr: d.grpcLis.Addr().String(), PeerAddr: d.peerLis.Addr().String(), RaftAddr: cfg.RaftAddr, Version: Version, Role: "server"}
+	if d.gossip, err = membership.New(mcfg); err != nil {
+		return nil, fmt.Errorf("daemon: gossip: %w", err)
+	}
+	if d.peerTr, err = rpc.NewPeerTransport(rpc.PeerTransportConfig{Resolve: d.peerAddr, Metrics: d.metrics}); err != nil {
+		return nil, err
+	}
+	dcfg := cfg.Distro
+	dcfg.Node = cfg.Name
+	dcfg.Logger = logger
+	dcfg.OwnershipLost = func(clientID string) {
+		if s := d.rpc; s != nil {
+			s.Sessions().Moved(clientID)
+		}
+	}
+	if d.distro, err = ephemeral.New(dcfg, store, d.peerTr); err != nil {
+		return nil, err
+	}
+	pcfg := rpc.DefaultPeerServerConfig()
+	pcfg.Logger = logger
+	if d.peerSrv, err = rpc.NewPeerServer(d.distro, pcfg); err != nil {
+		return nil, err
+	}
+	d.reg.SetGate(d.distro.LoadedCh())
+
 	if d.rpc, err = rpc.NewServer(cfg.RPC, rpc.Deps{
-		Registry: d.reg,
-		Limits:   d.limits,
-		Members:  d.members,
-		Logger:   logger,
-		Metrics:  d.metrics,
+		Registry:  d.reg,
+		Ephemeral: d.distro,
+		Limits:    d.limits,
+		Members:   d.members,
+		Logger:    logger,
+		Metrics:   d.metrics,
 	}); err != nil {
 		return nil, err
 	}
@@ -201,11 +286,18 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 
 	runCtx, cancel := context.WithCancel(context.Background())
 	d.cancel = cancel
+	d.distro.Start(runCtx)
+	d.gossip.Subscribe(memberFollower{d.distro})
 	d.goFunc(func() { d.reg.Run(runCtx) })
 	d.goFunc(func() { d.rpc.Sessions().Run(runCtx) })
 	if d.limits != nil {
 		d.goFunc(func() { d.limits.Run(runCtx, time.Second) })
 	}
+	d.goFunc(func() {
+		if err := d.peerSrv.Serve(d.peerLis); err != nil {
+			logger.Error("peer server stopped", "err", err)
+		}
+	})
 	d.goFunc(func() {
 		if err := d.rpc.GRPC().Serve(d.grpcLis); err != nil {
 			logger.Error("grpc server stopped", "err", err)
@@ -219,9 +311,62 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 		})
 	}
 	d.rpc.SetServing(true)
-	d.ready.Store(true)
-	logger.Info("regent started", "version", Version, "go", runtime.Version(), "grpc-addr", d.GRPCAddr(), "http-addr", d.HTTPAddr(), "data-dir", cfg.DataDir)
+	d.goFunc(func() { d.joinAndLoad(runCtx) })
+	logger.Info("regent started", "version", Version, "go", runtime.Version(), "grpc-addr", d.GRPCAddr(), "http-addr", d.HTTPAddr(),
+		"peer-addr", d.peerLis.Addr().String(), "gossip-addr", d.gossip.Local().Addr, "join", cfg.Join, "data-dir", cfg.DataDir)
 	return d, nil
+}
+
+// joinAndLoad joins the cluster through the seeds and loads the peers'
+// ephemeral state; the node is ready when that is done. A node whose
+// seeds do not answer at first is a cluster of one for now (ready at once)
+// and keeps retrying in the background; verify rounds bring it the others'
+// state once it joins.
+func (d *Daemon) joinAndLoad(ctx context.Context) {
+	if len(d.cfg.Join) > 0 {
+		if n, err := d.gossip.Join(d.cfg.Join); err != nil {
+			d.logger.Warn("no gossip seed answered yet; serving alone and retrying", "join", d.cfg.Join, "err", err)
+			d.goFunc(func() {
+				if err := d.gossip.RetryJoin(ctx, d.cfg.Join); err == nil {
+					d.logger.Info("joined the cluster", "join", d.cfg.Join)
+				}
+			})
+		} else {
+			d.logger.Info("joined the cluster", "seeds-contacted", n)
+		}
+	}
+	// Membership events reach Distro asynchronously; give it the members
+	// known now so the load sees every peer.
+	for _, m := range d.gossip.Peers() {
+		d.distro.PeerUp(m.Name)
+	}
+	if err := d.distro.Load(ctx); err != nil {
+		return // shutting down
+	}
+	d.ready.Store(true)
+	d.logger.Info("node is ready")
+}
+
+// memberFollower feeds gossip's verdicts to Distro.
+type memberFollower struct{ distro *ephemeral.Distro }
+
+func (f memberFollower) MemberChanged(ev membership.Event) {
+	switch ev.Type {
+	case membership.EventJoin, membership.EventUpdate:
+		f.distro.PeerUp(ev.Member.Name)
+	case membership.EventDead, membership.EventLeft:
+		f.distro.PeerDown(ev.Member.Name)
+	}
+}
+
+// peerAddr resolves a node name to its peer address from gossip metadata.
+func (d *Daemon) peerAddr(node string) (string, bool) {
+	for _, m := range d.gossip.Members() {
+		if m.Name == node && m.Meta.PeerAddr != "" {
+			return m.Meta.PeerAddr, true
+		}
+	}
+	return "", false
 }
 
 func (d *Daemon) goFunc(f func()) {
@@ -249,8 +394,29 @@ func (d *Daemon) Registry() *registry.Registry { return d.reg }
 // Sessions returns the node's session manager.
 func (d *Daemon) Sessions() *rpc.SessionManager { return d.rpc.Sessions() }
 
+// Distro returns the node's ephemeral replication engine.
+func (d *Daemon) Distro() *ephemeral.Distro { return d.distro }
+
+// Gossip returns the node's membership.
+func (d *Daemon) Gossip() *membership.Cluster { return d.gossip }
+
+// GossipAddr returns the gossip address actually listened on.
+func (d *Daemon) GossipAddr() string { return d.gossip.Local().Addr }
+
+// Ready reports whether the node has loaded the cluster's state.
+func (d *Daemon) Ready() bool { return d.ready.Load() }
+
 func (d *Daemon) members() []*regentv1.Member {
-	return []*regentv1.Member{{Name: d.cfg.Name, Addr: d.GRPCAddr(), Status: "alive", Raft: "none"}}
+	ms := d.gossip.Members()
+	out := make([]*regentv1.Member, 0, len(ms))
+	for _, m := range ms {
+		addr := m.Meta.GRPCAddr
+		if addr == "" {
+			addr = m.Addr
+		}
+		out = append(out, &regentv1.Member{Name: m.Name, Addr: addr, Status: m.Status.String(), Raft: "none"})
+	}
+	return out
 }
 
 // Shutdown drains sessions (they are told to reconnect elsewhere), stops
@@ -258,17 +424,37 @@ func (d *Daemon) members() []*regentv1.Member {
 func (d *Daemon) Shutdown(ctx context.Context) {
 	d.stopOnce.Do(func() {
 		d.logger.Info("regent shutting down")
+		d.ready.Store(false)
+		// Sessions are told to reconnect elsewhere; their clients stay
+		// (the node they reach takes them over, fetching their state from
+		// here), and peers remove the ones that never come back once this
+		// node has left.
+		d.distro.Drain()
 		d.rpc.Shutdown(ctx)
+		if err := d.gossip.Leave(2 * time.Second); err != nil {
+			d.logger.Warn("leaving the cluster", "err", err)
+		}
+		d.peerSrv.Shutdown(ctx)
 		if d.httpSrv != nil {
 			_ = d.httpSrv.Shutdown(ctx)
 		}
 		d.cancel()
+		d.distro.Stop()
 		d.wg.Wait()
 		d.closeAll()
 	})
 }
 
 func (d *Daemon) closeAll() {
+	if d.gossip != nil {
+		_ = d.gossip.Shutdown()
+	}
+	if d.peerTr != nil {
+		d.peerTr.Close()
+	}
+	if d.peerLis != nil && d.peerSrv == nil {
+		d.peerLis.Close()
+	}
 	if d.local != nil {
 		d.local.Close()
 	}

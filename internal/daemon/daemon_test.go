@@ -10,10 +10,7 @@ import (
 )
 
 func testConfig(t *testing.T) Config {
-	cfg := DefaultConfig()
-	cfg.Name = "t1"
-	cfg.DataDir = t.TempDir()
-	cfg.GRPCAddr = "127.0.0.1:0"
+	cfg := DefaultLocalConfig("t1", t.TempDir())
 	cfg.HTTPAddr = "127.0.0.1:0"
 	cfg.Pprof = true
 	return cfg
@@ -64,7 +61,12 @@ func TestStartRefusesBadConfigAndLockedData(t *testing.T) {
 	for name, mutate := range map[string]func(*Config){
 		"no name":            func(c *Config) { c.Name = "" },
 		"bad grpc addr":      func(c *Config) { c.GRPCAddr = "nope" },
-		"join not built yet": func(c *Config) { c.Join = []string{"127.0.0.1:7403"} },
+		"raft not built yet": func(c *Config) { c.BootstrapExpect = 3 },
+		"empty join":         func(c *Config) { c.Join = []string{""} },
+		"bad gossip addr":    func(c *Config) { c.GossipAddr = "nope" },
+		"bad gossip profile": func(c *Config) { c.GossipProfile = "wan-ish" },
+		"short gossip key":   func(c *Config) { c.GossipKey = []byte("short") },
+		"bad distro":         func(c *Config) { c.Distro.VerifyInterval = 0 },
 		"negative expect":    func(c *Config) { c.BootstrapExpect = -1 },
 		"missing limits":     func(c *Config) { c.LimitsFile = "/nonexistent/limits.json" },
 	} {
