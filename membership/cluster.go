@@ -346,6 +346,10 @@ func (c *Cluster) Join(seeds []string) (int, error) {
 	if err != nil {
 		return n, fmt.Errorf("%w: %w", ErrJoinFailed, err)
 	}
+	// memberlist reported the merged members through the event delegate
+	// during the join; make Members and Peers show them before returning,
+	// so a caller can act on the cluster it just joined.
+	c.barrier()
 	return n, nil
 }
 

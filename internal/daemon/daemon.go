@@ -476,6 +476,9 @@ func (d *Daemon) registerMetrics() {
 	gauge := func(name, help string, f func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
 	}
+	counter := func(name, help string, f func(ephemeral.DistroStats) uint64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return float64(f(d.distro.Stats())) })
+	}
 	d.metrics.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -486,6 +489,38 @@ func (d *Daemon) registerMetrics() {
 		gauge("regent_subscriptions", "Live (service, session) subscriptions.", func() float64 { return float64(d.reg.Subscriptions()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regent_pushes_total", Help: "Snapshots pushed to subscribers."}, func() float64 { return float64(d.reg.Pushes()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regent_sessions_closed_total", Help: "Sessions ended, for any reason."}, func() float64 { return float64(d.rpc.Sessions().Closed()) }),
+		gauge("regent_distro_native_clients", "Clients whose session this node holds (it owns them).", func() float64 { return float64(d.distro.Stats().Native) }),
+		gauge("regent_distro_tombstones", "Deleted clients remembered to refuse late changes.", func() float64 { return float64(d.distro.Stats().Tombstones) }),
+		gauge("regent_distro_loaded", "1 once the node has loaded its peers' state.", func() float64 {
+			if d.distro.Loaded() {
+				return 1
+			}
+			return 0
+		}),
+		gauge("regent_distro_peers_up", "Peers gossip reports alive.", func() float64 {
+			n := 0
+			for _, p := range d.distro.Peers() {
+				if p.Up {
+					n++
+				}
+			}
+			return float64(n)
+		}),
+		gauge("regent_distro_pending", "Client changes queued for peers, summed over peers.", func() float64 {
+			n := 0
+			for _, p := range d.distro.Peers() {
+				n += p.Pending
+			}
+			return float64(n)
+		}),
+		counter("regent_distro_sync_messages_total", "Batched sync messages sent to peers.", func(s ephemeral.DistroStats) uint64 { return s.SyncMessages }),
+		counter("regent_distro_sync_failures_total", "Sync messages that failed (retried with backoff).", func(s ephemeral.DistroStats) uint64 { return s.SyncFailures }),
+		counter("regent_distro_verify_messages_total", "Verify digests sent to peers.", func(s ephemeral.DistroStats) uint64 { return s.VerifyMessages }),
+		counter("regent_distro_verify_lists_total", "Verify lists sent after a digest mismatch.", func(s ephemeral.DistroStats) uint64 { return s.VerifyListMsgs }),
+		counter("regent_distro_repairs_total", "Clients re-sent because a peer lacked them.", func(s ephemeral.DistroStats) uint64 { return s.Repairs }),
+		counter("regent_distro_applied_total", "Peer changes applied here.", func(s ephemeral.DistroStats) uint64 { return s.Applied }),
+		counter("regent_distro_expired_total", "Replicated clients removed because their owner stopped confirming them.", func(s ephemeral.DistroStats) uint64 { return s.Expired }),
+		counter("regent_distro_purged_total", "Replicated clients removed after their owner died or left.", func(s ephemeral.DistroStats) uint64 { return s.Purged }),
 	)
 }
 
