@@ -821,26 +821,25 @@ func (d *Distro) nextAction(p *peer) (int, time.Duration) {
 	if !p.up {
 		return actWait, time.Hour
 	}
-	if now.Before(p.retryAt) {
-		return actWait, p.retryAt.Sub(now)
+	if p.nextVerify.IsZero() {
+		// Spread the first round so that nodes do not verify in step.
+		p.nextVerify = now.Add(d.cfg.VerifyInterval/2 + time.Duration(bucketOf(d.self+p.name))*d.cfg.VerifyInterval/(2*numBuckets))
 	}
-	wait := time.Hour
+	// Verify is not held back by a sync backing off: it is the lease of
+	// this node's clients on the peer, and its repair path.
+	if p.verifyNow || !now.Before(p.nextVerify) {
+		return actVerify, 0
+	}
+	wait := p.nextVerify.Sub(now)
+	if now.Before(p.retryAt) {
+		return actWait, min(wait, p.retryAt.Sub(now))
+	}
 	if len(p.pending) > 0 {
 		due := p.firstPending.Add(d.cfg.SyncDelay)
 		if !now.Before(due) {
 			return actSync, 0
 		}
-		wait = due.Sub(now)
-	}
-	if p.nextVerify.IsZero() {
-		// Spread the first round so that nodes do not verify in step.
-		p.nextVerify = now.Add(d.cfg.VerifyInterval/2 + time.Duration(bucketOf(d.self+p.name))*d.cfg.VerifyInterval/(2*numBuckets))
-	}
-	if p.verifyNow || !now.Before(p.nextVerify) {
-		return actVerify, 0
-	}
-	if w := p.nextVerify.Sub(now); w < wait {
-		wait = w
+		wait = min(wait, due.Sub(now))
 	}
 	return actWait, wait
 }
