@@ -144,7 +144,7 @@ func New(cfg Config, store *Store, tr Transport) (*Distro, error) {
 	}
 	d := &Distro{
 		cfg: cfg, clock: clock, store: store, tr: tr, self: cfg.Node,
-		log:      logger.With("component", "distro", "node", cfg.Node),
+		log:      logger.With("component", "distro"),
 		clients:  make(map[string]*clientMeta),
 		tombs:    make(map[string]tomb),
 		owners:   make(map[string]*ownerSet),

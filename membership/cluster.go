@@ -86,7 +86,7 @@ func New(cfg Config) (*Cluster, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	logger = logger.With("component", "membership", "node", cfg.Name)
+	logger = logger.With("component", "membership")
 	cfg.SecretKey = bytes.Clone(cfg.SecretKey)
 
 	c := &Cluster{
