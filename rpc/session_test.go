@@ -1235,3 +1235,39 @@ func TestServerShutdown(t *testing.T) {
 	_, err := e.client.ListMembers(context.Background(), &regentv1.ListMembersRequest{})
 	wantCode(t, "call after shutdown", err, codes.Unavailable)
 }
+
+func registerAllMsg(entries ...*regentv1.RegisterEphemeral) *regentv1.ClientMessage {
+	return &regentv1.ClientMessage{Body: &regentv1.ClientMessage_RegisterAll{RegisterAll: &regentv1.RegisterAll{Services: entries}}}
+}
+
+func entry(service string, ins ...*regentv1.Instance) *regentv1.RegisterEphemeral {
+	return &regentv1.RegisterEphemeral{Service: svcRef(service), Instances: ins}
+}
+
+// TestSessionRegisterAllReplacesEverything: RegisterAll is the SDK's redo
+// of its whole wish set; what it does not name goes, what it names stays
+// or comes, and a bad entry changes nothing.
+func TestSessionRegisterAllReplacesEverything(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	c, _ := e.open(t, "client-all", nil)
+	c.requestOK(registerMsg("svc-a", inst("10.0.0.1", 80), inst("10.0.0.2", 80)))
+	c.requestOK(registerMsg("svc-b", inst("10.0.0.3", 80)))
+
+	c.requestOK(registerAllMsg(entry("svc-a", inst("10.0.0.2", 80), inst("10.0.0.4", 80)), entry("svc-c", inst("10.0.0.5", 80))))
+	wantAddrs(t, "svc-a", e.listed(t, "svc-a"), "10.0.0.2:80", "10.0.0.4:80")
+	wantAddrs(t, "svc-b", e.listed(t, "svc-b"))
+	wantAddrs(t, "svc-c", e.listed(t, "svc-c"), "10.0.0.5:80")
+
+	// One bad instance anywhere: refused with InvalidArgument, nothing changes.
+	a := c.request(registerAllMsg(entry("svc-a"), entry("svc-c", inst("10.0.0.5", 0))))
+	if codes.Code(a.GetCode()) != codes.InvalidArgument {
+		t.Fatalf("bad register-all acked %v, want InvalidArgument", a)
+	}
+	wantAddrs(t, "svc-a after refused", e.listed(t, "svc-a"), "10.0.0.2:80", "10.0.0.4:80")
+	wantAddrs(t, "svc-c after refused", e.listed(t, "svc-c"), "10.0.0.5:80")
+
+	// An empty set removes everything of the client.
+	c.requestOK(registerAllMsg())
+	wantAddrs(t, "svc-a after empty", e.listed(t, "svc-a"))
+	wantAddrs(t, "svc-c after empty", e.listed(t, "svc-c"))
+}
