@@ -363,37 +363,19 @@ func (d *Distro) Connect(ctx context.Context, clientID, prevNode string) {
 // Register adds or replaces instances of a service for a client whose
 // session this node holds. It reports whether anything changed.
 func (d *Distro) Register(clientID string, key naming.ServiceKey, instances []naming.Instance) bool {
-	d.mu.Lock()
-	m, taken := d.takeLocked(clientID)
-	_, changed := d.store.Register(clientID, d.self, key, instances)
-	if changed {
-		d.bumpLocked(m)
-	}
-	var woken []*peer
-	if changed || taken {
-		woken = d.markLocked(clientID)
-	}
-	d.mu.Unlock()
-	wakeAll(woken)
-	return changed
+	return d.localChange(clientID, func() bool {
+		_, changed := d.store.Register(clientID, d.self, key, instances)
+		return changed
+	})
 }
 
 // Deregister removes instances of a service from a client whose session
 // this node holds. It reports whether anything changed.
 func (d *Distro) Deregister(clientID string, key naming.ServiceKey, ids []naming.InstanceID) bool {
-	d.mu.Lock()
-	m, taken := d.takeLocked(clientID)
-	_, changed := d.store.Deregister(clientID, key, ids)
-	if changed {
-		d.bumpLocked(m)
-	}
-	var woken []*peer
-	if changed || taken {
-		woken = d.markLocked(clientID)
-	}
-	d.mu.Unlock()
-	wakeAll(woken)
-	return changed
+	return d.localChange(clientID, func() bool {
+		_, changed := d.store.Deregister(clientID, key, ids)
+		return changed
+	})
 }
 
 // Replace sets the whole instance set of a client whose session this node
@@ -401,9 +383,16 @@ func (d *Distro) Deregister(clientID string, key naming.ServiceKey, ids []naming
 // registrations, so that instances it dropped while moving go and the ones
 // it keeps never vanish. It reports whether anything changed.
 func (d *Distro) Replace(clientID string, services map[naming.ServiceKey][]naming.Instance) bool {
+	return d.localChange(clientID, func() bool { return d.store.ReplaceClient(clientID, d.self, services) })
+}
+
+// localChange applies change (a store write reporting whether it changed
+// anything) to a client this node takes or keeps ownership of, and queues
+// the client for the peers when it changed or changed owner.
+func (d *Distro) localChange(clientID string, change func() bool) bool {
 	d.mu.Lock()
 	m, taken := d.takeLocked(clientID)
-	changed := d.store.ReplaceClient(clientID, d.self, services)
+	changed := change()
 	if changed {
 		d.bumpLocked(m)
 	}
