@@ -130,11 +130,13 @@ func (c *Config) Validate() error {
 	if c.TombstoneTTL > 0 && c.TombstoneTTL < c.Expiry {
 		errs = append(errs, fmt.Errorf("tombstone TTL %v must not be shorter than expiry %v", c.TombstoneTTL, c.Expiry))
 	}
-	if c.MaxBatchBytes < 1024 {
-		errs = append(errs, fmt.Errorf("max batch bytes must be at least 1024, got %d", c.MaxBatchBytes))
+	// The upper bounds stay well inside what the peer transport accepts in
+	// one message (64 MiB, 131072 entries).
+	if c.MaxBatchBytes < 1024 || c.MaxBatchBytes > 16<<20 {
+		errs = append(errs, fmt.Errorf("max batch bytes must be in [1 KiB, 16 MiB], got %d", c.MaxBatchBytes))
 	}
-	if c.VerifyChunk < 1 {
-		errs = append(errs, fmt.Errorf("verify chunk must be at least 1, got %d", c.VerifyChunk))
+	if c.VerifyChunk < 1 || c.VerifyChunk > 100000 {
+		errs = append(errs, fmt.Errorf("verify chunk must be in [1, 100000], got %d", c.VerifyChunk))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("%w: %w", ErrConfig, err)

@@ -529,11 +529,27 @@ func (d *Distro) upPeersLocked() []string {
 // ---------------------------------------------------------------------------
 // Applying what peers send.
 
+// toMap turns a replicated state into the store's shape; a service or an
+// instance named twice counts once (the last wins), so a malformed state
+// cannot make every later apply look like a change.
 func toMap(services []ServiceInstances) map[naming.ServiceKey][]naming.Instance {
 	m := make(map[naming.ServiceKey][]naming.Instance, len(services))
 	for _, s := range services {
-		if len(s.Instances) > 0 {
-			m[s.Key] = append(m[s.Key], s.Instances...)
+		byID := make(map[naming.InstanceID]int, len(m[s.Key])+len(s.Instances))
+		list := m[s.Key]
+		for i := range list {
+			byID[list[i].ID()] = i
+		}
+		for _, in := range s.Instances {
+			if i, ok := byID[in.ID()]; ok {
+				list[i] = in
+				continue
+			}
+			byID[in.ID()] = len(list)
+			list = append(list, in)
+		}
+		if len(list) > 0 {
+			m[s.Key] = list
 		}
 	}
 	return m
@@ -544,7 +560,7 @@ func toMap(services []ServiceInstances) map[naming.ServiceKey][]naming.Instance 
 // this node loses are appended to lost. It reports whether anything
 // changed.
 func (d *Distro) applyLocked(st *ClientState, lost *[]string) bool {
-	if st.ID == "" || st.Owner == "" {
+	if st.ID == "" || st.Owner == "" || !st.Version.Valid() {
 		return false
 	}
 	if st.Owner == d.self {
@@ -600,7 +616,7 @@ func (d *Distro) applyLocked(st *ClientState, lost *[]string) bool {
 
 // deleteLocked applies a peer's DELETE.
 func (d *Distro) deleteLocked(t *Tombstone, lost *[]string) bool {
-	if t.ID == "" {
+	if t.ID == "" || !t.Version.Valid() {
 		return false
 	}
 	if old, ok := d.tombs[t.ID]; ok && !old.ver.Less(t.Version) {
@@ -632,18 +648,20 @@ func (d *Distro) notifyLost(ids []string) {
 	}
 }
 
-// HandleSync applies a batch of CHANGEs and DELETEs from a peer.
+// HandleSync applies a batch of CHANGEs and DELETEs from a peer. A node
+// only ever syncs the clients it owns, so entries naming another owner than
+// the sender are ignored.
 func (d *Distro) HandleSync(_ context.Context, req *SyncRequest) (*SyncReply, error) {
 	var lost []string
 	var n uint32
 	d.mu.Lock()
 	for i := range req.Changes {
-		if d.applyLocked(&req.Changes[i], &lost) {
+		if req.Changes[i].Owner == req.From && d.applyLocked(&req.Changes[i], &lost) {
 			n++
 		}
 	}
 	for i := range req.Deletes {
-		if d.deleteLocked(&req.Deletes[i], &lost) {
+		if req.Deletes[i].Owner == req.From && d.deleteLocked(&req.Deletes[i], &lost) {
 			n++
 		}
 	}
@@ -880,6 +898,13 @@ func (d *Distro) syncPeer(ctx context.Context, p *peer) {
 	defer d.mu.Unlock()
 	if err != nil {
 		d.syncFail.Add(1)
+		if errors.Is(err, naming.ErrInvalid) {
+			// The peer refuses the batch itself: retrying it as is would
+			// hold up every client in it forever. Drop it; verify names
+			// again what the peer lacks, and re-sends it alone.
+			d.log.Warn("peer refused a sync batch", "peer", p.name, "clients", len(taken), "err", err)
+			return
+		}
 		if ctx.Err() == nil {
 			d.log.Debug("sync failed", "peer", p.name, "clients", len(taken), "err", err)
 		}

@@ -870,3 +870,33 @@ func TestConfigValidate(t *testing.T) {
 		}
 	}
 }
+
+func TestSyncIgnoresForeignOwnersAndWildVersions(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := newTCluster(t, 2, nil)
+		n2 := c.nodes["n2"]
+		st := func(id, owner string, v Version) ClientState {
+			return ClientState{ID: id, Owner: owner, Version: v, Services: []ServiceInstances{{Key: svcA, Instances: []naming.Instance{inst("10.0.0.1", 80)}}}}
+		}
+		req := &SyncRequest{From: "n1", Changes: []ClientState{
+			st("c1", "n3", Version{Epoch: 5}),                      // n1 cannot speak for n3's clients
+			st("c2", "n1", Version{Epoch: ^uint64(0), Seq: 1}),     // would wrap a takeover's +1
+			st("c3", "n1", Version{Epoch: 0, Seq: 3}),              // no epoch
+			st("c4", "n1", Version{Epoch: 7, Seq: MaxVersionPart}), // seq out of range
+		}, Deletes: []Tombstone{{ID: "c9", Owner: "n3", Version: Version{Epoch: 9}}}}
+		rep, err := n2.HandleSync(c.ctx, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rep.Applied != 0 || count(n2, svcA) != 0 || n2.Stats().Tombstones != 0 {
+			t.Fatalf("applied %d, holds %d instances, %d tombstones; want nothing", rep.Applied, count(n2, svcA), n2.Stats().Tombstones)
+		}
+		// Duplicated instances in one state count once, and re-applying the
+		// same state is not a change.
+		dup := st("c5", "n1", Version{Epoch: 9})
+		dup.Services = append(dup.Services, dup.Services[0])
+		if rep, _ := n2.HandleSync(c.ctx, &SyncRequest{From: "n1", Changes: []ClientState{dup}}); rep.Applied != 1 || count(n2, svcA) != 1 {
+			t.Fatalf("duplicate state: applied %d, %d instances", rep.Applied, count(n2, svcA))
+		}
+	})
+}

@@ -36,6 +36,15 @@ func (v Version) Compare(o Version) int {
 // Less reports whether v is older than o.
 func (v Version) Less(o Version) bool { return v.Compare(o) < 0 }
 
+// MaxVersionPart bounds an epoch or seq received from a peer, so that the
+// +1 of a takeover or a tombstone can never wrap around.
+const MaxVersionPart = 1 << 62
+
+// Valid reports whether a version received from a peer can be applied.
+func (v Version) Valid() bool {
+	return v.Epoch >= 1 && v.Epoch < MaxVersionPart && v.Seq < MaxVersionPart
+}
+
 // IsZero reports whether v is the zero version (no state).
 func (v Version) IsZero() bool { return v == Version{} }
 

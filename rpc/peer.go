@@ -433,9 +433,13 @@ func peerCall[Req proto.Message, Rep any](ctx context.Context, t *PeerTransport,
 // Canceled while the caller's ctx is live: the connection was closed under
 // the call) wrap ephemeral.ErrUnreachable, InvalidArgument wraps
 // naming.ErrInvalid. When the caller's ctx is done, its error is wrapped
-// too.
+// too, and so is context.DeadlineExceeded for a DeadlineExceeded status
+// (the peer may hit the propagated deadline a moment before the caller).
 func peerError(ctx context.Context, to, kind string, err error) error {
 	ctxErr := ctx.Err()
+	if ctxErr == nil && status.Code(err) == codes.DeadlineExceeded {
+		ctxErr = context.DeadlineExceeded
+	}
 	if ctxErr != nil {
 		err = fmt.Errorf("%w: %w", ctxErr, err)
 	}

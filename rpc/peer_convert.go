@@ -30,6 +30,10 @@ const (
 	// MaxPeerInstances caps the instances of one service in one client
 	// state.
 	MaxPeerInstances = 1 << 16
+	// MaxPeerVersion bounds both parts of a version (exclusive). An epoch
+	// is microseconds since 1970, so 2^62 is ~146,000 years away; the bound
+	// only keeps the engine's epoch+1 and seq+1 from wrapping around.
+	MaxPeerVersion = 1 << 62
 	// maxPeerCursorLen caps a snapshot cursor ("bucket:client-id").
 	maxPeerCursorLen = 512
 	// maxPeerPageBytes caps a snapshot page budget, so it fits an int on
@@ -176,12 +180,17 @@ func queryReplyToProto(r *ephemeral.QueryReply) *clusterv1.QueryResponse {
 // naming.ErrInvalid (InvalidArgument on the wire) and name the offending
 // entry, e.g. "changes[3].services[0].instances[1]: ...".
 
-// versionFromProto reads a version that must not be zero: every state,
-// tombstone and claim the engine makes has an epoch of at least 1.
+// versionFromProto reads a version whose epoch is at least 1 (every state,
+// tombstone and claim the engine makes has one) and whose parts are below
+// MaxPeerVersion: a peer sending epoch 2^64-1 would otherwise wrap the
+// engine's takeover epoch (epoch+1) to 0 and pin that client to it.
 func versionFromProto(p *clusterv1.Version) (ephemeral.Version, error) {
 	v := ephemeral.Version{Epoch: p.GetEpoch(), Seq: p.GetSeq()}
 	if v.Epoch == 0 {
 		return v, peerInvalid("version epoch is 0")
+	}
+	if v.Epoch >= MaxPeerVersion || v.Seq >= MaxPeerVersion {
+		return v, peerInvalid("version %d.%d is not below 2^62", v.Epoch, v.Seq)
 	}
 	return v, nil
 }

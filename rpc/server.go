@@ -192,7 +192,12 @@ func (s *Server) Shutdown(ctx context.Context) {
 	case <-done:
 	case <-ctx.Done():
 		s.grpc.Stop()
-		<-done
+		// Stop cancels every handler; one that ignores its context must
+		// not hold the shutdown forever (GracefulStop would wait for it).
+		select {
+		case <-done:
+		case <-time.After(time.Second):
+		}
 	}
 }
 
