@@ -34,6 +34,10 @@ bench: build ## figures for BENCHMARKS.md: regent bench (beside the no-op ceilin
 	$(BIN) bench --clients 1,16,64 --duration 4s
 	$(GO) test -run '^$$' -bench MemoryPerInstance -benchtime 1x ./ephemeral/
 
+.PHONY: bench-cluster
+bench-cluster: ## cluster figures for BENCHMARKS.md: convergence, removal, verify cost, owner killed (3 in-process nodes, ~1.5 min)
+	$(GO) test -run '^$$' -bench '^BenchmarkCluster' -benchtime 1x -timeout 10m ./internal/bench/
+
 fmt: ## gofmt everything
 	gofmt -w $$(git ls-files '*.go')
 
