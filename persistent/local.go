@@ -22,7 +22,7 @@ var _ registry.Persistent = (*Local)(nil)
 // Local writes persistent state straight into bbolt: a cluster of one. Every
 // acknowledged write has been fsynced (unless the DB was opened with NoSync).
 type Local struct {
-	db *storage.DB
+	reader
 
 	// mu guards observer and closed.
 	mu       sync.RWMutex
@@ -31,7 +31,7 @@ type Local struct {
 }
 
 // NewLocal returns a Local over an open DB.
-func NewLocal(db *storage.DB) *Local { return &Local{db: db} }
+func NewLocal(db *storage.DB) *Local { return &Local{reader: reader{db}} }
 
 // SetObserver sets the change observer (the registry's Changed).
 func (l *Local) SetObserver(o Observer) {
@@ -47,84 +47,59 @@ func (l *Local) Close() {
 	l.mu.Unlock()
 }
 
-func (l *Local) write(ctx context.Context, key naming.ServiceKey, fn func(tx *storage.Tx) error) (uint64, error) {
+// exec normalizes and applies one command in one bbolt transaction.
+func (l *Local) exec(ctx context.Context, c Command) (Result, error) {
 	if err := ctx.Err(); err != nil {
-		return 0, err
+		return Result{}, err
+	}
+	c, err := c.Normalize()
+	if err != nil {
+		return Result{}, err
 	}
 	l.mu.RLock()
 	closed, obs := l.closed, l.observer
 	l.mu.RUnlock()
 	if closed {
-		return 0, ErrClosed
+		return Result{}, ErrClosed
 	}
-	var rev uint64
+	var res Result
 	var before uint64
-	err := l.db.Update(func(tx *storage.Tx) error {
-		before = tx.Revision(key)
-		if err := fn(tx); err != nil {
-			return err
-		}
-		rev = tx.Revision(key)
-		return nil
+	err = l.db.Update(func(tx *storage.Tx) error {
+		before = tx.Revision(c.Key)
+		var err error
+		res, err = c.apply(tx)
+		return err
 	})
 	if err != nil {
-		return 0, fmt.Errorf("persistent: write %s: %w", key, err)
+		return Result{}, fmt.Errorf("persistent: write %s: %w", c.Key, err)
 	}
-	if obs != nil && rev != before {
-		obs([]naming.ServiceKey{key})
+	if obs != nil && res.Revision != before {
+		obs([]naming.ServiceKey{c.Key})
 	}
-	return rev, nil
+	return res, nil
 }
 
 // Register writes instances, all or none.
 func (l *Local) Register(ctx context.Context, key naming.ServiceKey, ins []naming.Instance) (uint64, error) {
-	return l.write(ctx, key, func(tx *storage.Tx) error {
-		for _, in := range ins {
-			in.Ephemeral = false
-			if _, err := tx.PutInstance(key, in); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	res, err := l.exec(ctx, Command{Op: OpRegister, Key: key, Instances: ins})
+	return res.Revision, err
 }
 
 // Deregister removes one instance; a missing one is not an error.
 func (l *Local) Deregister(ctx context.Context, key naming.ServiceKey, id naming.InstanceID) (uint64, error) {
-	return l.write(ctx, key, func(tx *storage.Tx) error {
-		_, err := tx.DeleteInstance(key, id)
-		return err
-	})
+	res, err := l.exec(ctx, Command{Op: OpDeregister, Key: key, ID: id})
+	return res.Revision, err
 }
 
 // UpdateMeta replaces a service's metadata.
 func (l *Local) UpdateMeta(ctx context.Context, key naming.ServiceKey, m naming.ServiceMeta) (naming.ServiceMeta, error) {
-	_, err := l.write(ctx, key, func(tx *storage.Tx) error { return tx.PutMeta(key, m) })
-	return m, err
+	res, err := l.exec(ctx, Command{Op: OpMeta, Key: key, Meta: m})
+	return res.Meta, err
 }
 
-// Service reads a service's persistent state in one read transaction.
-func (l *Local) Service(key naming.ServiceKey) (ps registry.PersistentService, err error) {
-	err = l.db.View(func(tx *storage.Tx) error {
-		if ps.Instances, err = tx.Instances(key); err != nil {
-			return err
-		}
-		ps.Revision = tx.Revision(key)
-		ps.Meta, ps.HasMeta, err = tx.Meta(key)
-		return err
-	})
-	return ps, err
-}
-
-// ServiceKeys lists services of a namespace in key order.
-func (l *Local) ServiceKeys(namespace, group, after string, limit int) ([]naming.ServiceKey, error) {
-	var keys []naming.ServiceKey
-	err := l.db.View(func(tx *storage.Tx) error {
-		infos, err := tx.Services(namespace, group, after, limit)
-		for _, i := range infos {
-			keys = append(keys, i.Key)
-		}
-		return err
-	})
-	return keys, err
+// SetHealthy sets a persistent instance's health flag (a health check's
+// verdict); a missing instance is not an error.
+func (l *Local) SetHealthy(ctx context.Context, key naming.ServiceKey, id naming.InstanceID, healthy bool) error {
+	_, err := l.exec(ctx, Command{Op: OpHealth, Key: key, ID: id, Healthy: healthy})
+	return err
 }

@@ -37,6 +37,198 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// ApplyRequest is a write forwarded to the leader.
+type ApplyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The sending node, for logs.
+	From string `protobuf:"bytes,1,opt,name=from,proto3" json:"from,omitempty"`
+	// The command, as persistent.Command.Encode writes it (JSON), at most
+	// 1 MiB.
+	Command       []byte `protobuf:"bytes,2,opt,name=command,proto3" json:"command,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ApplyRequest) Reset() {
+	*x = ApplyRequest{}
+	mi := &file_cluster_v1_cluster_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApplyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApplyRequest) ProtoMessage() {}
+
+func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cluster_v1_cluster_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApplyRequest.ProtoReflect.Descriptor instead.
+func (*ApplyRequest) Descriptor() ([]byte, []int) {
+	return file_cluster_v1_cluster_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *ApplyRequest) GetFrom() string {
+	if x != nil {
+		return x.From
+	}
+	return ""
+}
+
+func (x *ApplyRequest) GetCommand() []byte {
+	if x != nil {
+		return x.Command
+	}
+	return nil
+}
+
+// ApplyResponse is the applied command's result.
+type ApplyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// persistent.Result as JSON (the service's revision, stored metadata).
+	Result        []byte `protobuf:"bytes,1,opt,name=result,proto3" json:"result,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ApplyResponse) Reset() {
+	*x = ApplyResponse{}
+	mi := &file_cluster_v1_cluster_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApplyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApplyResponse) ProtoMessage() {}
+
+func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cluster_v1_cluster_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApplyResponse.ProtoReflect.Descriptor instead.
+func (*ApplyResponse) Descriptor() ([]byte, []int) {
+	return file_cluster_v1_cluster_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ApplyResponse) GetResult() []byte {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
+// ReadIndexRequest asks the leader for a read barrier.
+type ReadIndexRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	From          string                 `protobuf:"bytes,1,opt,name=from,proto3" json:"from,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadIndexRequest) Reset() {
+	*x = ReadIndexRequest{}
+	mi := &file_cluster_v1_cluster_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadIndexRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadIndexRequest) ProtoMessage() {}
+
+func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cluster_v1_cluster_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadIndexRequest.ProtoReflect.Descriptor instead.
+func (*ReadIndexRequest) Descriptor() ([]byte, []int) {
+	return file_cluster_v1_cluster_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ReadIndexRequest) GetFrom() string {
+	if x != nil {
+		return x.From
+	}
+	return ""
+}
+
+// ReadIndexResponse carries the leader's commit index.
+type ReadIndexResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Index         uint64                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadIndexResponse) Reset() {
+	*x = ReadIndexResponse{}
+	mi := &file_cluster_v1_cluster_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadIndexResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadIndexResponse) ProtoMessage() {}
+
+func (x *ReadIndexResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cluster_v1_cluster_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadIndexResponse.ProtoReflect.Descriptor instead.
+func (*ReadIndexResponse) Descriptor() ([]byte, []int) {
+	return file_cluster_v1_cluster_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *ReadIndexResponse) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
 // Version orders the states of one client across the cluster. A state with a
 // greater version always wins; versions compare by epoch, then seq.
 type Version struct {
@@ -52,7 +244,7 @@ type Version struct {
 
 func (x *Version) Reset() {
 	*x = Version{}
-	mi := &file_cluster_v1_cluster_proto_msgTypes[0]
+	mi := &file_cluster_v1_cluster_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -64,7 +256,7 @@ func (x *Version) String() string {
 func (*Version) ProtoMessage() {}
 
 func (x *Version) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_v1_cluster_proto_msgTypes[0]
+	mi := &file_cluster_v1_cluster_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -77,7 +269,7 @@ func (x *Version) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Version.ProtoReflect.Descriptor instead.
 func (*Version) Descriptor() ([]byte, []int) {
-	return file_cluster_v1_cluster_proto_rawDescGZIP(), []int{0}
+	return file_cluster_v1_cluster_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Version) GetEpoch() uint64 {
@@ -108,7 +300,7 @@ type ServiceInstances struct {
 
 func (x *ServiceInstances) Reset() {
 	*x = ServiceInstances{}
-	mi := &file_cluster_v1_cluster_proto_msgTypes[1]
+	mi := &file_cluster_v1_cluster_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -120,7 +312,7 @@ func (x *ServiceInstances) String() string {
 func (*ServiceInstances) ProtoMessage() {}
 
 func (x *ServiceInstances) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_v1_cluster_proto_msgTypes[1]
+	mi := &file_cluster_v1_cluster_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -133,7 +325,7 @@ func (x *ServiceInstances) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceInstances.ProtoReflect.Descriptor instead.
 func (*ServiceInstances) Descriptor() ([]byte, []int) {
-	return file_cluster_v1_cluster_proto_rawDescGZIP(), []int{1}
+	return file_cluster_v1_cluster_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ServiceInstances) GetService() *v1.ServiceRef {
@@ -167,7 +359,7 @@ type ClientState struct {
 
 func (x *ClientState) Reset() {
 	*x = ClientState{}
-	mi := &file_cluster_v1_cluster_proto_msgTypes[2]
+	mi := &file_cluster_v1_cluster_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -179,7 +371,7 @@ func (x *ClientState) String() string {
 func (*ClientState) ProtoMessage() {}
 
 func (x *ClientState) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_v1_cluster_proto_msgTypes[2]
+	mi := &file_cluster_v1_cluster_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -192,7 +384,7 @@ func (x *ClientState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClientState.ProtoReflect.Descriptor instead.
 func (*ClientState) Descriptor() ([]byte, []int) {
-	return file_cluster_v1_cluster_proto_rawDescGZIP(), []int{2}
+	return file_cluster_v1_cluster_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ClientState) GetId() string {
@@ -238,7 +430,7 @@ type Tombstone struct {
 
 func (x *Tombstone) Reset() {
 	*x = Tombstone{}
-	mi := &file_cluster_v1_cluster_proto_msgTypes[3]
+	mi := &file_cluster_v1_cluster_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -250,7 +442,7 @@ func (x *Tombstone) String() string {
 func (*Tombstone) ProtoMessage() {}
 
 func (x *Tombstone) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_v1_cluster_proto_msgTypes[3]
+	mi := &file_cluster_v1_cluster_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -263,7 +455,7 @@ func (x *Tombstone) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Tombstone.ProtoReflect.Descriptor instead.
 func (*Tombstone) Descriptor() ([]byte, []int) {
-	return file_cluster_v1_cluster_proto_rawDescGZIP(), []int{3}
+	return file_cluster_v1_cluster_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Tombstone) GetId() string {
@@ -300,7 +492,7 @@ type ClientVersion struct {
 
 func (x *ClientVersion) Reset() {
 	*x = ClientVersion{}
-	mi := &file_cluster_v1_cluster_proto_msgTypes[4]
+	mi := &file_cluster_v1_cluster_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -312,7 +504,7 @@ func (x *ClientVersion) String() string {
 func (*ClientVersion) ProtoMessage() {}
 
 func (x *ClientVersion) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_v1_cluster_proto_msgTypes[4]
+	mi := &file_cluster_v1_cluster_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -325,7 +517,7 @@ func (x *ClientVersion) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClientVersion.ProtoReflect.Descriptor instead.
 func (*ClientVersion) Descriptor() ([]byte, []int) {
-	return file_cluster_v1_cluster_proto_rawDescGZIP(), []int{4}
+	return file_cluster_v1_cluster_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ClientVersion) GetId() string {
@@ -357,7 +549,7 @@ type Digest struct {
 
 func (x *Digest) Reset() {
 	*x = Digest{}
-	mi := &file_cluster_v1_cluster_proto_msgTypes[5]
+	mi := &file_cluster_v1_cluster_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -369,7 +561,7 @@ func (x *Digest) String() string {
 func (*Digest) ProtoMessage() {}
 
 func (x *Digest) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_v1_cluster_proto_msgTypes[5]
+	mi := &file_cluster_v1_cluster_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -382,7 +574,7 @@ func (x *Digest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Digest.ProtoReflect.Descriptor instead.
 func (*Digest) Descriptor() ([]byte, []int) {
-	return file_cluster_v1_cluster_proto_rawDescGZIP(), []int{5}
+	return file_cluster_v1_cluster_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Digest) GetCount() uint64 {
@@ -421,7 +613,7 @@ type SyncRequest struct {
 
 func (x *SyncRequest) Reset() {
 	*x = SyncRequest{}
-	mi := &file_cluster_v1_cluster_proto_msgTypes[6]
+	mi := &file_cluster_v1_cluster_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -433,7 +625,7 @@ func (x *SyncRequest) String() string {
 func (*SyncRequest) ProtoMessage() {}
 
 func (x *SyncRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_v1_cluster_proto_msgTypes[6]
+	mi := &file_cluster_v1_cluster_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -446,7 +638,7 @@ func (x *SyncRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncRequest.ProtoReflect.Descriptor instead.
 func (*SyncRequest) Descriptor() ([]byte, []int) {
-	return file_cluster_v1_cluster_proto_rawDescGZIP(), []int{6}
+	return file_cluster_v1_cluster_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *SyncRequest) GetFrom() string {
@@ -482,7 +674,7 @@ type SyncResponse struct {
 
 func (x *SyncResponse) Reset() {
 	*x = SyncResponse{}
-	mi := &file_cluster_v1_cluster_proto_msgTypes[7]
+	mi := &file_cluster_v1_cluster_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -494,7 +686,7 @@ func (x *SyncResponse) String() string {
 func (*SyncResponse) ProtoMessage() {}
 
 func (x *SyncResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_v1_cluster_proto_msgTypes[7]
+	mi := &file_cluster_v1_cluster_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -507,7 +699,7 @@ func (x *SyncResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncResponse.ProtoReflect.Descriptor instead.
 func (*SyncResponse) Descriptor() ([]byte, []int) {
-	return file_cluster_v1_cluster_proto_rawDescGZIP(), []int{7}
+	return file_cluster_v1_cluster_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SyncResponse) GetApplied() uint32 {
@@ -535,7 +727,7 @@ type VerifyRequest struct {
 
 func (x *VerifyRequest) Reset() {
 	*x = VerifyRequest{}
-	mi := &file_cluster_v1_cluster_proto_msgTypes[8]
+	mi := &file_cluster_v1_cluster_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -547,7 +739,7 @@ func (x *VerifyRequest) String() string {
 func (*VerifyRequest) ProtoMessage() {}
 
 func (x *VerifyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_v1_cluster_proto_msgTypes[8]
+	mi := &file_cluster_v1_cluster_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -560,7 +752,7 @@ func (x *VerifyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyRequest.ProtoReflect.Descriptor instead.
 func (*VerifyRequest) Descriptor() ([]byte, []int) {
-	return file_cluster_v1_cluster_proto_rawDescGZIP(), []int{8}
+	return file_cluster_v1_cluster_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *VerifyRequest) GetFrom() string {
@@ -605,7 +797,7 @@ type VerifyResponse struct {
 
 func (x *VerifyResponse) Reset() {
 	*x = VerifyResponse{}
-	mi := &file_cluster_v1_cluster_proto_msgTypes[9]
+	mi := &file_cluster_v1_cluster_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -617,7 +809,7 @@ func (x *VerifyResponse) String() string {
 func (*VerifyResponse) ProtoMessage() {}
 
 func (x *VerifyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_v1_cluster_proto_msgTypes[9]
+	mi := &file_cluster_v1_cluster_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -630,7 +822,7 @@ func (x *VerifyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyResponse.ProtoReflect.Descriptor instead.
 func (*VerifyResponse) Descriptor() ([]byte, []int) {
-	return file_cluster_v1_cluster_proto_rawDescGZIP(), []int{9}
+	return file_cluster_v1_cluster_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *VerifyResponse) GetMatch() bool {
@@ -663,7 +855,7 @@ type SnapshotRequest struct {
 
 func (x *SnapshotRequest) Reset() {
 	*x = SnapshotRequest{}
-	mi := &file_cluster_v1_cluster_proto_msgTypes[10]
+	mi := &file_cluster_v1_cluster_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -675,7 +867,7 @@ func (x *SnapshotRequest) String() string {
 func (*SnapshotRequest) ProtoMessage() {}
 
 func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_v1_cluster_proto_msgTypes[10]
+	mi := &file_cluster_v1_cluster_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -688,7 +880,7 @@ func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRequest.ProtoReflect.Descriptor instead.
 func (*SnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_cluster_v1_cluster_proto_rawDescGZIP(), []int{10}
+	return file_cluster_v1_cluster_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SnapshotRequest) GetFrom() string {
@@ -727,7 +919,7 @@ type SnapshotResponse struct {
 
 func (x *SnapshotResponse) Reset() {
 	*x = SnapshotResponse{}
-	mi := &file_cluster_v1_cluster_proto_msgTypes[11]
+	mi := &file_cluster_v1_cluster_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -739,7 +931,7 @@ func (x *SnapshotResponse) String() string {
 func (*SnapshotResponse) ProtoMessage() {}
 
 func (x *SnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_v1_cluster_proto_msgTypes[11]
+	mi := &file_cluster_v1_cluster_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -752,7 +944,7 @@ func (x *SnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotResponse.ProtoReflect.Descriptor instead.
 func (*SnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_cluster_v1_cluster_proto_rawDescGZIP(), []int{11}
+	return file_cluster_v1_cluster_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SnapshotResponse) GetClients() []*ClientState {
@@ -789,7 +981,7 @@ type QueryRequest struct {
 
 func (x *QueryRequest) Reset() {
 	*x = QueryRequest{}
-	mi := &file_cluster_v1_cluster_proto_msgTypes[12]
+	mi := &file_cluster_v1_cluster_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -801,7 +993,7 @@ func (x *QueryRequest) String() string {
 func (*QueryRequest) ProtoMessage() {}
 
 func (x *QueryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_v1_cluster_proto_msgTypes[12]
+	mi := &file_cluster_v1_cluster_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -814,7 +1006,7 @@ func (x *QueryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueryRequest.ProtoReflect.Descriptor instead.
 func (*QueryRequest) Descriptor() ([]byte, []int) {
-	return file_cluster_v1_cluster_proto_rawDescGZIP(), []int{12}
+	return file_cluster_v1_cluster_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *QueryRequest) GetFrom() string {
@@ -842,7 +1034,7 @@ type QueryResponse struct {
 
 func (x *QueryResponse) Reset() {
 	*x = QueryResponse{}
-	mi := &file_cluster_v1_cluster_proto_msgTypes[13]
+	mi := &file_cluster_v1_cluster_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -854,7 +1046,7 @@ func (x *QueryResponse) String() string {
 func (*QueryResponse) ProtoMessage() {}
 
 func (x *QueryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_v1_cluster_proto_msgTypes[13]
+	mi := &file_cluster_v1_cluster_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -867,7 +1059,7 @@ func (x *QueryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueryResponse.ProtoReflect.Descriptor instead.
 func (*QueryResponse) Descriptor() ([]byte, []int) {
-	return file_cluster_v1_cluster_proto_rawDescGZIP(), []int{13}
+	return file_cluster_v1_cluster_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *QueryResponse) GetClients() []*ClientState {
@@ -881,7 +1073,16 @@ var File_cluster_v1_cluster_proto protoreflect.FileDescriptor
 
 const file_cluster_v1_cluster_proto_rawDesc = "" +
 	"\n" +
-	"\x18cluster/v1/cluster.proto\x12\x11regent.cluster.v1\x1a\x16regent/v1/regent.proto\"1\n" +
+	"\x18cluster/v1/cluster.proto\x12\x11regent.cluster.v1\x1a\x16regent/v1/regent.proto\"<\n" +
+	"\fApplyRequest\x12\x12\n" +
+	"\x04from\x18\x01 \x01(\tR\x04from\x12\x18\n" +
+	"\acommand\x18\x02 \x01(\fR\acommand\"'\n" +
+	"\rApplyResponse\x12\x16\n" +
+	"\x06result\x18\x01 \x01(\fR\x06result\"&\n" +
+	"\x10ReadIndexRequest\x12\x12\n" +
+	"\x04from\x18\x01 \x01(\tR\x04from\")\n" +
+	"\x11ReadIndexResponse\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index\"1\n" +
 	"\aVersion\x12\x14\n" +
 	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\"v\n" +
@@ -935,7 +1136,10 @@ const file_cluster_v1_cluster_proto_rawDesc = "" +
 	"\x04Sync\x12\x1e.regent.cluster.v1.SyncRequest\x1a\x1f.regent.cluster.v1.SyncResponse\x12M\n" +
 	"\x06Verify\x12 .regent.cluster.v1.VerifyRequest\x1a!.regent.cluster.v1.VerifyResponse\x12S\n" +
 	"\bSnapshot\x12\".regent.cluster.v1.SnapshotRequest\x1a#.regent.cluster.v1.SnapshotResponse\x12J\n" +
-	"\x05Query\x12\x1f.regent.cluster.v1.QueryRequest\x1a .regent.cluster.v1.QueryResponseB>Z<github.com/regent-registry/regent/proto/cluster/v1;clusterv1b\x06proto3"
+	"\x05Query\x12\x1f.regent.cluster.v1.QueryRequest\x1a .regent.cluster.v1.QueryResponse2\xaa\x01\n" +
+	"\x04Raft\x12J\n" +
+	"\x05Apply\x12\x1f.regent.cluster.v1.ApplyRequest\x1a .regent.cluster.v1.ApplyResponse\x12V\n" +
+	"\tReadIndex\x12#.regent.cluster.v1.ReadIndexRequest\x1a$.regent.cluster.v1.ReadIndexResponseB>Z<github.com/regent-registry/regent/proto/cluster/v1;clusterv1b\x06proto3"
 
 var (
 	file_cluster_v1_cluster_proto_rawDescOnce sync.Once
@@ -949,48 +1153,56 @@ func file_cluster_v1_cluster_proto_rawDescGZIP() []byte {
 	return file_cluster_v1_cluster_proto_rawDescData
 }
 
-var file_cluster_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_cluster_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_cluster_v1_cluster_proto_goTypes = []any{
-	(*Version)(nil),          // 0: regent.cluster.v1.Version
-	(*ServiceInstances)(nil), // 1: regent.cluster.v1.ServiceInstances
-	(*ClientState)(nil),      // 2: regent.cluster.v1.ClientState
-	(*Tombstone)(nil),        // 3: regent.cluster.v1.Tombstone
-	(*ClientVersion)(nil),    // 4: regent.cluster.v1.ClientVersion
-	(*Digest)(nil),           // 5: regent.cluster.v1.Digest
-	(*SyncRequest)(nil),      // 6: regent.cluster.v1.SyncRequest
-	(*SyncResponse)(nil),     // 7: regent.cluster.v1.SyncResponse
-	(*VerifyRequest)(nil),    // 8: regent.cluster.v1.VerifyRequest
-	(*VerifyResponse)(nil),   // 9: regent.cluster.v1.VerifyResponse
-	(*SnapshotRequest)(nil),  // 10: regent.cluster.v1.SnapshotRequest
-	(*SnapshotResponse)(nil), // 11: regent.cluster.v1.SnapshotResponse
-	(*QueryRequest)(nil),     // 12: regent.cluster.v1.QueryRequest
-	(*QueryResponse)(nil),    // 13: regent.cluster.v1.QueryResponse
-	(*v1.ServiceRef)(nil),    // 14: regent.v1.ServiceRef
-	(*v1.Instance)(nil),      // 15: regent.v1.Instance
+	(*ApplyRequest)(nil),      // 0: regent.cluster.v1.ApplyRequest
+	(*ApplyResponse)(nil),     // 1: regent.cluster.v1.ApplyResponse
+	(*ReadIndexRequest)(nil),  // 2: regent.cluster.v1.ReadIndexRequest
+	(*ReadIndexResponse)(nil), // 3: regent.cluster.v1.ReadIndexResponse
+	(*Version)(nil),           // 4: regent.cluster.v1.Version
+	(*ServiceInstances)(nil),  // 5: regent.cluster.v1.ServiceInstances
+	(*ClientState)(nil),       // 6: regent.cluster.v1.ClientState
+	(*Tombstone)(nil),         // 7: regent.cluster.v1.Tombstone
+	(*ClientVersion)(nil),     // 8: regent.cluster.v1.ClientVersion
+	(*Digest)(nil),            // 9: regent.cluster.v1.Digest
+	(*SyncRequest)(nil),       // 10: regent.cluster.v1.SyncRequest
+	(*SyncResponse)(nil),      // 11: regent.cluster.v1.SyncResponse
+	(*VerifyRequest)(nil),     // 12: regent.cluster.v1.VerifyRequest
+	(*VerifyResponse)(nil),    // 13: regent.cluster.v1.VerifyResponse
+	(*SnapshotRequest)(nil),   // 14: regent.cluster.v1.SnapshotRequest
+	(*SnapshotResponse)(nil),  // 15: regent.cluster.v1.SnapshotResponse
+	(*QueryRequest)(nil),      // 16: regent.cluster.v1.QueryRequest
+	(*QueryResponse)(nil),     // 17: regent.cluster.v1.QueryResponse
+	(*v1.ServiceRef)(nil),     // 18: regent.v1.ServiceRef
+	(*v1.Instance)(nil),       // 19: regent.v1.Instance
 }
 var file_cluster_v1_cluster_proto_depIdxs = []int32{
-	14, // 0: regent.cluster.v1.ServiceInstances.service:type_name -> regent.v1.ServiceRef
-	15, // 1: regent.cluster.v1.ServiceInstances.instances:type_name -> regent.v1.Instance
-	0,  // 2: regent.cluster.v1.ClientState.version:type_name -> regent.cluster.v1.Version
-	1,  // 3: regent.cluster.v1.ClientState.services:type_name -> regent.cluster.v1.ServiceInstances
-	0,  // 4: regent.cluster.v1.Tombstone.version:type_name -> regent.cluster.v1.Version
-	0,  // 5: regent.cluster.v1.ClientVersion.version:type_name -> regent.cluster.v1.Version
-	2,  // 6: regent.cluster.v1.SyncRequest.changes:type_name -> regent.cluster.v1.ClientState
-	3,  // 7: regent.cluster.v1.SyncRequest.deletes:type_name -> regent.cluster.v1.Tombstone
-	5,  // 8: regent.cluster.v1.VerifyRequest.digest:type_name -> regent.cluster.v1.Digest
-	4,  // 9: regent.cluster.v1.VerifyRequest.clients:type_name -> regent.cluster.v1.ClientVersion
-	2,  // 10: regent.cluster.v1.SnapshotResponse.clients:type_name -> regent.cluster.v1.ClientState
-	2,  // 11: regent.cluster.v1.QueryResponse.clients:type_name -> regent.cluster.v1.ClientState
-	6,  // 12: regent.cluster.v1.Distro.Sync:input_type -> regent.cluster.v1.SyncRequest
-	8,  // 13: regent.cluster.v1.Distro.Verify:input_type -> regent.cluster.v1.VerifyRequest
-	10, // 14: regent.cluster.v1.Distro.Snapshot:input_type -> regent.cluster.v1.SnapshotRequest
-	12, // 15: regent.cluster.v1.Distro.Query:input_type -> regent.cluster.v1.QueryRequest
-	7,  // 16: regent.cluster.v1.Distro.Sync:output_type -> regent.cluster.v1.SyncResponse
-	9,  // 17: regent.cluster.v1.Distro.Verify:output_type -> regent.cluster.v1.VerifyResponse
-	11, // 18: regent.cluster.v1.Distro.Snapshot:output_type -> regent.cluster.v1.SnapshotResponse
-	13, // 19: regent.cluster.v1.Distro.Query:output_type -> regent.cluster.v1.QueryResponse
-	16, // [16:20] is the sub-list for method output_type
-	12, // [12:16] is the sub-list for method input_type
+	18, // 0: regent.cluster.v1.ServiceInstances.service:type_name -> regent.v1.ServiceRef
+	19, // 1: regent.cluster.v1.ServiceInstances.instances:type_name -> regent.v1.Instance
+	4,  // 2: regent.cluster.v1.ClientState.version:type_name -> regent.cluster.v1.Version
+	5,  // 3: regent.cluster.v1.ClientState.services:type_name -> regent.cluster.v1.ServiceInstances
+	4,  // 4: regent.cluster.v1.Tombstone.version:type_name -> regent.cluster.v1.Version
+	4,  // 5: regent.cluster.v1.ClientVersion.version:type_name -> regent.cluster.v1.Version
+	6,  // 6: regent.cluster.v1.SyncRequest.changes:type_name -> regent.cluster.v1.ClientState
+	7,  // 7: regent.cluster.v1.SyncRequest.deletes:type_name -> regent.cluster.v1.Tombstone
+	9,  // 8: regent.cluster.v1.VerifyRequest.digest:type_name -> regent.cluster.v1.Digest
+	8,  // 9: regent.cluster.v1.VerifyRequest.clients:type_name -> regent.cluster.v1.ClientVersion
+	6,  // 10: regent.cluster.v1.SnapshotResponse.clients:type_name -> regent.cluster.v1.ClientState
+	6,  // 11: regent.cluster.v1.QueryResponse.clients:type_name -> regent.cluster.v1.ClientState
+	10, // 12: regent.cluster.v1.Distro.Sync:input_type -> regent.cluster.v1.SyncRequest
+	12, // 13: regent.cluster.v1.Distro.Verify:input_type -> regent.cluster.v1.VerifyRequest
+	14, // 14: regent.cluster.v1.Distro.Snapshot:input_type -> regent.cluster.v1.SnapshotRequest
+	16, // 15: regent.cluster.v1.Distro.Query:input_type -> regent.cluster.v1.QueryRequest
+	0,  // 16: regent.cluster.v1.Raft.Apply:input_type -> regent.cluster.v1.ApplyRequest
+	2,  // 17: regent.cluster.v1.Raft.ReadIndex:input_type -> regent.cluster.v1.ReadIndexRequest
+	11, // 18: regent.cluster.v1.Distro.Sync:output_type -> regent.cluster.v1.SyncResponse
+	13, // 19: regent.cluster.v1.Distro.Verify:output_type -> regent.cluster.v1.VerifyResponse
+	15, // 20: regent.cluster.v1.Distro.Snapshot:output_type -> regent.cluster.v1.SnapshotResponse
+	17, // 21: regent.cluster.v1.Distro.Query:output_type -> regent.cluster.v1.QueryResponse
+	1,  // 22: regent.cluster.v1.Raft.Apply:output_type -> regent.cluster.v1.ApplyResponse
+	3,  // 23: regent.cluster.v1.Raft.ReadIndex:output_type -> regent.cluster.v1.ReadIndexResponse
+	18, // [18:24] is the sub-list for method output_type
+	12, // [12:18] is the sub-list for method input_type
 	12, // [12:12] is the sub-list for extension type_name
 	12, // [12:12] is the sub-list for extension extendee
 	0,  // [0:12] is the sub-list for field type_name
@@ -1007,9 +1219,9 @@ func file_cluster_v1_cluster_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_cluster_v1_cluster_proto_rawDesc), len(file_cluster_v1_cluster_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   14,
+			NumMessages:   18,
 			NumExtensions: 0,
-			NumServices:   1,
+			NumServices:   2,
 		},
 		GoTypes:           file_cluster_v1_cluster_proto_goTypes,
 		DependencyIndexes: file_cluster_v1_cluster_proto_depIdxs,

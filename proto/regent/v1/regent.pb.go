@@ -1863,7 +1863,14 @@ type GetServiceRequest struct {
 	// Leave out unhealthy instances (subject to the protection threshold).
 	HealthyOnly bool `protobuf:"varint,2,opt,name=healthy_only,json=healthyOnly,proto3" json:"healthy_only,omitempty"`
 	// Only these clusters; empty means all.
-	Clusters      []string `protobuf:"bytes,3,rep,name=clusters,proto3" json:"clusters,omitempty"`
+	Clusters []string `protobuf:"bytes,3,rep,name=clusters,proto3" json:"clusters,omitempty"`
+	// Linearizable read of the persistent instances and metadata: the node
+	// confirms the Raft leader's commit index with a quorum and waits until
+	// it has applied it before answering (UNAVAILABLE without a quorum). By
+	// default reads are served from the node's local state, which may lag
+	// the leader by a few milliseconds. Ephemeral instances are always the
+	// node's own view (Distro is eventually consistent by design).
+	Linearizable  bool `protobuf:"varint,4,opt,name=linearizable,proto3" json:"linearizable,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1917,6 +1924,13 @@ func (x *GetServiceRequest) GetClusters() []string {
 		return x.Clusters
 	}
 	return nil
+}
+
+func (x *GetServiceRequest) GetLinearizable() bool {
+	if x != nil {
+		return x.Linearizable
+	}
+	return false
 }
 
 // GetServiceResponse is the service's filtered snapshot and its metadata.
@@ -2560,11 +2574,12 @@ const file_regent_v1_regent_proto_rawDesc = "" +
 	"\aservice\x18\x01 \x01(\v2\x15.regent.v1.ServiceRefR\aservice\x121\n" +
 	"\tinstances\x18\x02 \x03(\v2\x13.regent.v1.InstanceR\tinstances\"<\n" +
 	"\x1eBatchRegisterInstancesResponse\x12\x1a\n" +
-	"\brevision\x18\x01 \x01(\x04R\brevision\"\x83\x01\n" +
+	"\brevision\x18\x01 \x01(\x04R\brevision\"\xa7\x01\n" +
 	"\x11GetServiceRequest\x12/\n" +
 	"\aservice\x18\x01 \x01(\v2\x15.regent.v1.ServiceRefR\aservice\x12!\n" +
 	"\fhealthy_only\x18\x02 \x01(\bR\vhealthyOnly\x12\x1a\n" +
-	"\bclusters\x18\x03 \x03(\tR\bclusters\"x\n" +
+	"\bclusters\x18\x03 \x03(\tR\bclusters\x12\"\n" +
+	"\flinearizable\x18\x04 \x01(\bR\flinearizable\"x\n" +
 	"\x12GetServiceResponse\x126\n" +
 	"\bsnapshot\x18\x01 \x01(\v2\x1a.regent.v1.ServiceSnapshotR\bsnapshot\x12*\n" +
 	"\x04meta\x18\x02 \x01(\v2\x16.regent.v1.ServiceMetaR\x04meta\"\x85\x01\n" +

@@ -1,0 +1,755 @@
+package persistent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/regent-registry/regent/internal/naming"
+	"github.com/regent-registry/regent/internal/registry"
+	"github.com/regent-registry/regent/storage"
+)
+
+// Errors of the Raft store. rpc maps ErrUnavailable to UNAVAILABLE and
+// ErrNotLeader to FAILED_PRECONDITION.
+var (
+	// ErrUnavailable: the write or linearizable read cannot be served now
+	// (no leader, no quorum, leadership lost while waiting, shutting down).
+	ErrUnavailable = errors.New("persistent: unavailable")
+	// ErrNotLeader: a forwarded write or read barrier reached a node that
+	// is not the leader (the sender retries with the leader it knows).
+	ErrNotLeader = errors.New("persistent: not the Raft leader")
+)
+
+// Forwarder sends what only the leader can do to the leader, over the peer
+// transport. rpc.PeerTransport implements it; tests use an in-memory one.
+type Forwarder interface {
+	// Apply sends an encoded command to the leader (by node name) and
+	// returns its result once applied there.
+	Apply(ctx context.Context, leader string, cmd []byte) (Result, error)
+	// ReadIndex returns the leader's commit index after it confirmed its
+	// leadership with a quorum.
+	ReadIndex(ctx context.Context, leader string) (uint64, error)
+}
+
+// ServerStatus is gossip's verdict on a server.
+type ServerStatus int
+
+// Server statuses, as gossip reports them.
+const (
+	ServerAlive ServerStatus = iota
+	ServerSuspect
+	ServerDead
+	ServerLeft
+)
+
+// Server is one node as gossip sees it.
+type Server struct {
+	// ID is the node name, which is also its Raft server ID.
+	ID string
+	// RaftAddr is where its Raft transport listens.
+	RaftAddr string
+	Status   ServerStatus
+	// HasState: the node holds Raft state (it bootstrapped or was added to
+	// a cluster), from its gossip metadata. A node that sees another
+	// with state never bootstraps.
+	HasState bool
+}
+
+// Membership is what the store needs of gossip.
+type Membership interface {
+	// Servers returns every server gossip knows of, this node included.
+	Servers() []Server
+	// SetHasState announces in gossip metadata that this node holds Raft
+	// state; it is called once, when that becomes true.
+	SetHasState()
+}
+
+// RaftConfig configures a Raft store.
+type RaftConfig struct {
+	// NodeID is this node's name: its Raft server ID. Required.
+	NodeID string
+	// Dir holds raft.db (log and stable store, raft-boltdb) and
+	// snapshots/. Required.
+	Dir string
+	// BindAddr is the Raft TCP listener (host:port; port 0 picks one),
+	// unless Transport is set.
+	BindAddr string
+	// Transport replaces the TCP transport (tests: raft.InmemTransport).
+	Transport raft.Transport
+	// BootstrapExpect: 0 never bootstraps (the node waits to be added by
+	// a leader); N >= 1 bootstraps once gossip shows N servers without
+	// Raft state, from exactly one node: the one whose ID sorts first.
+	BootstrapExpect int
+	// NoSync skips fsync of the Raft log (tests and throwaway nodes only).
+	NoSync bool
+	// Raft timings (raft.Config); see DefaultRaftConfig.
+	HeartbeatTimeout, ElectionTimeout, LeaderLeaseTimeout, CommitTimeout time.Duration
+	// SnapshotInterval, SnapshotThreshold and TrailingLogs control
+	// snapshots and log compaction (raft.Config).
+	SnapshotInterval  time.Duration
+	SnapshotThreshold uint64
+	TrailingLogs      uint64
+	// ApplyTimeout bounds a write or linearizable read, forwarding and
+	// waiting for a leader included.
+	ApplyTimeout time.Duration
+	// ReconcileInterval is how often membership and the Raft configuration
+	// are reconciled (bootstrap, adding and removing servers).
+	ReconcileInterval time.Duration
+	// DeadServerCleanup: a voter that gossip has reported dead (or not at
+	// all) for this long is removed by the leader, if a quorum of healthy
+	// voters remains without it. A server that left gracefully is removed
+	// at once.
+	DeadServerCleanup time.Duration
+	// Forwarder reaches the leader. Required in a cluster.
+	Forwarder Forwarder
+	// Membership feeds the reconciler; nil for a store driven only by
+	// explicit Bootstrap calls (tests).
+	Membership Membership
+	// Logger receives the store's and raft's logs.
+	Logger *slog.Logger
+	// Now is the clock of dead-server clean-up (default time.Now).
+	Now func() time.Time
+}
+
+// DefaultRaftConfig returns production settings. Raft's own defaults (1 s
+// heartbeat and election timeouts) are halved: a failover then takes about
+// a second on a LAN, as etcd's does.
+func DefaultRaftConfig() RaftConfig {
+	return RaftConfig{
+		HeartbeatTimeout:   500 * time.Millisecond,
+		ElectionTimeout:    500 * time.Millisecond,
+		LeaderLeaseTimeout: 250 * time.Millisecond,
+		CommitTimeout:      20 * time.Millisecond,
+		SnapshotInterval:   2 * time.Minute,
+		SnapshotThreshold:  16384,
+		TrailingLogs:       10240,
+		ApplyTimeout:       5 * time.Second,
+		ReconcileInterval:  time.Second,
+		DeadServerCleanup:  time.Minute,
+	}
+}
+
+// DefaultLocalRaftConfig returns fast timings for tests on one machine.
+func DefaultLocalRaftConfig() RaftConfig {
+	c := DefaultRaftConfig()
+	c.HeartbeatTimeout, c.ElectionTimeout, c.LeaderLeaseTimeout = 200*time.Millisecond, 200*time.Millisecond, 100*time.Millisecond
+	c.CommitTimeout = 5 * time.Millisecond
+	c.ReconcileInterval = 100 * time.Millisecond
+	c.DeadServerCleanup = 5 * time.Second
+	return c
+}
+
+// Validate checks the settings.
+func (c *RaftConfig) Validate() error {
+	var errs []error
+	if c.NodeID == "" {
+		errs = append(errs, errors.New("node id is empty"))
+	}
+	if c.Dir == "" {
+		errs = append(errs, errors.New("raft dir is empty"))
+	}
+	if c.Transport == nil {
+		if _, _, err := net.SplitHostPort(c.BindAddr); err != nil {
+			errs = append(errs, fmt.Errorf("raft address %q: %w", c.BindAddr, err))
+		}
+	}
+	if c.BootstrapExpect < 0 {
+		errs = append(errs, errors.New("bootstrap-expect must not be negative"))
+	}
+	if c.ApplyTimeout <= 0 || c.ReconcileInterval <= 0 || c.DeadServerCleanup <= 0 {
+		errs = append(errs, errors.New("apply timeout, reconcile interval and dead-server clean-up must be positive"))
+	}
+	if c.LeaderLeaseTimeout > c.HeartbeatTimeout || c.HeartbeatTimeout <= 0 || c.ElectionTimeout < c.HeartbeatTimeout {
+		errs = append(errs, errors.New("raft timeouts must satisfy 0 < leader lease <= heartbeat <= election"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("persistent: %w", err)
+	}
+	return nil
+}
+
+// Store is the persistent side of a cluster node: writes go through
+// hashicorp/raft (forwarded to the leader when this node is not it) into
+// the FSM's bbolt state, from which reads are served locally. It
+// implements registry.Persistent.
+type Store struct {
+	reader
+	cfg    RaftConfig
+	logger *slog.Logger
+	fsm    *FSM
+	raft   *raft.Raft
+	logs   *raftboltdb.BoltStore
+	trans  raft.Transport
+	tcp    *raft.NetworkTransport // nil when cfg.Transport is set
+
+	// mu guards readyTerm: the term in which this node, as leader, has
+	// committed an entry (a barrier), so its commit index is current.
+	mu        sync.Mutex
+	readyTerm uint64
+
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	kick   chan struct{}
+	once   sync.Once
+}
+
+var _ registry.Persistent = (*Store)(nil)
+
+// OpenRaft starts the Raft store over db (the FSM's state). The node
+// serves reads from db at once; it never replays the log into a state that
+// already holds it.
+func OpenRaft(cfg RaftConfig, db *storage.DB) (*Store, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	logger = logger.With("component", "raft")
+	s := &Store{reader: reader{db}, cfg: cfg, logger: logger, fsm: NewFSM(db, logger), kick: make(chan struct{}, 1)}
+	ok := false
+	defer func() {
+		if !ok {
+			s.closeStores()
+		}
+	}()
+	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("persistent: raft dir: %w", err)
+	}
+	var err error
+	s.logs, err = raftboltdb.New(raftboltdb.Options{
+		Path:        filepath.Join(cfg.Dir, "raft.db"),
+		NoSync:      cfg.NoSync,
+		BoltOptions: &bolt.Options{Timeout: time.Second, NoSync: cfg.NoSync},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("persistent: open raft log %s: %w", filepath.Join(cfg.Dir, "raft.db"), err)
+	}
+	hlog := newHCLogger(logger)
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.Dir, 2, hlog)
+	if err != nil {
+		return nil, fmt.Errorf("persistent: snapshot store: %w", err)
+	}
+	if err := s.catchUpFromSnapshot(snaps); err != nil {
+		return nil, err
+	}
+	s.trans = cfg.Transport
+	if s.trans == nil {
+		s.tcp, err = raft.NewTCPTransportWithLogger(cfg.BindAddr, nil, 3, 10*time.Second, hlog)
+		if err != nil {
+			return nil, fmt.Errorf("persistent: raft transport on %s: %w", cfg.BindAddr, err)
+		}
+		s.trans = s.tcp
+	}
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(cfg.NodeID)
+	rc.Logger = hlog
+	rc.HeartbeatTimeout, rc.ElectionTimeout = cfg.HeartbeatTimeout, cfg.ElectionTimeout
+	rc.LeaderLeaseTimeout, rc.CommitTimeout = cfg.LeaderLeaseTimeout, cfg.CommitTimeout
+	rc.SnapshotInterval, rc.SnapshotThreshold, rc.TrailingLogs = cfg.SnapshotInterval, cfg.SnapshotThreshold, cfg.TrailingLogs
+	rc.NoSnapshotRestoreOnStart = true
+	rc.MaxAppendEntries = 256
+	if s.raft, err = raft.NewRaft(rc, s.fsm, s.logs, s.logs, snaps, s.trans); err != nil {
+		return nil, fmt.Errorf("persistent: start raft: %w", err)
+	}
+	ok = true
+	ctx, cancel := context.WithCancel(context.Background())
+	s.cancel = cancel
+	s.wg.Add(1)
+	go func() { defer s.wg.Done(); s.runReconcile(ctx) }()
+	return s, nil
+}
+
+// catchUpFromSnapshot restores the newest snapshot into the FSM when the
+// state on disk is older than it (a state file lost or replaced): raft,
+// started with NoSnapshotRestoreOnStart, replays only the entries after
+// the snapshot.
+func (s *Store) catchUpFromSnapshot(snaps raft.SnapshotStore) error {
+	list, err := snaps.List()
+	if err != nil {
+		return fmt.Errorf("persistent: list snapshots: %w", err)
+	}
+	if len(list) == 0 || list[0].Index <= s.fsm.AppliedIndex() {
+		return nil
+	}
+	meta, rc, err := snaps.Open(list[0].ID)
+	if err != nil {
+		return fmt.Errorf("persistent: open snapshot %s: %w", list[0].ID, err)
+	}
+	s.logger.Warn("state is older than the newest snapshot; restoring it", "state-index", s.fsm.AppliedIndex(), "snapshot-index", meta.Index)
+	return s.fsm.Restore(rc)
+}
+
+// FSM returns the state machine (for observers and tests).
+func (s *Store) FSM() *FSM { return s.fsm }
+
+// Raft returns the raft node (for tests, metrics and operators).
+func (s *Store) Raft() *raft.Raft { return s.raft }
+
+// Addr returns the Raft transport's address.
+func (s *Store) Addr() string { return string(s.trans.LocalAddr()) }
+
+// SetObserver sets who is told of changed services (the registry's
+// Changed), on every node, after the change is applied there.
+func (s *Store) SetObserver(o Observer) { s.fsm.SetObserver(o) }
+
+// HasState reports whether this node holds a Raft configuration (it
+// bootstrapped, was added to a cluster, or restarted with either).
+func (s *Store) HasState() bool {
+	f := s.raft.GetConfiguration()
+	return f.Error() == nil && len(f.Configuration().Servers) > 0
+}
+
+// Bootstrap makes this node a cluster of the given servers (ID → Raft
+// address). It fails when the node already has state. The reconciler calls
+// it; tests may call it directly.
+func (s *Store) Bootstrap(servers map[string]string) error {
+	cfg := raft.Configuration{}
+	for id, addr := range servers {
+		cfg.Servers = append(cfg.Servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(id), Address: raft.ServerAddress(addr)})
+	}
+	if err := s.raft.BootstrapCluster(cfg).Error(); err != nil {
+		return fmt.Errorf("persistent: bootstrap: %w", err)
+	}
+	s.logger.Info("bootstrapped the Raft cluster", "servers", len(servers))
+	return nil
+}
+
+// Role returns this node's place in the Raft configuration: "leader",
+// "follower", "nonvoter" or "none"; RoleOf does the same for another node.
+func (s *Store) Role() string { return s.RoleOf(s.cfg.NodeID) }
+
+// RoleOf returns id's role in the configuration as this node knows it.
+func (s *Store) RoleOf(id string) string {
+	f := s.raft.GetConfiguration()
+	if f.Error() != nil {
+		return "none"
+	}
+	for _, srv := range f.Configuration().Servers {
+		if string(srv.ID) != id {
+			continue
+		}
+		if srv.Suffrage != raft.Voter {
+			return "nonvoter"
+		}
+		if _, lid := s.raft.LeaderWithID(); string(lid) == id {
+			return "leader"
+		}
+		return "follower"
+	}
+	return "none"
+}
+
+// Leader returns the leader's ID as this node knows it, or "".
+func (s *Store) Leader() string {
+	_, id := s.raft.LeaderWithID()
+	return string(id)
+}
+
+// ---------------------------------------------------------------------------
+// Writes.
+
+// Register writes instances of one service, all or none.
+func (s *Store) Register(ctx context.Context, key naming.ServiceKey, ins []naming.Instance) (uint64, error) {
+	res, err := s.Exec(ctx, Command{Op: OpRegister, Key: key, Instances: ins})
+	return res.Revision, err
+}
+
+// Deregister removes one instance; a missing one is not an error.
+func (s *Store) Deregister(ctx context.Context, key naming.ServiceKey, id naming.InstanceID) (uint64, error) {
+	res, err := s.Exec(ctx, Command{Op: OpDeregister, Key: key, ID: id})
+	return res.Revision, err
+}
+
+// UpdateMeta replaces a service's metadata.
+func (s *Store) UpdateMeta(ctx context.Context, key naming.ServiceKey, m naming.ServiceMeta) (naming.ServiceMeta, error) {
+	res, err := s.Exec(ctx, Command{Op: OpMeta, Key: key, Meta: m})
+	return res.Meta, err
+}
+
+// SetHealthy records a health check's verdict on a persistent instance.
+func (s *Store) SetHealthy(ctx context.Context, key naming.ServiceKey, id naming.InstanceID, healthy bool) error {
+	_, err := s.Exec(ctx, Command{Op: OpHealth, Key: key, ID: id, Healthy: healthy})
+	return err
+}
+
+// Exec validates and encodes a command (refusing bad or oversized ones
+// before they reach the log), proposes it on the leader, here or by
+// forwarding, and returns once it is applied on the leader. Without a
+// leader it waits for one within ApplyTimeout, then fails with
+// ErrUnavailable; a write that fails has not been applied or, if the
+// leader was lost while it was in flight, may still be applied later (as
+// with any consensus system).
+func (s *Store) Exec(ctx context.Context, c Command) (Result, error) {
+	data, err := c.Encode()
+	if err != nil {
+		return Result{}, err
+	}
+	return viaLeader(s, ctx, "write", func(ctx context.Context) (Result, error) { return s.applyLocal(ctx, data) },
+		func(ctx context.Context, leader string) (Result, error) {
+			return s.cfg.Forwarder.Apply(ctx, leader, data)
+		})
+}
+
+// HandleApply serves a write forwarded by another node (peer input,
+// validated again here).
+func (s *Store) HandleApply(ctx context.Context, data []byte) (Result, error) {
+	if _, err := DecodeCommand(data); err != nil {
+		return Result{}, err
+	}
+	if s.raft.State() != raft.Leader {
+		return Result{}, fmt.Errorf("%w (leader is %q)", ErrNotLeader, s.Leader())
+	}
+	return s.applyLocal(ctx, data)
+}
+
+func (s *Store) applyLocal(ctx context.Context, data []byte) (Result, error) {
+	timeout := s.cfg.ApplyTimeout
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = min(timeout, time.Until(dl))
+	}
+	f := s.raft.Apply(data, timeout)
+	if err := f.Error(); err != nil {
+		return Result{}, raftError(err)
+	}
+	r, ok := f.Response().(applyResult)
+	if !ok {
+		return Result{}, fmt.Errorf("persistent: unexpected apply response %T", f.Response())
+	}
+	return r.Result, r.Err
+}
+
+// raftError maps raft's errors to the store's.
+func raftError(err error) error {
+	switch {
+	case errors.Is(err, raft.ErrNotLeader):
+		return fmt.Errorf("%w: %w", ErrNotLeader, err)
+	case errors.Is(err, raft.ErrLeadershipLost):
+		return fmt.Errorf("%w: leadership lost while writing (no quorum?); the write may or may not be applied: %w", ErrUnavailable, err)
+	case errors.Is(err, raft.ErrEnqueueTimeout), errors.Is(err, raft.ErrRaftShutdown), errors.Is(err, raft.ErrAbortedByRestore):
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	return fmt.Errorf("persistent: raft: %w", err)
+}
+
+// viaLeader runs local when this node leads and remote on the leader
+// otherwise, waiting for a leader and following leader changes until
+// ApplyTimeout.
+func viaLeader[T any](s *Store, ctx context.Context, what string, local func(context.Context) (T, error), remote func(context.Context, string) (T, error)) (T, error) {
+	var zero T
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.ApplyTimeout)
+	defer cancel()
+	wait := 5 * time.Millisecond
+	var last error
+	for {
+		if s.raft.State() == raft.Leader {
+			v, err := local(ctx)
+			if !errors.Is(err, ErrNotLeader) {
+				return v, err
+			}
+			last = err
+		} else if leader := s.Leader(); leader != "" && leader != s.cfg.NodeID {
+			if s.cfg.Forwarder == nil {
+				return zero, fmt.Errorf("%w: %s: not the leader and no way to reach %s", ErrUnavailable, what, leader)
+			}
+			v, err := remote(ctx, leader)
+			if !errors.Is(err, ErrNotLeader) && !errors.Is(err, ErrUnavailable) {
+				return v, err
+			}
+			last = err
+		}
+		select {
+		case <-ctx.Done():
+			if err := context.Cause(ctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+				return zero, err
+			}
+			if last == nil {
+				last = errors.New("no Raft leader is known: the cluster has no quorum or is still electing")
+			}
+			return zero, fmt.Errorf("%w: %s not served within %v: %w", ErrUnavailable, what, s.cfg.ApplyTimeout, last)
+		case <-time.After(wait):
+			wait = min(2*wait, 100*time.Millisecond)
+		}
+	}
+}
+
+// ---------------------------------------------------------------------------
+// Linearizable reads.
+
+// Barrier returns once this node's state holds every write acknowledged
+// before Barrier was called (the read-index method): the leader confirms
+// its leadership with a quorum and names its commit index; this node waits
+// until it has applied that. A read of local state after Barrier is
+// linearizable.
+func (s *Store) Barrier(ctx context.Context) error {
+	idx, err := viaLeader(s, ctx, "linearizable read", s.readIndex,
+		func(ctx context.Context, leader string) (uint64, error) {
+			return s.cfg.Forwarder.ReadIndex(ctx, leader)
+		})
+	if err != nil {
+		return err
+	}
+	select {
+	case <-s.fsm.WaitApplied(idx):
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("%w: waiting to apply index %d: %w", ErrUnavailable, idx, ctx.Err())
+	}
+}
+
+// HandleReadIndex serves a read barrier for another node.
+func (s *Store) HandleReadIndex(ctx context.Context) (uint64, error) {
+	if s.raft.State() != raft.Leader {
+		return 0, fmt.Errorf("%w (leader is %q)", ErrNotLeader, s.Leader())
+	}
+	return s.readIndex(ctx)
+}
+
+// readIndex, on the leader: once per term it commits a barrier entry and
+// waits until its FSM has applied everything before it (a new leader may
+// not have applied what earlier leaders acknowledged); then it confirms its
+// leadership with a quorum and returns its FSM's applied index. Every
+// write acknowledged so far is at or below that index: by this leader
+// only after its FSM applied it, by earlier ones before the barrier. The
+// index is that of a command entry, so a follower's FSM reaches it
+// (raft's own commit and applied indexes may point at entries the FSM
+// never sees: barriers, no-ops, configurations).
+func (s *Store) readIndex(ctx context.Context) (uint64, error) {
+	term := s.raft.CurrentTerm()
+	s.mu.Lock()
+	ready := s.readyTerm == term
+	s.mu.Unlock()
+	if !ready {
+		if err := s.raft.Barrier(s.cfg.ApplyTimeout).Error(); err != nil {
+			return 0, raftError(err)
+		}
+		s.mu.Lock()
+		s.readyTerm = term
+		s.mu.Unlock()
+	}
+	idx := s.fsm.AppliedIndex()
+	if err := s.raft.VerifyLeader().Error(); err != nil {
+		return 0, raftError(err)
+	}
+	if s.raft.CurrentTerm() != term {
+		return 0, fmt.Errorf("%w: term changed during a read barrier", ErrNotLeader)
+	}
+	return idx, nil
+}
+
+// ---------------------------------------------------------------------------
+// Membership: bootstrap and the leader's reconciliation.
+
+// Kick asks the reconciler to run now (on a membership change).
+func (s *Store) Kick() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (s *Store) runReconcile(ctx context.Context) {
+	t := time.NewTicker(s.cfg.ReconcileInterval)
+	defer t.Stop()
+	leaderCh := s.raft.LeaderCh()
+	announced := false
+	deadSince := map[string]time.Time{}
+	for {
+		if s.cfg.Membership != nil {
+			if !announced && s.HasState() {
+				s.cfg.Membership.SetHasState()
+				announced = true
+			}
+			if !announced {
+				s.maybeBootstrap()
+			} else if s.raft.State() == raft.Leader {
+				s.reconcile(deadSince)
+			} else {
+				clear(deadSince)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-s.kick:
+		case <-leaderCh:
+		}
+	}
+}
+
+// maybeBootstrap bootstraps when gossip shows BootstrapExpect alive
+// servers, none with Raft state, and this node's ID sorts first among them.
+func (s *Store) maybeBootstrap() {
+	if s.cfg.BootstrapExpect == 0 {
+		return
+	}
+	var alive []Server
+	for _, srv := range s.cfg.Membership.Servers() {
+		if srv.HasState && srv.ID != s.cfg.NodeID {
+			return // a cluster exists: its leader adds this node
+		}
+		if srv.Status == ServerAlive && srv.RaftAddr != "" {
+			alive = append(alive, srv)
+		}
+	}
+	if len(alive) < s.cfg.BootstrapExpect {
+		return
+	}
+	slices.SortFunc(alive, func(a, b Server) int { return strings.Compare(a.ID, b.ID) })
+	if alive[0].ID != s.cfg.NodeID {
+		return
+	}
+	servers := map[string]string{}
+	for _, srv := range alive[:s.cfg.BootstrapExpect] {
+		servers[srv.ID] = srv.RaftAddr
+	}
+	servers[s.cfg.NodeID] = s.Addr()
+	if err := s.Bootstrap(servers); err != nil {
+		s.logger.Error("bootstrap failed", "err", err)
+	}
+}
+
+// reconcile, on the leader: adds alive servers missing from the
+// configuration as voters, removes servers that left, and removes servers
+// dead for DeadServerCleanup while a quorum of healthy voters remains.
+func (s *Store) reconcile(deadSince map[string]time.Time) {
+	f := s.raft.GetConfiguration()
+	if f.Error() != nil {
+		return
+	}
+	cfg := f.Configuration()
+	known := map[string]Server{}
+	for _, srv := range s.cfg.Membership.Servers() {
+		known[srv.ID] = srv
+	}
+	inConfig := map[string]raft.Server{}
+	for _, srv := range cfg.Servers {
+		inConfig[string(srv.ID)] = srv
+	}
+	for id, srv := range known {
+		if srv.Status != ServerAlive || srv.RaftAddr == "" {
+			continue
+		}
+		if cur, ok := inConfig[id]; ok && string(cur.Address) == srv.RaftAddr && cur.Suffrage == raft.Voter {
+			continue
+		}
+		s.logger.Info("adding a Raft voter", "server", id, "addr", srv.RaftAddr)
+		if err := s.raft.AddVoter(raft.ServerID(id), raft.ServerAddress(srv.RaftAddr), 0, s.cfg.ApplyTimeout).Error(); err != nil {
+			s.logger.Warn("adding a Raft voter failed", "server", id, "err", err)
+		}
+	}
+	now := s.cfg.Now()
+	voters, healthy := 0, 0
+	var failed []string
+	for id, srv := range inConfig {
+		if srv.Suffrage == raft.Voter {
+			voters++
+		}
+		g, ok := known[id]
+		switch {
+		case id == s.cfg.NodeID || (ok && (g.Status == ServerAlive || g.Status == ServerSuspect)):
+			delete(deadSince, id)
+			if srv.Suffrage == raft.Voter {
+				healthy++
+			}
+		case ok && g.Status == ServerLeft:
+			s.logger.Info("removing a Raft server that left", "server", id)
+			if err := s.raft.RemoveServer(srv.ID, 0, s.cfg.ApplyTimeout).Error(); err != nil {
+				s.logger.Warn("removing a Raft server failed", "server", id, "err", err)
+			}
+			delete(deadSince, id)
+			voters--
+		default:
+			if _, seen := deadSince[id]; !seen {
+				deadSince[id] = now
+			}
+			if now.Sub(deadSince[id]) >= s.cfg.DeadServerCleanup {
+				failed = append(failed, id)
+			}
+		}
+	}
+	for _, id := range failed {
+		// The configuration after the removal must keep a quorum of
+		// healthy voters.
+		if healthy < (voters-1)/2+1 {
+			s.logger.Warn("not removing a dead Raft server: too few healthy voters would remain", "server", id, "voters", voters, "healthy", healthy)
+			return
+		}
+		s.logger.Info("removing a dead Raft server", "server", id, "dead-for", now.Sub(deadSince[id]))
+		if err := s.raft.RemoveServer(raft.ServerID(id), 0, s.cfg.ApplyTimeout).Error(); err != nil {
+			s.logger.Warn("removing a dead Raft server failed", "server", id, "err", err)
+			return
+		}
+		delete(deadSince, id)
+		voters--
+	}
+}
+
+// ---------------------------------------------------------------------------
+
+// Leave, on a graceful stop: a leader hands leadership over first, so the
+// cluster does not wait out an election; the new leader removes this node
+// once gossip reports it left.
+func (s *Store) Leave() {
+	if s.raft.State() == raft.Leader {
+		if err := s.raft.LeadershipTransfer().Error(); err != nil {
+			s.logger.Warn("leadership transfer failed", "err", err)
+		}
+	}
+}
+
+// Close stops the node; the state stays on disk. It is idempotent.
+func (s *Store) Close() error {
+	var err error
+	s.once.Do(func() {
+		if s.cancel != nil {
+			s.cancel()
+		}
+		s.wg.Wait()
+		if s.raft != nil {
+			err = s.raft.Shutdown().Error()
+		}
+		s.closeStores()
+	})
+	return err
+}
+
+func (s *Store) closeStores() {
+	if s.tcp != nil {
+		_ = s.tcp.Close()
+	}
+	if s.logs != nil {
+		_ = s.logs.Close()
+	}
+}
+
+// EncodeResult encodes a result for a forwarded write's reply.
+func EncodeResult(r Result) ([]byte, error) { return json.Marshal(r) }
+
+// DecodeResult decodes a forwarded write's reply.
+func DecodeResult(b []byte) (Result, error) {
+	var r Result
+	if err := json.Unmarshal(b, &r); err != nil {
+		return Result{}, fmt.Errorf("persistent: bad apply result: %w", err)
+	}
+	return r, nil
+}
