@@ -455,18 +455,18 @@ func (c *Client) GetService(ctx context.Context, svc Service, f Filter) (Service
 		info.FromCache = fromCache
 		return info, true
 	}
-	if info, ok := cached(false); ok {
+	if info, ok := cached(false); ok && !f.Linearizable {
 		return info, nil
 	}
 	var out ServiceInfo
 	err = c.unary(ctx, func(ctx context.Context, rc regentv1.RegistryClient) error {
-		r, err := rc.GetService(ctx, &regentv1.GetServiceRequest{Service: svc.proto(), HealthyOnly: f.HealthyOnly, Clusters: f.Clusters})
+		r, err := rc.GetService(ctx, &regentv1.GetServiceRequest{Service: svc.proto(), HealthyOnly: f.HealthyOnly, Clusters: f.Clusters, Linearizable: f.Linearizable})
 		if err == nil {
 			out = serviceInfoFromProto(r.GetSnapshot())
 		}
 		return err
 	})
-	if errors.Is(err, ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) {
+	if (errors.Is(err, ErrUnavailable) || errors.Is(err, context.DeadlineExceeded)) && !f.Linearizable {
 		if info, ok := cached(true); ok {
 			return info, nil
 		}

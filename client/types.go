@@ -126,6 +126,11 @@ func serviceInfoFromProto(p *regentv1.ServiceSnapshot) ServiceInfo {
 type Filter struct {
 	HealthyOnly bool
 	Clusters    []string
+	// Linearizable (GetService only) skips the local cache and asks the
+	// server for a linearizable read of the persistent instances: it
+	// reflects every write acknowledged before the call, or fails with
+	// ErrUnavailable when the cluster has no quorum.
+	Linearizable bool
 }
 
 // Errors returned by the client; test with errors.Is.

@@ -48,6 +48,9 @@ type Meta struct {
 	Version string
 	// Role is the node's role in the cluster (free text, e.g. "voter").
 	Role string
+	// HasRaftState is set once the node holds Raft state (it bootstrapped
+	// or was added to a cluster): a node that sees one never bootstraps.
+	HasRaftState bool
 }
 
 // Member is one node of the cluster as this node sees it. It is a value:

@@ -21,6 +21,8 @@ type wireMeta struct {
 	RaftAddr string `json:"raft,omitempty"`
 	Version  string `json:"version,omitempty"`
 	Role     string `json:"role,omitempty"`
+	// HasRaftState: see Meta.
+	HasRaftState bool `json:"rs,omitempty"`
 }
 
 // encodeMeta encodes m for memberlist's NodeMeta. It fails with
@@ -28,7 +30,7 @@ type wireMeta struct {
 // passes to NodeMeta (it panics on longer metadata).
 func encodeMeta(m Meta) ([]byte, error) {
 	body, err := json.Marshal(wireMeta(m))
-	if err != nil { // not reachable: the fields are strings
+	if err != nil { // not reachable: strings and a bool
 		return nil, fmt.Errorf("membership: encode meta: %w", err)
 	}
 	b := make([]byte, 0, 1+len(body))

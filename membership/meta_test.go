@@ -13,6 +13,7 @@ func TestMetaRoundTrip(t *testing.T) {
 		{},
 		testMeta("n1"),
 		{GRPCAddr: "[::1]:9000", Role: "ünïcode \"quoted\""},
+		{RaftAddr: "10.0.0.1:7404", HasRaftState: true},
 	} {
 		b, err := encodeMeta(m)
 		if err != nil {

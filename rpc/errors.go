@@ -10,6 +10,7 @@ import (
 	"github.com/regent-registry/regent/ephemeral"
 	"github.com/regent-registry/regent/internal/naming"
 	"github.com/regent-registry/regent/internal/registry"
+	"github.com/regent-registry/regent/persistent"
 )
 
 // Sentinels of this package.
@@ -34,6 +35,9 @@ var errorCodes = []struct {
 	{ErrFailedPrecondition, codes.FailedPrecondition},
 	{ephemeral.ErrBadCursor, codes.InvalidArgument},
 	{ephemeral.ErrStopped, codes.Unavailable},
+	{persistent.ErrUnavailable, codes.Unavailable},
+	{persistent.ErrNotLeader, codes.FailedPrecondition},
+	{persistent.ErrClosed, codes.Unavailable},
 	{context.DeadlineExceeded, codes.DeadlineExceeded},
 	{context.Canceled, codes.Canceled},
 }

@@ -44,6 +44,9 @@ type PeerServerConfig struct {
 	// ServerOptions are added after the server's own (TLS credentials,
 	// keepalive, more interceptors).
 	ServerOptions []grpc.ServerOption
+	// Raft, when set, serves the Raft forwarding service (writes and read
+	// barriers other nodes send this node as leader).
+	Raft RaftHandler
 }
 
 // DefaultPeerServerConfig returns production settings.
@@ -97,6 +100,9 @@ func NewPeerServer(h ephemeral.Handler, cfg PeerServerConfig) (*PeerServer, erro
 	}
 	s.grpc = grpc.NewServer(append(opts, cfg.ServerOptions...)...)
 	clusterv1.RegisterDistroServer(s.grpc, s)
+	if cfg.Raft != nil {
+		clusterv1.RegisterRaftServer(s.grpc, raftServer{h: cfg.Raft})
+	}
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
@@ -267,6 +273,7 @@ type peerConn struct {
 	addr   string
 	cc     *grpc.ClientConn
 	client clusterv1.DistroClient
+	raft   clusterv1.RaftClient
 }
 
 var _ ephemeral.Transport = (*PeerTransport)(nil)
@@ -370,7 +377,7 @@ func (t *PeerTransport) Close() error {
 // conn returns the client for a node, dialling it on first use and again
 // when its resolved address has changed (the old connection is closed; a
 // call still on it fails and the engine retries).
-func (t *PeerTransport) conn(node string) (clusterv1.DistroClient, error) {
+func (t *PeerTransport) conn(node string) (*peerConn, error) {
 	addr, ok := t.resolve(node)
 	if !ok || addr == "" {
 		return nil, fmt.Errorf("%w: unknown node %q", ephemeral.ErrUnreachable, node)
@@ -383,20 +390,20 @@ func (t *PeerTransport) conn(node string) (clusterv1.DistroClient, error) {
 	old := t.conns[node]
 	if old != nil && old.addr == addr {
 		t.mu.Unlock()
-		return old.client, nil
+		return old, nil
 	}
 	cc, err := grpc.NewClient(addr, t.dialOpts...)
 	if err != nil {
 		t.mu.Unlock()
 		return nil, fmt.Errorf("%w: node %q at %q: %w", ephemeral.ErrUnreachable, node, addr, err)
 	}
-	c := &peerConn{addr: addr, cc: cc, client: clusterv1.NewDistroClient(cc)}
+	c := &peerConn{addr: addr, cc: cc, client: clusterv1.NewDistroClient(cc), raft: clusterv1.NewRaftClient(cc)}
 	t.conns[node] = c
 	t.mu.Unlock()
 	if old != nil {
 		_ = old.cc.Close()
 	}
-	return c.client, nil
+	return c, nil
 }
 
 func (t *PeerTransport) count(kind int, req proto.Message) {
@@ -414,14 +421,14 @@ func peerCall[Req proto.Message, Rep any](ctx context.Context, t *PeerTransport,
 	call func(clusterv1.DistroClient, context.Context, Req, ...grpc.CallOption) (Rep, error),
 ) (Rep, error) {
 	var zero Rep
-	client, err := t.conn(to)
+	pc, err := t.conn(to)
 	if err != nil {
 		return zero, err
 	}
 	t.count(kind, req)
 	cctx, cancel := context.WithTimeout(ctx, t.timeout)
 	defer cancel()
-	rep, err := call(client, cctx, req)
+	rep, err := call(pc.client, cctx, req)
 	if err != nil {
 		return zero, peerError(ctx, to, peerKinds[kind], err)
 	}

@@ -78,7 +78,7 @@ func (s *Server) BatchRegisterInstances(ctx context.Context, r *regentv1.BatchRe
 }
 
 // GetService answers a query.
-func (s *Server) GetService(_ context.Context, r *regentv1.GetServiceRequest) (*regentv1.GetServiceResponse, error) {
+func (s *Server) GetService(ctx context.Context, r *regentv1.GetServiceRequest) (*regentv1.GetServiceResponse, error) {
 	key, err := keyFromProto(r.GetService())
 	if err != nil {
 		return nil, toStatus(err)
@@ -87,12 +87,24 @@ func (s *Server) GetService(_ context.Context, r *regentv1.GetServiceRequest) (*
 	if err != nil {
 		return nil, toStatus(err)
 	}
+	if r.GetLinearizable() {
+		// A store without a barrier (one node, no consensus) is
+		// linearizable as it is.
+		if b, ok := s.reg.Persistent().(barrier); ok {
+			if err := b.Barrier(ctx); err != nil {
+				return nil, toStatus(err)
+			}
+		}
+	}
 	snap, meta, err := s.reg.Get(key, f)
 	if err != nil {
 		return nil, toStatus(err)
 	}
 	return &regentv1.GetServiceResponse{Snapshot: snapshotToProto(snap), Meta: metaToProto(meta)}, nil
 }
+
+// barrier is the persistent side's read barrier (persistent.Store).
+type barrier interface{ Barrier(ctx context.Context) error }
 
 // ListServices pages through services.
 func (s *Server) ListServices(_ context.Context, r *regentv1.ListServicesRequest) (*regentv1.ListServicesResponse, error) {

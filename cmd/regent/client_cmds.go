@@ -256,6 +256,7 @@ func newListCmd() *cobra.Command {
 		c        common
 		sel      selector
 		healthy  bool
+		linear   bool
 		clusters []string
 	)
 	cmd := &cobra.Command{
@@ -264,7 +265,7 @@ func newListCmd() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return c.run(cmd, func(ctx context.Context, cl *client.Client) error {
-				info, err := cl.GetService(ctx, sel.svc(), client.Filter{HealthyOnly: healthy, Clusters: clusters})
+				info, err := cl.GetService(ctx, sel.svc(), client.Filter{HealthyOnly: healthy, Clusters: clusters, Linearizable: linear})
 				if err != nil {
 					return err
 				}
@@ -276,6 +277,7 @@ func newListCmd() *cobra.Command {
 	sel.addService(cmd)
 	cmd.Flags().BoolVar(&healthy, "healthy", false, "only healthy instances (subject to the protection threshold)")
 	cmd.Flags().StringSliceVar(&clusters, "cluster", nil, "only these clusters")
+	cmd.Flags().BoolVar(&linear, "linearizable", false, "linearizable read of persistent instances (through the Raft leader; fails without a quorum)")
 	return cmd
 }
 

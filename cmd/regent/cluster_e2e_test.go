@@ -116,16 +116,23 @@ func TestEndToEndThreeNodeCluster(t *testing.T) {
 	for _, n := range nodes {
 		waitFor(t, n.name+" ready", 30*time.Second, func() bool { return ready(n.http) })
 	}
-	waitFor(t, "every node to see three alive members", 30*time.Second, func() bool {
+	// node1, without --join, bootstrapped Raft alone; its leadership
+	// added the others as voters once gossip showed them alive.
+	waitFor(t, "every node to see three alive members, one Raft leader and two followers", 30*time.Second, func() bool {
 		for _, n := range nodes {
 			ms := membersOf(t, n.grpc)
 			if len(ms) != 3 {
 				return false
 			}
+			roles := map[string]int{}
 			for _, m := range ms {
-				if m.Status != "alive" || m.Raft != "none" {
+				if m.Status != "alive" {
 					return false
 				}
+				roles[m.Raft]++
+			}
+			if roles["leader"] != 1 || roles["follower"] != 2 {
+				return false
 			}
 		}
 		return true

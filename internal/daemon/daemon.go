@@ -19,6 +19,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -59,9 +60,12 @@ type Config struct {
 	PeerAddr, GossipAddr, RaftAddr string
 	// Join lists gossip seeds (host:port, or host with the default gossip
 	// port). The node retries them until one answers, so nodes may start
-	// in any order. BootstrapExpect is the number of Raft servers to wait
-	// for (persistent side, not yet in this build beyond 1).
-	Join            []string
+	// in any order.
+	Join []string
+	// BootstrapExpect is the number of servers to wait for before one of
+	// them bootstraps Raft with all of them. 0 means 1 for a node without
+	// Join (a lone node bootstraps itself) and "wait to be added by the
+	// leader" for a node with Join.
 	BootstrapExpect int
 	// GossipKey turns on gossip encryption (16, 24 or 32 bytes; every node
 	// needs the same key).
@@ -71,6 +75,10 @@ type Config struct {
 	GossipProfile string
 	// Distro tunes ephemeral replication; Node is set from Name.
 	Distro ephemeral.Config
+	// Raft tunes the persistent side's consensus (timings, snapshots,
+	// dead-server clean-up); identity, addresses and directories are set
+	// from the fields above.
+	Raft persistent.RaftConfig
 	// LimitsFile holds connection limit rules, reloaded on change; "" = unlimited.
 	LimitsFile string
 	// Pprof serves /debug/pprof on the HTTP endpoint.
@@ -102,6 +110,7 @@ func DefaultConfig() Config {
 		Registry:      registry.DefaultConfig(),
 		GossipProfile: "lan",
 		Distro:        ephemeral.DefaultConfig(),
+		Raft:          persistent.DefaultRaftConfig(),
 	}
 }
 
@@ -116,6 +125,7 @@ func DefaultLocalConfig(name, dataDir string) Config {
 	c.NoSync = true
 	c.GossipProfile = "local"
 	c.Distro = ephemeral.DefaultLocalConfig()
+	c.Raft = persistent.DefaultLocalRaftConfig()
 	return c
 }
 
@@ -145,10 +155,7 @@ func (c *Config) Validate() error {
 	if c.BootstrapExpect < 0 {
 		return errors.New("daemon: bootstrap-expect must not be negative")
 	}
-	if c.BootstrapExpect > 1 {
-		return errors.New("daemon: --bootstrap-expect > 1 (a Raft cluster for persistent data) is not available in this build yet; ephemeral clustering with --join is")
-	}
-	for _, a := range []struct{ name, addr string }{{"peer", c.PeerAddr}, {"gossip", c.GossipAddr}} {
+	for _, a := range []struct{ name, addr string }{{"peer", c.PeerAddr}, {"gossip", c.GossipAddr}, {"raft", c.RaftAddr}} {
 		if _, _, err := net.SplitHostPort(a.addr); err != nil {
 			return fmt.Errorf("daemon: %s address %q: %w", a.name, a.addr, err)
 		}
@@ -166,15 +173,38 @@ func (c *Config) Validate() error {
 	if err := c.Distro.Validate(); err != nil {
 		return fmt.Errorf("daemon: %w", err)
 	}
+	rc := c.raftConfig()
+	rc.Transport = raftValidateOnly{} // addresses are checked above
+	if err := rc.Validate(); err != nil {
+		return fmt.Errorf("daemon: %w", err)
+	}
 	return c.Registry.Validate()
 }
+
+// raftConfig returns the Raft store's settings for this node (without its
+// forwarder and membership, which need the running node).
+func (c *Config) raftConfig() persistent.RaftConfig {
+	rc := c.Raft
+	rc.NodeID, rc.Dir, rc.BindAddr, rc.NoSync = c.Name, filepath.Join(c.DataDir, "raft"), c.RaftAddr, c.NoSync
+	rc.BootstrapExpect = c.BootstrapExpect
+	if rc.BootstrapExpect == 0 && len(c.Join) == 0 {
+		rc.BootstrapExpect = 1
+	}
+	rc.Logger = c.Logger
+	return rc
+}
+
+// raftValidateOnly stands for the transport in Validate, which must not
+// open a listener.
+type raftValidateOnly struct{ raft.Transport }
 
 // Daemon is one running node.
 type Daemon struct {
 	cfg      Config
 	logger   *slog.Logger
 	db       *storage.DB
-	local    *persistent.Local
+	raft     *persistent.Store
+	servers  raftMembers
 	reg      *registry.Registry
 	distro   *ephemeral.Distro
 	gossip   *membership.Cluster
@@ -216,12 +246,23 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	if d.db, err = storage.Open(filepath.Join(cfg.DataDir, "state.db"), storage.Options{NoSync: cfg.NoSync}); err != nil {
 		return nil, fmt.Errorf("daemon: open state: %w", err)
 	}
-	d.local = persistent.NewLocal(d.db)
-	store := ephemeral.NewStore(nil)
-	if d.reg, err = registry.New(cfg.Registry, store, d.local); err != nil {
+	if d.peerTr, err = rpc.NewPeerTransport(rpc.PeerTransportConfig{Resolve: d.peerAddr, Metrics: d.metrics}); err != nil {
 		return nil, err
 	}
-	d.local.SetObserver(d.reg.Changed)
+	// The persistent side: Raft over the bbolt state. It serves reads
+	// from disk at once; writes wait for a leader.
+	rc := cfg.raftConfig()
+	rc.Logger = logger
+	rc.Forwarder = d.peerTr
+	rc.Membership = &d.servers
+	if d.raft, err = persistent.OpenRaft(rc, d.db); err != nil {
+		return nil, fmt.Errorf("daemon: %w", err)
+	}
+	store := ephemeral.NewStore(nil)
+	if d.reg, err = registry.New(cfg.Registry, store, d.raft); err != nil {
+		return nil, err
+	}
+	d.raft.SetObserver(d.reg.Changed)
 	if cfg.LimitsFile != "" {
 		if d.limits, err = rpc.NewLimitWatcher(cfg.LimitsFile, logger); err != nil {
 			return nil, fmt.Errorf("daemon: limits file: %w", err)
@@ -241,13 +282,12 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	mcfg.SecretKey = cfg.GossipKey
 	mcfg.Profile = cfg.GossipProfile
 	mcfg.Logger = logger
-	mcfg.Meta = membership.Meta{GRPCAddr: d.grpcLis.Addr().String(), PeerAddr: d.peerLis.Addr().String(), RaftAddr: cfg.RaftAddr, Version: Version, Role: "server"}
+	mcfg.Meta = membership.Meta{GRPCAddr: d.grpcLis.Addr().String(), PeerAddr: d.peerLis.Addr().String(), RaftAddr: d.raft.Addr(),
+		Version: Version, Role: "server", HasRaftState: d.raft.HasState()}
 	if d.gossip, err = membership.New(mcfg); err != nil {
 		return nil, fmt.Errorf("daemon: gossip: %w", err)
 	}
-	if d.peerTr, err = rpc.NewPeerTransport(rpc.PeerTransportConfig{Resolve: d.peerAddr, Metrics: d.metrics}); err != nil {
-		return nil, err
-	}
+	d.servers.set(d.gossip)
 	dcfg := cfg.Distro
 	dcfg.Node = cfg.Name
 	dcfg.Logger = logger
@@ -261,6 +301,7 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	}
 	pcfg := rpc.DefaultPeerServerConfig()
 	pcfg.Logger = logger
+	pcfg.Raft = d.raft
 	if d.peerSrv, err = rpc.NewPeerServer(d.distro, pcfg); err != nil {
 		return nil, err
 	}
@@ -287,7 +328,7 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	runCtx, cancel := context.WithCancel(context.Background())
 	d.cancel = cancel
 	d.distro.Start(runCtx)
-	d.gossip.Subscribe(memberFollower{d.distro})
+	d.gossip.Subscribe(memberFollower{d.distro, d.raft})
 	d.goFunc(func() { d.reg.Run(runCtx) })
 	d.goFunc(func() { d.rpc.Sessions().Run(runCtx) })
 	if d.limits != nil {
@@ -347,10 +388,15 @@ func (d *Daemon) joinAndLoad(ctx context.Context) {
 	d.logger.Info("node is ready")
 }
 
-// memberFollower feeds gossip's verdicts to Distro.
-type memberFollower struct{ distro *ephemeral.Distro }
+// memberFollower feeds gossip's verdicts to Distro and wakes Raft's
+// reconciler.
+type memberFollower struct {
+	distro *ephemeral.Distro
+	raft   *persistent.Store
+}
 
 func (f memberFollower) MemberChanged(ev membership.Event) {
+	f.raft.Kick()
 	switch ev.Type {
 	case membership.EventJoin, membership.EventUpdate:
 		f.distro.PeerUp(ev.Member.Name)
@@ -414,7 +460,7 @@ func (d *Daemon) members() []*regentv1.Member {
 		if addr == "" {
 			addr = m.Addr
 		}
-		out = append(out, &regentv1.Member{Name: m.Name, Addr: addr, Status: m.Status.String(), Raft: "none"})
+		out = append(out, &regentv1.Member{Name: m.Name, Addr: addr, Status: m.Status.String(), Raft: d.raft.RoleOf(m.Name)})
 	}
 	return out
 }
@@ -430,6 +476,11 @@ func (d *Daemon) Shutdown(ctx context.Context) {
 		// here), and peers remove the ones that never come back once this
 		// node has left.
 		d.distro.Drain()
+		if ctx.Err() == nil {
+			// A leader hands over first, so writes do not wait out an
+			// election; an expired ctx (a simulated crash) skips it.
+			d.raft.Leave()
+		}
 		d.rpc.Shutdown(ctx)
 		if err := d.gossip.Leave(2 * time.Second); err != nil {
 			d.logger.Warn("leaving the cluster", "err", err)
@@ -455,8 +506,10 @@ func (d *Daemon) closeAll() {
 	if d.peerLis != nil && d.peerSrv == nil {
 		d.peerLis.Close()
 	}
-	if d.local != nil {
-		d.local.Close()
+	if d.raft != nil {
+		if err := d.raft.Close(); err != nil {
+			d.logger.Warn("stopping raft", "err", err)
+		}
 	}
 	if d.grpcLis != nil && d.rpc == nil {
 		d.grpcLis.Close()
@@ -545,4 +598,55 @@ func (d *Daemon) httpHandler() http.Handler {
 		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	}
 	return mux
+}
+
+// raftMembers shows the Raft store the servers gossip knows of. The gossip
+// cluster is set once it is created, after the store (whose address its
+// metadata carries); until then it reports none.
+type raftMembers struct {
+	gossip atomic.Pointer[membership.Cluster]
+	once   sync.Once
+}
+
+func (r *raftMembers) set(c *membership.Cluster) { r.gossip.Store(c) }
+
+// Servers implements persistent.Membership.
+func (r *raftMembers) Servers() []persistent.Server {
+	g := r.gossip.Load()
+	if g == nil {
+		return nil
+	}
+	ms := g.Members()
+	out := make([]persistent.Server, 0, len(ms))
+	for _, m := range ms {
+		if m.Meta.Role != "server" {
+			continue
+		}
+		st := persistent.ServerDead
+		switch m.Status {
+		case membership.StatusAlive:
+			st = persistent.ServerAlive
+		case membership.StatusSuspect:
+			st = persistent.ServerSuspect
+		case membership.StatusLeft:
+			st = persistent.ServerLeft
+		}
+		out = append(out, persistent.Server{ID: m.Name, RaftAddr: m.Meta.RaftAddr, Status: st, HasState: m.Meta.HasRaftState})
+	}
+	return out
+}
+
+// SetHasState implements persistent.Membership: it gossips the flag.
+func (r *raftMembers) SetHasState() {
+	g := r.gossip.Load()
+	if g == nil {
+		return
+	}
+	r.once.Do(func() {
+		meta := g.Local().Meta
+		meta.HasRaftState = true
+		// The update applies locally at once; the broadcast is best
+		// effort (a lone node has nobody to tell).
+		_ = g.UpdateMeta(meta, time.Second)
+	})
 }

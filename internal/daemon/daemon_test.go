@@ -61,7 +61,9 @@ func TestStartRefusesBadConfigAndLockedData(t *testing.T) {
 	for name, mutate := range map[string]func(*Config){
 		"no name":            func(c *Config) { c.Name = "" },
 		"bad grpc addr":      func(c *Config) { c.GRPCAddr = "nope" },
-		"raft not built yet": func(c *Config) { c.BootstrapExpect = 3 },
+		"negative bootstrap": func(c *Config) { c.BootstrapExpect = -1 },
+		"bad raft addr":      func(c *Config) { c.RaftAddr = "nope" },
+		"bad raft timings":   func(c *Config) { c.Raft.ElectionTimeout = time.Millisecond },
 		"empty join":         func(c *Config) { c.Join = []string{""} },
 		"bad gossip addr":    func(c *Config) { c.GossipAddr = "nope" },
 		"bad gossip profile": func(c *Config) { c.GossipProfile = "wan-ish" },
