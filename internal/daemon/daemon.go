@@ -443,6 +443,9 @@ func (d *Daemon) Sessions() *rpc.SessionManager { return d.rpc.Sessions() }
 // Distro returns the node's ephemeral replication engine.
 func (d *Daemon) Distro() *ephemeral.Distro { return d.distro }
 
+// Raft returns the node's persistent store (Raft over bbolt).
+func (d *Daemon) Raft() *persistent.Store { return d.raft }
+
 // Gossip returns the node's membership.
 func (d *Daemon) Gossip() *membership.Cluster { return d.gossip }
 

@@ -33,12 +33,14 @@ type Cluster struct {
 	killed []bool
 }
 
-// Start starts n nodes, named n1..nN, each joining n1's gossip address.
-// mut, if not nil, adjusts node i's configuration before it starts (it sees
-// the defaults and the Join list). Start returns once every node is ready
-// (it loaded its peers' state), sees n alive members and has every other
-// node as a live Distro peer; it fails tb otherwise. Cleanup shuts every
-// node down.
+// Start starts n nodes, named n1..nN, each joining n1's gossip address
+// (n1 bootstraps Raft alone and adds the others as they appear, unless mut
+// sets BootstrapExpect). mut, if not nil, adjusts node i's configuration
+// before it starts (it sees the defaults and the Join list). Start returns
+// once every node is ready (it loaded its peers' state), sees n alive
+// members, has every other node as a live Distro peer and is a Raft voter
+// that knows the leader; it fails tb otherwise. Cleanup shuts every node
+// down.
 func Start(tb testing.TB, n int, mut func(i int, cfg *daemon.Config)) *Cluster {
 	tb.Helper()
 	if n < 1 {
@@ -100,8 +102,33 @@ func (c *Cluster) formed() string {
 		if up != n-1 {
 			return fmt.Sprintf("%s has %d live Distro peers", d.Name(), up)
 		}
+		for _, o := range c.nodes {
+			if role := d.Raft().RoleOf(o.Name()); role != "leader" && role != "follower" {
+				return fmt.Sprintf("%s sees %s as Raft %s", d.Name(), o.Name(), role)
+			}
+		}
+		if d.Raft().Leader() == "" {
+			return d.Name() + " knows no Raft leader"
+		}
 	}
 	return ""
+}
+
+// Leader returns the index of the node that is Raft leader as the live
+// nodes see it, waiting for one until ctx ends (-1 then).
+func (c *Cluster) Leader(ctx context.Context) int {
+	for {
+		for _, i := range c.live() {
+			if c.nodes[i].Raft().Role() == "leader" {
+				return i
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return -1
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
 }
 
 func (c *Cluster) shutdown() {

@@ -1,0 +1,156 @@
+package testcluster
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/regent-registry/regent/client"
+	"github.com/regent-registry/regent/internal/daemon"
+	"github.com/regent-registry/regent/internal/naming"
+)
+
+// Persistent instances written through any node's API are listed on every
+// node; killing the Raft leader elects another, keeps every acknowledged
+// write, and writes go on through the survivors.
+func TestPersistentWritesSurviveLeaderKill(t *testing.T) {
+	c := Start(t, 3, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	svc := client.Service{Name: "tc-pers"}
+	key := naming.ServiceKey{Service: svc.Name}
+	leader := c.Leader(ctx)
+	var ips []string
+	for i := range 3 {
+		cl := c.Client(t, i)
+		ip := "10.62.0." + string(rune('1'+i))
+		if _, err := cl.RegisterPersistent(ctx, svc, client.Instance{IP: ip, Port: 80}); err != nil {
+			t.Fatalf("persistent register through %s: %v", c.Node(i).Name(), err)
+		}
+		ips = append(ips, ip)
+	}
+	for _, ip := range ips {
+		if err := c.WaitListed(ctx, key, ip, 80); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// members: one leader, two followers, as every node sees it.
+	ms, err := c.Client(t, (leader+1)%3).Members(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roles := map[string]int{}
+	for _, m := range ms {
+		roles[m.Raft]++
+	}
+	if roles["leader"] != 1 || roles["follower"] != 2 {
+		t.Fatalf("members report Raft roles %v", roles)
+	}
+
+	c.Kill(leader)
+	survivors := []int{(leader + 1) % 3, (leader + 2) % 3}
+	next := c.Leader(ctx)
+	if next < 0 || next == leader {
+		t.Fatalf("no new leader after the kill (got %d)", next)
+	}
+	cl := c.Client(t, survivors...)
+	if _, err := cl.RegisterPersistent(ctx, svc, client.Instance{IP: "10.62.0.9", Port: 80}); err != nil {
+		t.Fatalf("write after the leader was killed: %v", err)
+	}
+	for _, ip := range append(ips, "10.62.0.9") {
+		if err := c.WaitListed(ctx, key, ip, 80, survivors...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A linearizable read through a follower sees the last write.
+	follower := survivors[0]
+	if follower == next {
+		follower = survivors[1]
+	}
+	info, err := c.Client(t, follower).GetService(ctx, svc, client.Filter{Linearizable: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(info.Instances, func(in client.Instance) bool { return in.IP == "10.62.0.9" }) {
+		t.Fatalf("linearizable read on %s misses the acknowledged write: %+v", c.Node(follower).Name(), info.Instances)
+	}
+}
+
+// With --bootstrap-expect 3 on every node, nobody bootstraps until three
+// servers are up; then exactly one does, and all three are voters.
+func TestBootstrapExpectThree(t *testing.T) {
+	c := Start(t, 3, func(_ int, cfg *daemon.Config) { cfg.BootstrapExpect = 3 })
+	for i := range 3 {
+		voters := 0
+		for _, o := range c.Nodes() {
+			if r := c.Node(i).Raft().RoleOf(o.Name()); r == "leader" || r == "follower" {
+				voters++
+			}
+		}
+		if voters != 3 {
+			t.Fatalf("%s sees %d voters, want 3", c.Node(i).Name(), voters)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := c.Client(t, 2).RegisterPersistent(ctx, client.Service{Name: "tc-expect"}, client.Instance{IP: "10.62.1.1", Port: 80}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Two of three nodes killed: the survivor has no quorum, its writes fail
+// fast with Unavailable and change nothing it serves.
+func TestPersistentWriteWithoutQuorumIsUnavailable(t *testing.T) {
+	c := Start(t, 3, func(_ int, cfg *daemon.Config) { cfg.Raft.ApplyTimeout = time.Second })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c.Kill(0)
+	c.Kill(1)
+	cl := c.Client(t, 2)
+	svc := client.Service{Name: "tc-noquorum"}
+	_, err := cl.RegisterPersistent(ctx, svc, client.Instance{IP: "10.62.2.1", Port: 80})
+	if !errors.Is(err, client.ErrUnavailable) {
+		t.Fatalf("write without quorum: %v, want ErrUnavailable", err)
+	}
+	if c.Listed(2, naming.ServiceKey{Service: svc.Name}, "10.62.2.1", 80) {
+		t.Fatal("the refused write is listed")
+	}
+}
+
+// A subscriber is pushed persistent and ephemeral instances of a service in
+// one list, whichever nodes they were written on.
+func TestSubscriberGetsPersistentAndEphemeralTogether(t *testing.T) {
+	c := Start(t, 3, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	svc := client.Service{Name: "tc-mixed"}
+	w, err := c.Client(t, 2).Watch(ctx, svc, client.Filter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Client(t, 0).Register(ctx, svc, client.Instance{IP: "10.62.3.1", Port: 80}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Client(t, 1).RegisterPersistent(ctx, svc, client.Instance{IP: "10.62.3.2", Port: 80}); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		var info client.ServiceInfo
+		select {
+		case info = <-w.C():
+		case <-ctx.Done():
+			t.Fatal("no push with both instances")
+		}
+		kinds := map[string]bool{}
+		for _, in := range info.Instances {
+			kinds[in.IP] = in.Ephemeral
+		}
+		if e, ok := kinds["10.62.3.1"]; ok && e {
+			if p, ok := kinds["10.62.3.2"]; ok && !p {
+				return
+			}
+		}
+	}
+}
