@@ -17,7 +17,15 @@ import (
 type clusterNode struct {
 	name                  string
 	grpc, http, gossipAdr string
+	args                  []string
 	proc                  *proc
+}
+
+// restart starts the node's process again with the same flags (data dir
+// and addresses), after it was killed.
+func (n *clusterNode) restart(t *testing.T) {
+	t.Helper()
+	n.proc = startProc(t, n.args...)
 }
 
 // freeOn returns a free TCP port on ip (checked for UDP too, for gossip).
@@ -41,7 +49,7 @@ func freeOn(t *testing.T, ip string) string {
 	return ""
 }
 
-func startClusterNode(t *testing.T, i int, join string) *clusterNode {
+func startClusterNode(t *testing.T, i int, join string, extra ...string) *clusterNode {
 	t.Helper()
 	ip := fmt.Sprintf("127.0.0.%d", i)
 	n := &clusterNode{name: fmt.Sprintf("node%d", i), grpc: freeOn(t, ip), http: freeOn(t, ip), gossipAdr: freeOn(t, ip)}
@@ -51,7 +59,8 @@ func startClusterNode(t *testing.T, i int, join string) *clusterNode {
 	if join != "" {
 		args = append(args, "--join", join)
 	}
-	n.proc = startProc(t, args...)
+	n.args = append(args, extra...)
+	n.proc = startProc(t, n.args...)
 	return n
 }
 
@@ -178,5 +187,78 @@ func TestEndToEndThreeNodeCluster(t *testing.T) {
 	case <-mover.done:
 		t.Fatalf("the registering client exited: %v\n%s", mover.err, mover.out.String())
 	default:
+	}
+}
+
+// raftRoles counts the Raft roles in server's members list.
+func raftRoles(t *testing.T, server string) map[string]int {
+	roles := map[string]int{}
+	for _, m := range membersOf(t, server) {
+		if m.Status == "alive" {
+			roles[m.Raft]++
+		}
+	}
+	return roles
+}
+
+// Three processes formed with --bootstrap-expect 3; persistent instances
+// registered with the CLI through every node; every process is killed with
+// SIGKILL and started again on its data: every acknowledged write is listed
+// on every node, and exactly one node ever bootstrapped.
+func TestEndToEndPersistentSurvivesKillOfEveryNode(t *testing.T) {
+	n1 := startClusterNode(t, 1, "", "--bootstrap-expect", "3")
+	n2 := startClusterNode(t, 2, n1.gossipAdr, "--bootstrap-expect", "3")
+	n3 := startClusterNode(t, 3, n1.gossipAdr, "--bootstrap-expect", "3")
+	nodes := []*clusterNode{n1, n2, n3}
+	formed := func() bool {
+		for _, n := range nodes {
+			if r := raftRoles(t, n.grpc); r["leader"] != 1 || r["follower"] != 2 {
+				return false
+			}
+		}
+		return true
+	}
+	waitFor(t, "a Raft leader and two followers", 60*time.Second, formed)
+	var ips []string
+	for i := range 6 {
+		n := nodes[i%3]
+		ip := fmt.Sprintf("10.9.1.%d", i+1)
+		if out, err := runCLI(t, "register", "--persistent", "--server", n.grpc, "--service", "pers", "--ip", ip, "--port", "80"); err != nil {
+			t.Fatalf("persistent register through %s: %v\n%s", n.name, err, out)
+		}
+		ips = append(ips, ip)
+	}
+	for _, n := range nodes {
+		if err := n.proc.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		<-n.proc.done
+	}
+	before := ""
+	for _, n := range nodes {
+		before += n.proc.out.String()
+	}
+	for _, n := range nodes {
+		n.restart(t)
+	}
+	waitFor(t, "the cluster to re-form after kill -9 of every node", 60*time.Second, formed)
+	for _, n := range nodes {
+		for _, ip := range ips {
+			if !listed(t, n.grpc, "pers", ip) {
+				t.Fatalf("%s lost acknowledged write %s", n.name, ip)
+			}
+		}
+		waitFor(t, n.name+" ready", 30*time.Second, func() bool { return ready(n.http) })
+	}
+	after := ""
+	for _, n := range nodes {
+		after += n.proc.out.String()
+	}
+	if got := strings.Count(before+after, "bootstrapped the Raft cluster"); got != 1 {
+		t.Fatalf("%d bootstraps logged over both runs, want exactly 1", got)
+	}
+	// Writes go on after the restart.
+	if out, err := runCLI(t, "register", "--persistent", "--server", n3.grpc, "--service", "pers", "--ip", "10.9.1.99", "--port", "80"); err != nil {
+		t.Fatalf("write after the restart: %v\n%s", err, out)
 	}
 }
