@@ -107,7 +107,7 @@ Stop with Ctrl-C (or SIGTERM): clients are told to reconnect elsewhere.
 	f.DurationVar(&cfg.Distro.VerifyInterval, "distro-verify-interval", cfg.Distro.VerifyInterval, "how often each node verifies its clients with each peer")
 	f.DurationVar(&cfg.Distro.Expiry, "distro-expiry", cfg.Distro.Expiry, "remove a replicated client its owner has not confirmed for this long")
 	f.DurationVar(&cfg.Distro.OwnerGrace, "distro-owner-grace", cfg.Distro.OwnerGrace, "keep a dead or departed node's clients this long, for them to reconnect elsewhere")
-	f.IntVar(&cfg.BootstrapExpect, "bootstrap-expect", 0, "servers to wait for before bootstrapping Raft (cluster)")
+	f.IntVar(&cfg.BootstrapExpect, "bootstrap-expect", 0, "servers to wait for before one of them bootstraps Raft with all (0: 1 without --join, else wait to be added by the leader)")
 	f.StringVar(&cfg.LimitsFile, "limits", "", "JSON connection-limit rules, reloaded when the file changes")
 	f.BoolVar(&cfg.Pprof, "pprof", false, "serve /debug/pprof on the HTTP address")
 	f.BoolVar(&dev, "dev", false, "throwaway node: data in a temporary folder, no fsync")
