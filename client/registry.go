@@ -566,13 +566,47 @@ func (c *Client) Members(ctx context.Context) ([]Member, error) {
 type ServiceMeta struct {
 	ProtectThreshold float64           `json:"protect_threshold"`
 	Metadata         map[string]string `json:"metadata"`
+	// HealthCheck sets how the cluster checks the service's persistent
+	// instances; nil keeps the defaults (TCP every 5 s, 3 failures).
+	HealthCheck *HealthCheck `json:"health_check,omitempty"`
 }
 
-// UpdateServiceMetadata replaces a service's protection threshold and
-// metadata (health-check settings keep their defaults).
+// HealthCheck is a service's check of persistent instances. Zero fields
+// take their defaults.
+type HealthCheck struct {
+	// Type is "tcp" (default), "http" or "none".
+	Type               string `json:"type"`
+	HTTPPath           string `json:"http_path,omitempty"`
+	ExpectedStatus     int    `json:"expected_status,omitempty"`
+	IntervalMS         int    `json:"interval_ms,omitempty"`
+	UnhealthyThreshold int    `json:"unhealthy_threshold,omitempty"`
+	HealthyThreshold   int    `json:"healthy_threshold,omitempty"`
+}
+
+func (h *HealthCheck) proto() (*regentv1.HealthCheck, error) {
+	if h == nil {
+		return nil, nil
+	}
+	types := map[string]regentv1.HealthCheck_Type{"": regentv1.HealthCheck_TYPE_UNSPECIFIED, "tcp": regentv1.HealthCheck_TYPE_TCP,
+		"http": regentv1.HealthCheck_TYPE_HTTP, "none": regentv1.HealthCheck_TYPE_NONE}
+	t, ok := types[h.Type]
+	if !ok {
+		return nil, fmt.Errorf("%w: health check type %q (want tcp, http or none)", ErrInvalid, h.Type)
+	}
+	u := func(v int) uint32 { return uint32(max(0, v)) }
+	return &regentv1.HealthCheck{Type: t, HttpPath: h.HTTPPath, ExpectedStatus: u(h.ExpectedStatus), IntervalMs: u(h.IntervalMS),
+		UnhealthyThreshold: u(h.UnhealthyThreshold), HealthyThreshold: u(h.HealthyThreshold)}, nil
+}
+
+// UpdateServiceMetadata replaces a service's protection threshold,
+// metadata and health-check settings.
 func (c *Client) UpdateServiceMetadata(ctx context.Context, svc Service, m ServiceMeta) error {
+	hc, err := m.HealthCheck.proto()
+	if err != nil {
+		return err
+	}
 	return c.unary(ctx, func(ctx context.Context, rc regentv1.RegistryClient) error {
-		_, err := rc.UpdateServiceMetadata(ctx, &regentv1.UpdateServiceMetadataRequest{Service: svc.proto(), Meta: &regentv1.ServiceMeta{ProtectThreshold: m.ProtectThreshold, Metadata: m.Metadata}})
+		_, err := rc.UpdateServiceMetadata(ctx, &regentv1.UpdateServiceMetadataRequest{Service: svc.proto(), Meta: &regentv1.ServiceMeta{ProtectThreshold: m.ProtectThreshold, Metadata: m.Metadata, HealthCheck: hc}})
 		return err
 	})
 }

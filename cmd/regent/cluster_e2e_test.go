@@ -55,7 +55,8 @@ func startClusterNode(t *testing.T, i int, join string, extra ...string) *cluste
 	n := &clusterNode{name: fmt.Sprintf("node%d", i), grpc: freeOn(t, ip), http: freeOn(t, ip), gossipAdr: freeOn(t, ip)}
 	args := []string{"server", "--name", n.name, "--data-dir", t.TempDir(),
 		"--grpc-addr", n.grpc, "--http-addr", n.http, "--peer-addr", freeOn(t, ip), "--gossip-addr", n.gossipAdr,
-		"--raft-addr", freeOn(t, ip), "--gossip-profile", "local", "--log-level", "debug"}
+		"--raft-addr", freeOn(t, ip), "--gossip-profile", "local", "--log-level", "debug",
+		"--health-check-networks", "127.0.0.0/8"}
 	if join != "" {
 		args = append(args, "--join", join)
 	}

@@ -165,7 +165,7 @@ func startServer(t *testing.T) (grpcAddr, httpAddr string, p *proc) {
 	t.Helper()
 	grpcAddr, httpAddr = freeAddr(t), freeAddr(t)
 	p = startProc(t, "server", "--name", "e2e", "--data-dir", t.TempDir(), "--grpc-addr", grpcAddr, "--http-addr", httpAddr,
-		"--peer-addr", "127.0.0.1:0", "--gossip-addr", "127.0.0.1:0")
+		"--peer-addr", "127.0.0.1:0", "--gossip-addr", "127.0.0.1:0", "--raft-addr", "127.0.0.1:0", "--health-check-networks", "127.0.0.0/8")
 	waitFor(t, "readyz", 20*time.Second, func() bool {
 		resp, err := http.Get("http://" + httpAddr + "/readyz")
 		if err != nil {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -21,6 +22,7 @@ func newServerCmd() *cobra.Command {
 	cfg := daemon.DefaultConfig()
 	var (
 		bind, configFile, logFormat, logLevel, gossipKey string
+		healthNets                                       []string
 		dev                                              bool
 	)
 	cmd := &cobra.Command{
@@ -69,6 +71,13 @@ node (clients are told to reconnect elsewhere) and exits cleanly.`,
 					return fmt.Errorf("--gossip-key: %w", err)
 				}
 			}
+			for _, n := range healthNets {
+				p, err := netip.ParsePrefix(n)
+				if err != nil {
+					return fmt.Errorf("--health-check-networks: %w", err)
+				}
+				cfg.HealthNetworks = append(cfg.HealthNetworks, p)
+			}
 			cfg.Logger = logger
 			d, err := daemon.Start(cmd.Context(), cfg)
 			if err != nil {
@@ -108,6 +117,7 @@ Stop with Ctrl-C (or SIGTERM): clients are told to reconnect elsewhere.
 	f.DurationVar(&cfg.Distro.Expiry, "distro-expiry", cfg.Distro.Expiry, "remove a replicated client its owner has not confirmed for this long")
 	f.DurationVar(&cfg.Distro.OwnerGrace, "distro-owner-grace", cfg.Distro.OwnerGrace, "keep a dead or departed node's clients this long, for them to reconnect elsewhere")
 	f.IntVar(&cfg.BootstrapExpect, "bootstrap-expect", 0, "servers to wait for before one of them bootstraps Raft with all (0: 1 without --join, else wait to be added by the leader)")
+	f.StringSliceVar(&healthNets, "health-check-networks", nil, "only health-check persistent instances in these CIDRs (default: every instance)")
 	f.StringVar(&cfg.LimitsFile, "limits", "", "JSON connection-limit rules, reloaded when the file changes")
 	f.BoolVar(&cfg.Pprof, "pprof", false, "serve /debug/pprof on the HTTP address")
 	f.BoolVar(&dev, "dev", false, "throwaway node: data in a temporary folder, no fsync")

@@ -12,9 +12,11 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -27,9 +29,11 @@ import (
 	regentv1 "github.com/regent-registry/regent/proto/regent/v1"
 
 	"github.com/regent-registry/regent/ephemeral"
+	"github.com/regent-registry/regent/internal/naming"
 	"github.com/regent-registry/regent/internal/registry"
 	"github.com/regent-registry/regent/membership"
 	"github.com/regent-registry/regent/persistent"
+	"github.com/regent-registry/regent/persistent/health"
 	"github.com/regent-registry/regent/rpc"
 	"github.com/regent-registry/regent/storage"
 )
@@ -79,6 +83,14 @@ type Config struct {
 	// dead-server clean-up); identity, addresses and directories are set
 	// from the fields above.
 	Raft persistent.RaftConfig
+	// Health tunes the checks of persistent instances (rescan interval,
+	// probe timeout and concurrency); what it checks and who checks it is
+	// set by the node.
+	Health health.Config
+	// HealthNetworks, when not empty, fences the health checks: only
+	// persistent instances with an address in one of these networks are
+	// probed; the others keep the health they were registered with.
+	HealthNetworks []netip.Prefix
 	// LimitsFile holds connection limit rules, reloaded on change; "" = unlimited.
 	LimitsFile string
 	// Pprof serves /debug/pprof on the HTTP endpoint.
@@ -111,6 +123,7 @@ func DefaultConfig() Config {
 		GossipProfile: "lan",
 		Distro:        ephemeral.DefaultConfig(),
 		Raft:          persistent.DefaultRaftConfig(),
+		Health:        health.DefaultConfig(),
 	}
 }
 
@@ -126,6 +139,9 @@ func DefaultLocalConfig(name, dataDir string) Config {
 	c.GossipProfile = "local"
 	c.Distro = ephemeral.DefaultLocalConfig()
 	c.Raft = persistent.DefaultLocalRaftConfig()
+	c.Health.RescanInterval = 100 * time.Millisecond
+	// Tests register made-up addresses; only loopback is ever probed.
+	c.HealthNetworks = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
 	return c
 }
 
@@ -204,6 +220,7 @@ type Daemon struct {
 	logger   *slog.Logger
 	db       *storage.DB
 	raft     *persistent.Store
+	health   *health.Checker
 	servers  raftMembers
 	reg      *registry.Registry
 	distro   *ephemeral.Distro
@@ -263,6 +280,18 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 		return nil, err
 	}
 	d.raft.SetObserver(d.reg.Changed)
+	hc := cfg.Health
+	hc.Self, hc.Members, hc.Source, hc.Writer = cfg.Name, d.servers.aliveNames, healthSource{d.raft}, d.raft
+	hc.Logger = logger
+	if nets := cfg.HealthNetworks; len(nets) > 0 {
+		hc.Probeable = func(ip string) bool {
+			a, err := netip.ParseAddr(ip)
+			return err == nil && slices.ContainsFunc(nets, func(p netip.Prefix) bool { return p.Contains(a.Unmap()) })
+		}
+	}
+	if d.health, err = health.New(hc); err != nil {
+		return nil, fmt.Errorf("daemon: %w", err)
+	}
 	if cfg.LimitsFile != "" {
 		if d.limits, err = rpc.NewLimitWatcher(cfg.LimitsFile, logger); err != nil {
 			return nil, fmt.Errorf("daemon: limits file: %w", err)
@@ -330,6 +359,7 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	d.distro.Start(runCtx)
 	d.gossip.Subscribe(memberFollower{d.distro, d.raft})
 	d.goFunc(func() { d.reg.Run(runCtx) })
+	d.goFunc(func() { d.health.Run(runCtx) })
 	d.goFunc(func() { d.rpc.Sessions().Run(runCtx) })
 	if d.limits != nil {
 		d.goFunc(func() { d.limits.Run(runCtx, time.Second) })
@@ -445,6 +475,9 @@ func (d *Daemon) Distro() *ephemeral.Distro { return d.distro }
 
 // Raft returns the node's persistent store (Raft over bbolt).
 func (d *Daemon) Raft() *persistent.Store { return d.raft }
+
+// Health returns the node's checker of persistent instances.
+func (d *Daemon) Health() *health.Checker { return d.health }
 
 // Gossip returns the node's membership.
 func (d *Daemon) Gossip() *membership.Cluster { return d.gossip }
@@ -652,4 +685,34 @@ func (r *raftMembers) SetHasState() {
 		// effort (a lone node has nobody to tell).
 		_ = g.UpdateMeta(meta, time.Second)
 	})
+}
+
+// aliveNames lists the servers gossip reports alive: the nodes among which
+// the health checks of persistent instances are shared.
+func (r *raftMembers) aliveNames() []string {
+	var out []string
+	for _, s := range r.Servers() {
+		if s.Status == persistent.ServerAlive {
+			out = append(out, s.ID)
+		}
+	}
+	return out
+}
+
+// healthSource shows the health checker the persistent state with each
+// service's check settings.
+type healthSource struct{ st *persistent.Store }
+
+func (h healthSource) Services() ([]naming.ServiceKey, error) { return h.st.Services() }
+
+func (h healthSource) Service(key naming.ServiceKey) ([]naming.Instance, naming.HealthCheck, error) {
+	ps, err := h.st.Service(key)
+	if err != nil {
+		return nil, naming.HealthCheck{}, err
+	}
+	check := naming.DefaultHealthCheck()
+	if ps.HasMeta {
+		check = ps.Meta.HealthCheck.WithDefaults()
+	}
+	return ps.Instances, check, nil
 }
