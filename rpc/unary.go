@@ -104,7 +104,9 @@ func (s *Server) GetService(ctx context.Context, r *regentv1.GetServiceRequest) 
 }
 
 // barrier is the persistent side's read barrier (persistent.Store).
-type barrier interface{ Barrier(ctx context.Context) error }
+type barrier interface {
+	Barrier(ctx context.Context) error
+}
 
 // ListServices pages through services.
 func (s *Server) ListServices(_ context.Context, r *regentv1.ListServicesRequest) (*regentv1.ListServicesResponse, error) {
