@@ -154,3 +154,52 @@ func TestSubscriberGetsPersistentAndEphemeralTogether(t *testing.T) {
 		}
 	}
 }
+
+// A node stopped gracefully (the leader, the hardest case) hands its
+// leadership over and is removed from the Raft configuration; a node killed
+// is removed once dead for the clean-up time, while a quorum remains.
+func TestRaftConfigurationFollowsLeaveAndDeath(t *testing.T) {
+	c := Start(t, 4, func(_ int, cfg *daemon.Config) { cfg.Raft.DeadServerCleanup = 2 * time.Second })
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	gone := func(name string, nodes ...int) {
+		t.Helper()
+		for _, i := range nodes {
+			for c.Node(i).Raft().RoleOf(name) != "none" {
+				select {
+				case <-ctx.Done():
+					t.Fatalf("%s still has %s in its Raft configuration", c.Node(i).Name(), name)
+				case <-time.After(10 * time.Millisecond):
+				}
+			}
+		}
+	}
+	leader := c.Leader(ctx)
+	name := c.Node(leader).Name()
+	c.Stop(leader)
+	var rest []int
+	for i := range 4 {
+		if i != leader {
+			rest = append(rest, i)
+		}
+	}
+	gone(name, rest...)
+	// Three voters left; kill one: it is removed after the clean-up time
+	// (two healthy voters are a quorum of the two that remain).
+	dead := rest[0]
+	if c.Node(dead).Raft().Role() == "leader" {
+		dead = rest[1]
+	}
+	deadName := c.Node(dead).Name()
+	c.Kill(dead)
+	var live []int
+	for _, i := range rest {
+		if i != dead {
+			live = append(live, i)
+		}
+	}
+	gone(deadName, live...)
+	if _, err := c.Client(t, live...).RegisterPersistent(ctx, client.Service{Name: "tc-shrunk"}, client.Instance{IP: "10.62.4.1", Port: 80}); err != nil {
+		t.Fatalf("write on the two remaining voters: %v", err)
+	}
+}

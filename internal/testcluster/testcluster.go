@@ -177,6 +177,17 @@ func (c *Cluster) Kill(i int) {
 	d.Shutdown(ctx)
 }
 
+// Stop shuts node i down gracefully, as SIGTERM does: sessions are told to
+// move, a Raft leader hands over, and gossip announces the leave.
+func (c *Cluster) Stop(i int) {
+	c.mu.Lock()
+	c.killed[i] = true
+	c.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c.nodes[i].Shutdown(ctx)
+}
+
 // Addrs returns the gRPC addresses of the given nodes, or of every node
 // when none is given.
 func (c *Cluster) Addrs(nodes ...int) []string {
