@@ -14,8 +14,9 @@ import (
 // make every node store and replay a huge entry.
 const MaxCommandBytes = 1 << 20
 
-// MaxInstancesPerCommand caps the instances of one Register.
-const MaxInstancesPerCommand = 1000
+// MaxInstancesPerCommand caps the instances of one Register: the API's
+// batch limit.
+const MaxInstancesPerCommand = naming.MaxBatch
 
 // Op is what a command does.
 type Op string

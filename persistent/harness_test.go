@@ -94,7 +94,7 @@ func (c *tcluster) start(i int) {
 	if err := os.MkdirAll(nd.dir, 0o700); err != nil {
 		c.t.Fatal(err)
 	}
-	db, err := storage.Open(filepath.Join(nd.dir, "state.db"), storage.Options{NoSync: true})
+	db, err := OpenState(filepath.Join(nd.dir, "state.db"), testLogger(c.t))
 	if err != nil {
 		c.t.Fatal(err)
 	}

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -114,6 +115,9 @@ type RaftConfig struct {
 	// voters remains without it. A server that left gracefully is removed
 	// at once.
 	DeadServerCleanup time.Duration
+	// StateSyncInterval is how often the FSM's state (opened by OpenState
+	// without fsync per commit) is flushed to disk.
+	StateSyncInterval time.Duration
 	// Forwarder reaches the leader. Required in a cluster.
 	Forwarder Forwarder
 	// Membership feeds the reconciler; nil for a store driven only by
@@ -132,7 +136,7 @@ func DefaultRaftConfig() RaftConfig {
 	return RaftConfig{
 		HeartbeatTimeout:   500 * time.Millisecond,
 		ElectionTimeout:    500 * time.Millisecond,
-		LeaderLeaseTimeout: 250 * time.Millisecond,
+		LeaderLeaseTimeout: 500 * time.Millisecond,
 		CommitTimeout:      20 * time.Millisecond,
 		SnapshotInterval:   2 * time.Minute,
 		SnapshotThreshold:  16384,
@@ -140,6 +144,7 @@ func DefaultRaftConfig() RaftConfig {
 		ApplyTimeout:       5 * time.Second,
 		ReconcileInterval:  time.Second,
 		DeadServerCleanup:  time.Minute,
+		StateSyncInterval:  time.Second,
 	}
 }
 
@@ -170,8 +175,8 @@ func (c *RaftConfig) Validate() error {
 	if c.BootstrapExpect < 0 {
 		errs = append(errs, errors.New("bootstrap-expect must not be negative"))
 	}
-	if c.ApplyTimeout <= 0 || c.ReconcileInterval <= 0 || c.DeadServerCleanup <= 0 {
-		errs = append(errs, errors.New("apply timeout, reconcile interval and dead-server clean-up must be positive"))
+	if c.ApplyTimeout <= 0 || c.ReconcileInterval <= 0 || c.DeadServerCleanup <= 0 || c.StateSyncInterval <= 0 {
+		errs = append(errs, errors.New("apply timeout, reconcile interval, dead-server clean-up and state sync interval must be positive"))
 	}
 	if c.LeaderLeaseTimeout > c.HeartbeatTimeout || c.HeartbeatTimeout <= 0 || c.ElectionTimeout < c.HeartbeatTimeout {
 		errs = append(errs, errors.New("raft timeouts must satisfy 0 < leader lease <= heartbeat <= election"))
@@ -201,10 +206,20 @@ type Store struct {
 	mu        sync.Mutex
 	readyTerm uint64
 
+	// leaderC is closed and replaced whenever raft observes a leader
+	// change, so waiters for a leader wake at once (guarded by leaderMu).
+	leaderMu sync.Mutex
+	leaderC  chan struct{}
+
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	kick   chan struct{}
 	once   sync.Once
+
+	// bootstraps counts calls of Bootstrap and rounds the reconciler's
+	// passes over membership (observability for tests).
+	bootstraps atomic.Int32
+	rounds     atomic.Int64
 }
 
 var _ registry.Persistent = (*Store)(nil)
@@ -224,7 +239,7 @@ func OpenRaft(cfg RaftConfig, db *storage.DB) (*Store, error) {
 		cfg.Now = time.Now
 	}
 	logger = logger.With("component", "raft")
-	s := &Store{reader: reader{db}, cfg: cfg, logger: logger, fsm: NewFSM(db, logger), kick: make(chan struct{}, 1)}
+	s := &Store{reader: reader{db}, cfg: cfg, logger: logger, fsm: NewFSM(db, logger), kick: make(chan struct{}, 1), leaderC: make(chan struct{})}
 	ok := false
 	defer func() {
 		if !ok {
@@ -273,8 +288,16 @@ func OpenRaft(cfg RaftConfig, db *storage.DB) (*Store, error) {
 	ok = true
 	ctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
-	s.wg.Add(1)
+	obs := make(chan raft.Observation, 16)
+	observer := raft.NewObserver(obs, false, func(o *raft.Observation) bool {
+		_, ok := o.Data.(raft.LeaderObservation)
+		return ok
+	})
+	s.raft.RegisterObserver(observer)
+	s.wg.Add(3)
+	go func() { defer s.wg.Done(); defer s.raft.DeregisterObserver(observer); s.runLeaderWatch(ctx, obs) }()
 	go func() { defer s.wg.Done(); s.runReconcile(ctx) }()
+	go func() { defer s.wg.Done(); s.runStateSync(ctx) }()
 	return s, nil
 }
 
@@ -322,6 +345,7 @@ func (s *Store) HasState() bool {
 // address). It fails when the node already has state. The reconciler calls
 // it; tests may call it directly.
 func (s *Store) Bootstrap(servers map[string]string) error {
+	s.bootstraps.Add(1)
 	cfg := raft.Configuration{}
 	for id, addr := range servers {
 		cfg.Servers = append(cfg.Servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(id), Address: raft.ServerAddress(addr)})
@@ -460,6 +484,7 @@ func viaLeader[T any](s *Store, ctx context.Context, what string, local func(con
 	wait := 5 * time.Millisecond
 	var last error
 	for {
+		changed := s.leaderChanged()
 		if s.raft.State() == raft.Leader {
 			v, err := local(ctx)
 			if !errors.Is(err, ErrNotLeader) {
@@ -485,6 +510,7 @@ func viaLeader[T any](s *Store, ctx context.Context, what string, local func(con
 				last = errors.New("no Raft leader is known: the cluster has no quorum or is still electing")
 			}
 			return zero, fmt.Errorf("%w: %s not served within %v: %w", ErrUnavailable, what, s.cfg.ApplyTimeout, last)
+		case <-changed:
 		case <-time.After(wait):
 			wait = min(2*wait, 100*time.Millisecond)
 		}
@@ -585,6 +611,7 @@ func (s *Store) runReconcile(ctx context.Context) {
 			} else {
 				clear(deadSince)
 			}
+			s.rounds.Add(1)
 		}
 		select {
 		case <-ctx.Done():
@@ -706,6 +733,44 @@ func (s *Store) reconcile(deadSince map[string]time.Time) {
 
 // ---------------------------------------------------------------------------
 
+// runLeaderWatch wakes the waiters for a leader on every leader change.
+func (s *Store) runLeaderWatch(ctx context.Context, obs <-chan raft.Observation) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-obs:
+			s.leaderMu.Lock()
+			close(s.leaderC)
+			s.leaderC = make(chan struct{})
+			s.leaderMu.Unlock()
+		}
+	}
+}
+
+// leaderChanged returns a channel closed at the next leader change.
+func (s *Store) leaderChanged() <-chan struct{} {
+	s.leaderMu.Lock()
+	defer s.leaderMu.Unlock()
+	return s.leaderC
+}
+
+// runStateSync flushes the FSM's state to disk every StateSyncInterval.
+func (s *Store) runStateSync(ctx context.Context) {
+	t := time.NewTicker(s.cfg.StateSyncInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := s.db.Sync(); err != nil && !errors.Is(err, storage.ErrClosed) {
+				s.logger.Warn("syncing the state to disk", "err", err)
+			}
+		}
+	}
+}
+
 // Leave, on a graceful stop: a leader hands leadership over first, so the
 // cluster does not wait out an election; the new leader removes this node
 // once gossip reports it left.
@@ -727,6 +792,9 @@ func (s *Store) Close() error {
 		s.wg.Wait()
 		if s.raft != nil {
 			err = s.raft.Shutdown().Error()
+		}
+		if serr := s.db.Sync(); serr != nil && !errors.Is(serr, storage.ErrClosed) {
+			err = errors.Join(err, serr)
 		}
 		s.closeStores()
 	})

@@ -27,6 +27,10 @@ type Options struct {
 	// transactions (raft replays them from its log). For tests and
 	// benchmarks.
 	NoSync bool
+	// NoFreelistSync skips writing bbolt's freelist on every commit (it is
+	// rebuilt by scanning on open): fewer pages per commit, for a write-heavy
+	// state.
+	NoFreelistSync bool
 	// Timeout is how long Open waits for the file lock held by another
 	// process; 0 means DefaultTimeout, a negative value waits forever.
 	Timeout time.Duration
@@ -40,7 +44,11 @@ func (o Options) boltOptions() *bolt.Options {
 	case timeout < 0:
 		timeout = 0 // bbolt: wait forever
 	}
-	return &bolt.Options{Timeout: timeout, NoSync: o.NoSync}
+	bo := &bolt.Options{Timeout: timeout, NoSync: o.NoSync, NoFreelistSync: o.NoFreelistSync}
+	if o.NoFreelistSync {
+		bo.FreelistType = bolt.FreelistMapType
+	}
+	return bo
 }
 
 // DB is the store. It is safe for concurrent use.
@@ -124,6 +132,20 @@ func (db *DB) Close() error {
 	db.bolt = nil
 	if err != nil {
 		return fmt.Errorf("storage: close: %w", err)
+	}
+	return nil
+}
+
+// Sync flushes the file to disk (fdatasync): for a DB opened with NoSync,
+// whose commits then reach the disk in batches.
+func (db *DB) Sync() error {
+	db.mu.RLock()
+	defer db.mu.RUnlock()
+	if db.bolt == nil {
+		return ErrClosed
+	}
+	if err := db.bolt.Sync(); err != nil {
+		return fmt.Errorf("storage: sync: %w", err)
 	}
 	return nil
 }
