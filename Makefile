@@ -3,7 +3,7 @@ SHELL := /bin/bash
 GO ?= go
 BIN := bin/regent
 
-.PHONY: help build run test test-short proto check-generate bench fmt vet lint clean
+.PHONY: help build run test test-short proto check-generate bench fuzz fmt vet lint clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -37,6 +37,15 @@ bench: build ## figures for BENCHMARKS.md: regent bench (beside the no-op ceilin
 .PHONY: bench-cluster
 bench-cluster: ## cluster figures for BENCHMARKS.md: convergence, removal, verify cost, owner killed (3 in-process nodes, ~1.5 min)
 	$(GO) test -run '^$$' -bench '^BenchmarkCluster' -benchtime 1x -timeout 10m ./internal/bench/
+
+.PHONY: bench-raft
+bench-raft: ## persistent figures for BENCHMARKS.md: register beside bare raft, failover, restart with 1M instances (~2 min)
+	$(GO) test -run '^$$' -bench '^BenchmarkRaft' -benchtime 1x -timeout 30m ./persistent/
+
+fuzz: ## run every fuzz target for FUZZTIME each (default 30s)
+	for pkg_target in ./persistent/:FuzzDecodeCommand ./rpc/:FuzzDecodePeerSync ./rpc/:FuzzDecodePeerVerify ./rpc/:FuzzParseLimitRules; do \
+	  $(GO) test -run '^$$' -fuzz "^$${pkg_target#*:}$$" -fuzztime $${FUZZTIME:-30s} "$${pkg_target%%:*}"; \
+	done
 
 fmt: ## gofmt everything
 	gofmt -w $$(git ls-files '*.go')

@@ -2,7 +2,7 @@ package persistent
 
 // Raft benchmarks. Every figure is printed beside its baseline from the same
 // run (b.ReportMetric and a b.Logf line); none has a pass/fail threshold.
-// Run them (the bench-raft target wanted in the Makefile) with:
+// Run them (make bench-raft) with:
 //
 //	go test -run '^$' -bench '^BenchmarkRaft' -benchtime 1x -timeout 30m ./persistent/
 //
