@@ -12,7 +12,7 @@ build: ## build bin/regent (static)
 	CGO_ENABLED=0 $(GO) build -o $(BIN) ./cmd/regent
 
 run: build ## start one Regent node with data in ./regent-data
-	$(BIN) server --data-dir ./regent-data
+	$(BIN) server --data-dir ./regent-data --health-check-networks 127.0.0.0/8
 
 test: ## every test, race detector on
 	$(GO) vet ./...
