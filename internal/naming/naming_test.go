@@ -2,6 +2,7 @@ package naming
 
 import (
 	"errors"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -163,5 +164,21 @@ func TestSelectProtectionThreshold(t *testing.T) {
 	_, prot = Select(all, Filter{}, 0.9)
 	if prot {
 		t.Fatal("protection reported without healthy-only")
+	}
+}
+
+// The byte sets accept exactly what their regular expressions accept.
+func TestCharsetsMatchTheirRegexps(t *testing.T) {
+	for _, c := range []*charset{nameRE, serviceRE, clientIDRE} {
+		re := regexp.MustCompile(c.String())
+		inputs := []string{"", "a", "A-b_c.d", "svc:x@@y", "a b", "ü", "a/b", "-", "x\x00"}
+		for b := range 256 {
+			inputs = append(inputs, string([]byte{byte(b)}), "ok"+string([]byte{byte(b)}))
+		}
+		for _, in := range inputs {
+			if got, want := c.MatchString(in), re.MatchString(in); got != want {
+				t.Fatalf("%s on %q: %v, regexp says %v", c, in, got, want)
+			}
+		}
 	}
 }

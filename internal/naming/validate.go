@@ -28,11 +28,11 @@ const (
 
 var (
 	// Namespace, group and cluster: letters, digits and . _ -
-	nameRE = regexp.MustCompile(`^[A-Za-z0-9._-]+$`)
+	nameRE = newCharset("._-")
 	// Service names also allow ':' and '@' (Nacos users put "group@@name" or
 	// "providers:com.x:1.0" in them).
-	serviceRE  = regexp.MustCompile(`^[A-Za-z0-9._:@-]+$`)
-	clientIDRE = regexp.MustCompile(`^[A-Za-z0-9._:-]+$`)
+	serviceRE  = newCharset("._:@-")
+	clientIDRE = newCharset("._:-")
 	hostRE     = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$`)
 )
 
@@ -40,7 +40,42 @@ func invalid(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrInvalid, fmt.Sprintf(format, args...))
 }
 
-func checkName(what, v string, re *regexp.Regexp, max int) error {
+// charset is a set of allowed bytes: letters, digits and some punctuation.
+// It matches what ^[A-Za-z0-9<extra>]+$ matches, without a regexp on the
+// hot path of every write.
+type charset struct {
+	ok    [256]bool
+	extra string
+}
+
+func newCharset(extra string) *charset {
+	c := &charset{extra: extra}
+	for b := '0'; b <= '9'; b++ {
+		c.ok[b] = true
+	}
+	for b := 'a'; b <= 'z'; b++ {
+		c.ok[b], c.ok[b-'a'+'A'] = true, true
+	}
+	for i := range len(extra) {
+		c.ok[extra[i]] = true
+	}
+	return c
+}
+
+// MatchString reports whether v is non-empty and made of allowed bytes.
+func (c *charset) MatchString(v string) bool {
+	for i := range len(v) {
+		if !c.ok[v[i]] {
+			return false
+		}
+	}
+	return v != ""
+}
+
+// String renders the set as the equivalent regular expression.
+func (c *charset) String() string { return "^[A-Za-z0-9" + c.extra + "]+$" }
+
+func checkName(what, v string, re *charset, max int) error {
 	if v == "" {
 		return invalid("%s is empty", what)
 	}
