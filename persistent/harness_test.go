@@ -184,7 +184,7 @@ func (c *tcluster) waitLeader() int {
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
 		for i, nd := range c.nodes {
-			if c.isUp(i) && !c.isCut(nd.id) && nd.store.Raft().State() == raft.Leader {
+			if c.isUp(i) && !c.isCut(nd.id) && nd.store.Raft().State() == raft.Leader && leaderSettled(nd.store) {
 				return i
 			}
 		}
@@ -192,6 +192,14 @@ func (c *tcluster) waitLeader() int {
 	}
 	c.t.Fatal("no leader within 10 s")
 	return -1
+}
+
+// leaderSettled: the leader has appended the first entry of its term (the
+// no-op raft writes on election, just after the node turns leader), so its
+// log no longer grows by itself.
+func leaderSettled(s *Store) bool {
+	var l raft.Log
+	return s.logs.GetLog(s.Raft().LastIndex(), &l) == nil && l.Term == s.Raft().CurrentTerm()
 }
 
 func (c *tcluster) isCut(id string) bool {

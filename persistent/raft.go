@@ -30,6 +30,11 @@ var (
 	// ErrUnavailable: the write or linearizable read cannot be served now
 	// (no leader, no quorum, leadership lost while waiting, shutting down).
 	ErrUnavailable = errors.New("persistent: unavailable")
+	// ErrOutcomeUnknown wraps ErrUnavailable for a write that reached the
+	// leader's log but was not confirmed (leadership lost, or the wait
+	// gave up): it may still be applied. Such a write is never retried by
+	// the store, which would risk applying it twice.
+	ErrOutcomeUnknown = fmt.Errorf("%w: outcome unknown", ErrUnavailable)
 	// ErrNotLeader: a forwarded write or read barrier reached a node that
 	// is not the leader (the sender retries with the leader it knows).
 	ErrNotLeader = errors.New("persistent: not the Raft leader")
@@ -212,6 +217,7 @@ type Store struct {
 	leaderC  chan struct{}
 
 	cancel context.CancelFunc
+	closed <-chan struct{} // closed when Close begins
 	wg     sync.WaitGroup
 	kick   chan struct{}
 	once   sync.Once
@@ -287,7 +293,7 @@ func OpenRaft(cfg RaftConfig, db *storage.DB) (*Store, error) {
 	}
 	ok = true
 	ctx, cancel := context.WithCancel(context.Background())
-	s.cancel = cancel
+	s.cancel, s.closed = cancel, ctx.Done()
 	obs := make(chan raft.Observation, 16)
 	observer := raft.NewObserver(obs, false, func(o *raft.Observation) bool {
 		_, ok := o.Data.(raft.LeaderObservation)
@@ -451,8 +457,8 @@ func (s *Store) applyLocal(ctx context.Context, data []byte) (Result, error) {
 		timeout = min(timeout, time.Until(dl))
 	}
 	f := s.raft.Apply(data, timeout)
-	if err := f.Error(); err != nil {
-		return Result{}, raftError(err)
+	if err := s.await(ctx, f, nil); err != nil {
+		return Result{}, err
 	}
 	r, ok := f.Response().(applyResult)
 	if !ok {
@@ -461,13 +467,37 @@ func (s *Store) applyLocal(ctx context.Context, data []byte) (Result, error) {
 	return r.Result, r.Err
 }
 
+// await waits for a raft future, but not past ctx nor, if closing is not
+// nil, past it: raft may never answer a future it holds when it shuts down
+// (a VerifyLeader still in its buffered channel, an entry committed but not
+// yet applied), and its Error would then block forever. Raft's errors are
+// mapped by raftError; giving up is ErrUnavailable. Writes pass no closing
+// channel: raft may still answer them while it shuts down, and an early,
+// ambiguous failure would be retried by the follower that forwarded the
+// write, applying it twice.
+func (s *Store) await(ctx context.Context, f raft.Future, closing <-chan struct{}) error {
+	done := make(chan error, 1)
+	go func() { done <- f.Error() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			return raftError(err)
+		}
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("%w: gave up waiting for raft (the operation may or may not take effect): %w", ErrOutcomeUnknown, context.Cause(ctx))
+	case <-closing:
+		return fmt.Errorf("%w: the store is closing: %w", ErrUnavailable, raft.ErrRaftShutdown)
+	}
+}
+
 // raftError maps raft's errors to the store's.
 func raftError(err error) error {
 	switch {
 	case errors.Is(err, raft.ErrNotLeader):
 		return fmt.Errorf("%w: %w", ErrNotLeader, err)
 	case errors.Is(err, raft.ErrLeadershipLost):
-		return fmt.Errorf("%w: leadership lost while writing (no quorum?); the write may or may not be applied: %w", ErrUnavailable, err)
+		return fmt.Errorf("%w: leadership lost while writing (no quorum?); the write may or may not be applied: %w", ErrOutcomeUnknown, err)
 	case errors.Is(err, raft.ErrEnqueueTimeout), errors.Is(err, raft.ErrRaftShutdown), errors.Is(err, raft.ErrAbortedByRestore):
 		return fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
@@ -496,7 +526,7 @@ func viaLeader[T any](s *Store, ctx context.Context, what string, local func(con
 				return zero, fmt.Errorf("%w: %s: not the leader and no way to reach %s", ErrUnavailable, what, leader)
 			}
 			v, err := remote(ctx, leader)
-			if !errors.Is(err, ErrNotLeader) && !errors.Is(err, ErrUnavailable) {
+			if !errors.Is(err, ErrNotLeader) && (!errors.Is(err, ErrUnavailable) || errors.Is(err, ErrOutcomeUnknown)) {
 				return v, err
 			}
 			last = err
@@ -538,6 +568,8 @@ func (s *Store) Barrier(ctx context.Context) error {
 		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("%w: waiting to apply index %d: %w", ErrUnavailable, idx, ctx.Err())
+	case <-s.closed:
+		return fmt.Errorf("%w: the store is closing: %w", ErrUnavailable, raft.ErrRaftShutdown)
 	}
 }
 
@@ -549,36 +581,57 @@ func (s *Store) HandleReadIndex(ctx context.Context) (uint64, error) {
 	return s.readIndex(ctx)
 }
 
-// readIndex, on the leader: once per term it commits a barrier entry and
-// waits until its FSM has applied everything before it (a new leader may
-// not have applied what earlier leaders acknowledged); then it confirms its
-// leadership with a quorum and returns its FSM's applied index. Every
-// write acknowledged so far is at or below that index: by this leader
-// only after its FSM applied it, by earlier ones before the barrier. The
-// index is that of a command entry, so a follower's FSM reaches it
-// (raft's own commit and applied indexes may point at entries the FSM
-// never sees: barriers, no-ops, configurations).
+// readIndex, on the leader: once per term it commits a barrier entry (a
+// new leader's commit index covers what earlier leaders committed only
+// once it committed an entry of its own term); then it takes its commit
+// index and confirms its leadership with a quorum. Every write committed
+// before the read began is at or below that index: acknowledged, or not
+// yet but already applied, and so seen, on some follower, whose FSM can
+// run ahead of the leader's. (The leader's own applied index is not
+// enough: it may lag what a follower has already served.) The index
+// returned is that of the last entry at or below the commit index that
+// the FSM applies, so every node's FSM reaches it (raft's commit index
+// may point at entries the FSM never sees: barriers, no-ops).
 func (s *Store) readIndex(ctx context.Context) (uint64, error) {
 	term := s.raft.CurrentTerm()
 	s.mu.Lock()
 	ready := s.readyTerm == term
 	s.mu.Unlock()
 	if !ready {
-		if err := s.raft.Barrier(s.cfg.ApplyTimeout).Error(); err != nil {
-			return 0, raftError(err)
+		if err := s.await(ctx, s.raft.Barrier(s.cfg.ApplyTimeout), s.closed); err != nil {
+			return 0, err
 		}
 		s.mu.Lock()
 		s.readyTerm = term
 		s.mu.Unlock()
 	}
-	idx := s.fsm.AppliedIndex()
-	if err := s.raft.VerifyLeader().Error(); err != nil {
-		return 0, raftError(err)
+	commit := s.raft.CommitIndex()
+	if err := s.await(ctx, s.raft.VerifyLeader(), s.closed); err != nil {
+		return 0, err
 	}
 	if s.raft.CurrentTerm() != term {
 		return 0, fmt.Errorf("%w: term changed during a read barrier", ErrNotLeader)
 	}
-	return idx, nil
+	return s.lastFSMEntry(commit)
+}
+
+// lastFSMEntry returns the index of the last entry at or below i that the
+// FSM applies (a command or a configuration), or the FSM's applied index
+// when that is already past i.
+func (s *Store) lastFSMEntry(i uint64) (uint64, error) {
+	for ; i > s.fsm.AppliedIndex(); i-- {
+		var l raft.Log
+		if err := s.logs.GetLog(i, &l); err != nil {
+			if a := s.fsm.AppliedIndex(); a >= i {
+				return a, nil // applied, then compacted away meanwhile
+			}
+			return 0, fmt.Errorf("%w: read barrier: log entry %d: %w", ErrUnavailable, i, err)
+		}
+		if l.Type == raft.LogCommand || l.Type == raft.LogConfiguration {
+			return i, nil
+		}
+	}
+	return s.fsm.AppliedIndex(), nil
 }
 
 // ---------------------------------------------------------------------------

@@ -2,6 +2,7 @@ package rpc
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"google.golang.org/grpc/codes"
@@ -33,6 +34,11 @@ func (s raftServer) Apply(ctx context.Context, p *clusterv1.ApplyRequest) (*clus
 		return nil, status.Errorf(codes.InvalidArgument, "command of %d bytes, at most %d allowed", len(p.GetCommand()), persistent.MaxCommandBytes)
 	}
 	res, err := s.h.HandleApply(ctx, p.GetCommand())
+	if errors.Is(err, persistent.ErrOutcomeUnknown) {
+		// Distinct from UNAVAILABLE, so that the sender does not retry
+		// a write that may be applied.
+		return nil, status.Error(codes.Aborted, err.Error())
+	}
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -92,7 +98,11 @@ func raftCallError(leader, what string, err error) error {
 		return fmt.Errorf("%w: %s forwarded to %s: %s", persistent.ErrNotLeader, what, leader, msg)
 	case codes.InvalidArgument:
 		return fmt.Errorf("%w: %s refused by the leader %s: %s", naming.ErrInvalid, what, leader, msg)
-	case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled:
+	case codes.Aborted, codes.DeadlineExceeded, codes.Canceled:
+		// The leader had the write (or may have had it) when the call
+		// ended: it may be applied.
+		return fmt.Errorf("%w: %s forwarded to %s: %s", persistent.ErrOutcomeUnknown, what, leader, msg)
+	case codes.Unavailable:
 		return fmt.Errorf("%w: %s forwarded to %s: %s", persistent.ErrUnavailable, what, leader, msg)
 	}
 	return fmt.Errorf("rpc: %s forwarded to %s: %w", what, leader, err)
