@@ -23,6 +23,7 @@ var _ registry.Persistent = (*Local)(nil)
 // acknowledged write has been fsynced (unless the DB was opened with NoSync).
 type Local struct {
 	reader
+	writes
 
 	// mu guards observer and closed.
 	mu       sync.RWMutex
@@ -31,7 +32,11 @@ type Local struct {
 }
 
 // NewLocal returns a Local over an open DB.
-func NewLocal(db *storage.DB) *Local { return &Local{reader: reader{db}} }
+func NewLocal(db *storage.DB) *Local {
+	l := &Local{reader: reader{db}}
+	l.writes = writes{l.exec}
+	return l
+}
 
 // SetObserver sets the change observer (the registry's Changed).
 func (l *Local) SetObserver(o Observer) {
@@ -77,29 +82,4 @@ func (l *Local) exec(ctx context.Context, c Command) (Result, error) {
 		obs([]naming.ServiceKey{c.Key})
 	}
 	return res, nil
-}
-
-// Register writes instances, all or none.
-func (l *Local) Register(ctx context.Context, key naming.ServiceKey, ins []naming.Instance) (uint64, error) {
-	res, err := l.exec(ctx, Command{Op: OpRegister, Key: key, Instances: ins})
-	return res.Revision, err
-}
-
-// Deregister removes one instance; a missing one is not an error.
-func (l *Local) Deregister(ctx context.Context, key naming.ServiceKey, id naming.InstanceID) (uint64, error) {
-	res, err := l.exec(ctx, Command{Op: OpDeregister, Key: key, ID: id})
-	return res.Revision, err
-}
-
-// UpdateMeta replaces a service's metadata.
-func (l *Local) UpdateMeta(ctx context.Context, key naming.ServiceKey, m naming.ServiceMeta) (naming.ServiceMeta, error) {
-	res, err := l.exec(ctx, Command{Op: OpMeta, Key: key, Meta: m})
-	return res.Meta, err
-}
-
-// SetHealthy sets a persistent instance's health flag (a health check's
-// verdict); a missing instance is not an error.
-func (l *Local) SetHealthy(ctx context.Context, key naming.ServiceKey, id naming.InstanceID, healthy bool) error {
-	_, err := l.exec(ctx, Command{Op: OpHealth, Key: key, ID: id, Healthy: healthy})
-	return err
 }

@@ -19,7 +19,6 @@ import (
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	bolt "go.etcd.io/bbolt"
 
-	"github.com/regent-registry/regent/internal/naming"
 	"github.com/regent-registry/regent/internal/registry"
 	"github.com/regent-registry/regent/storage"
 )
@@ -198,6 +197,7 @@ func (c *RaftConfig) Validate() error {
 // implements registry.Persistent.
 type Store struct {
 	reader
+	writes
 	cfg    RaftConfig
 	logger *slog.Logger
 	fsm    *FSM
@@ -246,6 +246,7 @@ func OpenRaft(cfg RaftConfig, db *storage.DB) (*Store, error) {
 	}
 	logger = logger.With("component", "raft")
 	s := &Store{reader: reader{db}, cfg: cfg, logger: logger, fsm: NewFSM(db, logger), kick: make(chan struct{}, 1), leaderC: make(chan struct{})}
+	s.writes = writes{s.Exec}
 	ok := false
 	defer func() {
 		if !ok {
@@ -396,30 +397,6 @@ func (s *Store) Leader() string {
 
 // ---------------------------------------------------------------------------
 // Writes.
-
-// Register writes instances of one service, all or none.
-func (s *Store) Register(ctx context.Context, key naming.ServiceKey, ins []naming.Instance) (uint64, error) {
-	res, err := s.Exec(ctx, Command{Op: OpRegister, Key: key, Instances: ins})
-	return res.Revision, err
-}
-
-// Deregister removes one instance; a missing one is not an error.
-func (s *Store) Deregister(ctx context.Context, key naming.ServiceKey, id naming.InstanceID) (uint64, error) {
-	res, err := s.Exec(ctx, Command{Op: OpDeregister, Key: key, ID: id})
-	return res.Revision, err
-}
-
-// UpdateMeta replaces a service's metadata.
-func (s *Store) UpdateMeta(ctx context.Context, key naming.ServiceKey, m naming.ServiceMeta) (naming.ServiceMeta, error) {
-	res, err := s.Exec(ctx, Command{Op: OpMeta, Key: key, Meta: m})
-	return res.Meta, err
-}
-
-// SetHealthy records a health check's verdict on a persistent instance.
-func (s *Store) SetHealthy(ctx context.Context, key naming.ServiceKey, id naming.InstanceID, healthy bool) error {
-	_, err := s.Exec(ctx, Command{Op: OpHealth, Key: key, ID: id, Healthy: healthy})
-	return err
-}
 
 // Exec validates and encodes a command (refusing bad or oversized ones
 // before they reach the log), proposes it on the leader, here or by

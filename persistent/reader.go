@@ -1,6 +1,8 @@
 package persistent
 
 import (
+	"context"
+
 	"github.com/regent-registry/regent/internal/naming"
 	"github.com/regent-registry/regent/internal/registry"
 	"github.com/regent-registry/regent/storage"
@@ -46,4 +48,36 @@ func (l reader) Services() ([]naming.ServiceKey, error) {
 		})
 	})
 	return keys, err
+}
+
+// writes builds the write side of registry.Persistent (and the health
+// checker's Writer) over one way of executing a command: straight into
+// bbolt for Local, through the Raft log for Store.
+type writes struct {
+	exec func(context.Context, Command) (Result, error)
+}
+
+// Register writes instances of one service, all or none.
+func (w writes) Register(ctx context.Context, key naming.ServiceKey, ins []naming.Instance) (uint64, error) {
+	res, err := w.exec(ctx, Command{Op: OpRegister, Key: key, Instances: ins})
+	return res.Revision, err
+}
+
+// Deregister removes one instance; a missing one is not an error.
+func (w writes) Deregister(ctx context.Context, key naming.ServiceKey, id naming.InstanceID) (uint64, error) {
+	res, err := w.exec(ctx, Command{Op: OpDeregister, Key: key, ID: id})
+	return res.Revision, err
+}
+
+// UpdateMeta replaces a service's metadata and returns it as stored.
+func (w writes) UpdateMeta(ctx context.Context, key naming.ServiceKey, m naming.ServiceMeta) (naming.ServiceMeta, error) {
+	res, err := w.exec(ctx, Command{Op: OpMeta, Key: key, Meta: m})
+	return res.Meta, err
+}
+
+// SetHealthy records a health check's verdict on a persistent instance; a
+// missing instance is not an error.
+func (w writes) SetHealthy(ctx context.Context, key naming.ServiceKey, id naming.InstanceID, healthy bool) error {
+	_, err := w.exec(ctx, Command{Op: OpHealth, Key: key, ID: id, Healthy: healthy})
+	return err
 }
