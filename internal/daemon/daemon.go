@@ -6,6 +6,7 @@ package daemon
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -222,6 +223,7 @@ type Daemon struct {
 	raft     *persistent.Store
 	health   *health.Checker
 	servers  raftMembers
+	peerBook peerBook
 	reg      *registry.Registry
 	distro   *ephemeral.Distro
 	gossip   *membership.Cluster
@@ -357,7 +359,8 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	runCtx, cancel := context.WithCancel(context.Background())
 	d.cancel = cancel
 	d.distro.Start(runCtx)
-	d.gossip.Subscribe(memberFollower{d.distro, d.raft})
+	d.peerBook.path = filepath.Join(cfg.DataDir, "peers.json")
+	d.gossip.Subscribe(memberFollower{d.distro, d.raft, d})
 	d.goFunc(func() { d.reg.Run(runCtx) })
 	d.goFunc(func() { d.health.Run(runCtx) })
 	d.goFunc(func() { d.rpc.Sessions().Run(runCtx) })
@@ -394,12 +397,12 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 // and keeps retrying in the background; verify rounds bring it the others'
 // state once it joins.
 func (d *Daemon) joinAndLoad(ctx context.Context) {
-	if len(d.cfg.Join) > 0 {
-		if n, err := d.gossip.Join(d.cfg.Join); err != nil {
-			d.logger.Warn("no gossip seed answered yet; serving alone and retrying", "join", d.cfg.Join, "err", err)
+	if seeds := d.seeds(); len(seeds) > 0 {
+		if n, err := d.gossip.Join(seeds); err != nil {
+			d.logger.Warn("no gossip seed answered yet; serving alone and retrying", "join", seeds, "err", err)
 			d.goFunc(func() {
-				if err := d.gossip.RetryJoin(ctx, d.cfg.Join); err == nil {
-					d.logger.Info("joined the cluster", "join", d.cfg.Join)
+				if err := d.gossip.RetryJoin(ctx, seeds); err == nil {
+					d.logger.Info("joined the cluster", "join", seeds)
 				}
 			})
 		} else {
@@ -418,15 +421,35 @@ func (d *Daemon) joinAndLoad(ctx context.Context) {
 	d.logger.Info("node is ready")
 }
 
-// memberFollower feeds gossip's verdicts to Distro and wakes Raft's
-// reconciler.
+// seeds returns the gossip addresses to join: --join, then the peers this
+// node knew when it last ran (a node the others saw leave is never
+// contacted by them again, so a restarted node must call them; serf keeps
+// the same kind of snapshot), without this node's own address (joining
+// oneself "succeeds" and would leave the node alone).
+func (d *Daemon) seeds() []string {
+	self := d.gossip.Local().Addr
+	var out []string
+	for _, a := range append(slices.Clone(d.cfg.Join), d.peerBook.load(d.logger)...) {
+		if a != self && !slices.Contains(out, a) {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// memberFollower feeds gossip's verdicts to Distro, wakes Raft's
+// reconciler and keeps the peer book.
 type memberFollower struct {
 	distro *ephemeral.Distro
 	raft   *persistent.Store
+	d      *Daemon
 }
 
 func (f memberFollower) MemberChanged(ev membership.Event) {
 	f.raft.Kick()
+	if ev.Type == membership.EventJoin || ev.Type == membership.EventUpdate {
+		f.d.peerBook.save(f.d.gossip, f.d.logger)
+	}
 	switch ev.Type {
 	case membership.EventJoin, membership.EventUpdate:
 		f.distro.PeerUp(ev.Member.Name)
@@ -715,4 +738,50 @@ func (h healthSource) Service(key naming.ServiceKey) ([]naming.Instance, naming.
 		check = ps.Meta.HealthCheck.WithDefaults()
 	}
 	return ps.Instances, check, nil
+}
+
+// peerBook remembers, in the data dir, the gossip addresses of the peers
+// seen alive, so that a restarted node can rejoin them.
+type peerBook struct {
+	path string
+	mu   sync.Mutex
+}
+
+func (b *peerBook) save(g *membership.Cluster, logger *slog.Logger) {
+	self := g.Local().Name
+	var addrs []string
+	for _, m := range g.Members() {
+		if m.Name != self && m.Status == membership.StatusAlive {
+			addrs = append(addrs, m.Addr)
+		}
+	}
+	if len(addrs) == 0 {
+		return // keep the last list rather than forget everyone
+	}
+	slices.Sort(addrs)
+	data, _ := json.Marshal(addrs)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	tmp := b.path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err == nil {
+		err = os.Rename(tmp, b.path)
+		if err != nil {
+			logger.Warn("saving the peer book", "err", err)
+		}
+	}
+}
+
+func (b *peerBook) load(logger *slog.Logger) []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	data, err := os.ReadFile(b.path)
+	if err != nil {
+		return nil
+	}
+	var addrs []string
+	if err := json.Unmarshal(data, &addrs); err != nil {
+		logger.Warn("ignoring an unreadable peer book", "path", b.path, "err", err)
+		return nil
+	}
+	return addrs
 }

@@ -1,0 +1,197 @@
+package chaos
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+// The checkers are tested on made-up histories: each must pass a correct
+// history and catch the violation it is there for.
+
+const s = time.Second
+
+func w(kind OpKind, key int, start, end time.Duration, err string) Op {
+	return Op{Kind: kind, Actor: 1, ActorName: "w", Key: key, Start: start, End: end, Err: err}
+}
+
+func rd(start, end time.Duration, listed ...int) Op {
+	return Op{Kind: OpPRead, Actor: 2, ActorName: "r", Key: -1, Listed: listed, Start: start, End: end}
+}
+
+func TestCheckDurability(t *testing.T) {
+	ops := []Op{
+		w(OpPRegister, 0, 1*s, 2*s, ""),
+		w(OpPRegister, 1, 1*s, 2*s, ""),
+		w(OpPDeregister, 1, 3*s, 4*s, ""),
+		w(OpPRegister, 2, 1*s, 2*s, ""),
+		w(OpPDeregister, 2, 3*s, 4*s, "unavailable"), // may or may not have applied
+	}
+	keys := []int{0, 1, 2, 3}
+	st, viol := CheckDurability(ops, map[string][]int{"node1": {0}, "node2": {0, 2}}, keys)
+	if len(viol) != 0 || st.Checked != 2 || st.Ambiguous != 1 {
+		t.Fatalf("correct history: %+v %v", st, viol)
+	}
+	// node2 lost the register of 0; node1 still lists the deregistered 1.
+	_, viol = CheckDurability(ops, map[string][]int{"node1": {0, 1}, "node2": {}}, keys)
+	if all := strings.Join(viol, "\n"); len(viol) != 2 || !strings.Contains(all, "lost acknowledged deregister of (still listed) "+PersIP(1)+" on node1") ||
+		!strings.Contains(all, "lost acknowledged register of "+PersIP(0)+" on node2") {
+		t.Fatalf("lost writes not caught: %v", viol)
+	}
+	// A deregister concurrent with the last register makes it ambiguous.
+	ops = []Op{w(OpPRegister, 0, 1*s, 3*s, ""), w(OpPDeregister, 0, 2*s, 2500*time.Millisecond, "")}
+	if st, viol := CheckDurability(ops, map[string][]int{"node1": {}}, []int{0}); len(viol) != 0 || st.Ambiguous != 1 {
+		t.Fatalf("concurrent writes: %+v %v", st, viol)
+	}
+}
+
+func TestCheckLinearizable(t *testing.T) {
+	keys := []int{0}
+	good := []Op{
+		w(OpPRegister, 0, 1*s, 2*s, ""),
+		rd(3*s, 4*s, 0),
+		w(OpPDeregister, 0, 5*s, 6*s, ""),
+		rd(5500*time.Millisecond, 7*s, 0), // concurrent with the deregister: either answer
+		rd(8*s, 9*s),
+		w(OpPRegister, 0, 10*s, 11*s, "timeout"), // failed: may apply any time later
+		rd(12*s, 13*s),
+		rd(14*s, 15*s, 0),
+	}
+	if res, viol := CheckLinearizable(good, keys, 10*s, ""); res != "ok" || viol != nil {
+		t.Fatalf("linearizable history judged %s %v", res, viol)
+	}
+	// A stale read: absent after the acknowledged register.
+	stale := []Op{w(OpPRegister, 0, 1*s, 2*s, ""), rd(3*s, 4*s)}
+	if res, viol := CheckLinearizable(stale, keys, 10*s, ""); res != "illegal" || len(viol) != 1 || !strings.Contains(viol[0], PersIP(0)) {
+		t.Fatalf("stale read judged %s %v", res, viol)
+	}
+	// A read that flips back: listed, then absent, then listed again with
+	// no write in between.
+	flip := []Op{w(OpPRegister, 0, 1*s, 2*s, ""), rd(3*s, 4*s, 0), w(OpPDeregister, 0, 5*s, 6*s, ""), rd(7*s, 8*s), rd(9*s, 10*s, 0)}
+	if res, _ := CheckLinearizable(flip, keys, 10*s, ""); res != "illegal" {
+		t.Fatalf("resurrected persistent instance judged %s", res)
+	}
+}
+
+func round(start time.Duration, lists ...[]string) Round {
+	r := Round{Start: start, End: start + 100*time.Millisecond}
+	for _, l := range lists {
+		nl := NodeList{OK: l != nil, IPs: map[string]bool{}}
+		if l == nil {
+			nl.Err = "unavailable"
+		}
+		for _, ip := range l {
+			nl.IPs[ip] = true
+		}
+		r.Nodes = append(r.Nodes, nl)
+	}
+	return r
+}
+
+func TestCheckLive(t *testing.T) {
+	live := map[string]bool{"a": true, "b": true, "c": true}
+	want := []string{"a", "b"}
+	rounds := []Round{
+		round(1*s, []string{"a"}, []string{"a", "b"}),            // before the heal: ignored
+		round(11*s, []string{"a", "b", "c"}, []string{"a", "b"}), // c deregistered but still listed
+		round(12*s, nil, []string{"a", "b"}),                     // a node not answering
+		round(13*s, []string{"a", "b", "x"}, []string{"b", "a"}), // converged (x is not a live client's)
+		round(14*s, []string{"a", "b"}, []string{"a", "b"}),
+	}
+	res, viol := CheckLive(rounds, 10*s, want, live, 20*s)
+	if len(viol) != 0 || !res.Converged || res.Time != 3100*time.Millisecond {
+		t.Fatalf("converging rounds: %+v %v", res, viol)
+	}
+	if _, viol := CheckLive(rounds, 10*s, want, live, 2*s); len(viol) != 1 || !strings.Contains(viol[0], "past the bound") {
+		t.Fatalf("late convergence not caught: %v", viol)
+	}
+	flap := append(rounds, round(15*s, []string{"a"}, []string{"a", "b"}))
+	if _, viol := CheckLive(flap, 10*s, want, live, 20*s); len(viol) != 1 || !strings.Contains(viol[0], "flapped") {
+		t.Fatalf("flap not caught: %v", viol)
+	}
+	if _, viol := CheckLive(rounds[:3], 10*s, want, live, 20*s); len(viol) != 1 || !strings.Contains(viol[0], "never") {
+		t.Fatalf("missing instance not caught: %v", viol)
+	}
+}
+
+func TestCheckDead(t *testing.T) {
+	d := Dead{Name: "d", Kind: "client-close", IPs: []string{"z"}, DiedAt: 10 * s, Bound: 5 * s}
+	rounds := []Round{
+		round(9*s, []string{"z"}, []string{"z"}),
+		round(11*s, []string{"z"}, nil), // a node not answering: no verdict
+		round(12*s, []string{}, []string{"z"}),
+		round(13*s, []string{}, []string{}), // gone everywhere
+		round(14*s, []string{}, nil),
+	}
+	rms, viol := CheckDead(rounds, []Dead{d}, nil)
+	if len(viol) != 0 || !rms[0].Removed || rms[0].Time != 3100*time.Millisecond {
+		t.Fatalf("timely removal: %+v %v", rms, viol)
+	}
+	// Back on a node after it was gone from every node.
+	back := append(rounds, round(15*s, []string{"z"}, nil))
+	if _, viol := CheckDead(back, []Dead{d}, nil); len(viol) != 1 || !strings.Contains(viol[0], "resurrection") {
+		t.Fatalf("resurrection not caught: %v", viol)
+	}
+	// Never gone: a zombie.
+	if _, viol := CheckDead(rounds[:3], []Dead{d}, nil); len(viol) != 1 || !strings.Contains(viol[0], "zombie") {
+		t.Fatalf("zombie not caught: %v", viol)
+	}
+	// Gone, but past the bound.
+	d.Bound = 2 * s
+	if _, viol := CheckDead(rounds, []Dead{d}, nil); len(viol) != 1 || !strings.Contains(viol[0], "past its deadline") {
+		t.Fatalf("late removal not caught: %v", viol)
+	}
+	// ... unless a node fault overlapped: the bound counts from its end.
+	if _, viol := CheckDead(rounds, []Dead{d}, []Interval{{From: 11 * s, To: 12 * s}}); len(viol) != 0 {
+		t.Fatalf("overlapping fault not taken into account: %v", viol)
+	}
+}
+
+func TestAgreement(t *testing.T) {
+	names := []string{"node1", "node2", "node3"}
+	view := func(node, leader string, statuses ...string) View {
+		v := View{Node: node}
+		for i, n := range names {
+			m := Member{Name: n, Status: "alive", Raft: "follower"}
+			if n == leader {
+				m.Raft = "leader"
+			}
+			if i < len(statuses) {
+				m.Status = statuses[i]
+			}
+			v.Members = append(v.Members, m)
+		}
+		return v
+	}
+	if l, why := agreement([]View{view("node1", "node2"), view("node2", "node2"), view("node3", "node2")}, names); l != "node2" || why != "" {
+		t.Fatalf("agreeing views: %q %q", l, why)
+	}
+	for name, views := range map[string][]View{
+		"two leaders":    {view("node1", "node1"), view("node2", "node2"), view("node3", "node2")},
+		"no leader":      {view("node1", ""), view("node2", ""), view("node3", "")},
+		"a dead member":  {view("node1", "node1", "alive", "dead"), view("node2", "node1"), view("node3", "node1")},
+		"a missing node": {{Node: "node1", Members: view("node1", "node1").Members[:2]}, view("node2", "node1"), view("node3", "node1")},
+	} {
+		if _, why := agreement(views, names); why == "" {
+			t.Errorf("%s: not caught", name)
+		}
+	}
+}
+
+func TestScheduleIsDrawnFromTheSeed(t *testing.T) {
+	spec := ShortScenario(1).Spec
+	a, b := NewSchedule(42, spec), NewSchedule(42, spec)
+	if a.String() != b.String() {
+		t.Fatalf("same seed, different schedules:\n%v\n%v", a, b)
+	}
+	if c := NewSchedule(43, spec); c.String() == a.String() {
+		t.Fatal("another seed gave the same schedule")
+	}
+	kinds := map[FaultKind]int{}
+	for _, f := range append(a.Node, a.Client...) {
+		kinds[f.Kind]++
+	}
+	if kinds[FaultKill] < 1 || kinds[FaultPause] < 2 || kinds[FaultTerm] < 1 || kinds[FaultClientClose] != 2 || kinds[FaultClientKill] != 1 || kinds[FaultClientCut] != 1 {
+		t.Fatalf("schedule lacks required faults: %v", kinds)
+	}
+}
