@@ -3,7 +3,7 @@ SHELL := /bin/bash
 GO ?= go
 BIN := bin/regent
 
-.PHONY: help build run test test-short proto check-generate bench fuzz fmt vet lint clean
+.PHONY: help build run test test-short proto check-generate bench soak fuzz fmt vet lint clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -41,6 +41,9 @@ bench-cluster: ## cluster figures for BENCHMARKS.md: convergence, removal, verif
 .PHONY: bench-raft
 bench-raft: ## persistent figures for BENCHMARKS.md: register beside bare raft, failover, restart with 1M instances (~2 min)
 	$(GO) test -run '^$$' -bench '^BenchmarkRaft' -benchtime 1x -timeout 30m ./persistent/
+
+soak: ## long random fault schedules on real processes (RUNS, NODES, FAULTS); prints the seed of any failure
+	$(GO) run ./chaos/cmd/regent-chaos -runs $${RUNS:-10} -nodes $${NODES:-5} -faults $${FAULTS:-10}
 
 fuzz: ## run every fuzz target for FUZZTIME each (default 30s)
 	for pkg_target in ./persistent/:FuzzDecodeCommand ./rpc/:FuzzDecodePeerSync ./rpc/:FuzzDecodePeerVerify ./rpc/:FuzzParseLimitRules; do \
