@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/anishathalye/porcupine"
+
+	"github.com/regent-registry/regent/internal/linearize"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -102,60 +104,22 @@ func CheckDurability(ops []Op, finals map[string][]int, keys []int) (PersStats, 
 
 // ---- (a) persistent: linearizability (porcupine) ----
 
-type setInput struct {
-	Kind OpKind
-	Key  int
-}
+// SetModel is porcupine's model of the persistent service
+// (internal/linearize, shared with the Raft store's own test): each
+// instance is an independent register holding "listed or not", so the
+// history is partitioned by instance. A read of the whole service is one
+// read per instance, with the same interval.
+var SetModel = linearize.SetModel
 
-// SetModel is porcupine's model of the persistent service: each instance
-// is an independent register holding "listed or not", so the history is
-// partitioned by instance. Register and deregister always succeed (both
-// are idempotent); a read must see the current state. A read of the
-// whole service is one read per instance, with the same interval.
-var SetModel = porcupine.Model{
-	Partition: func(history []porcupine.Operation) [][]porcupine.Operation {
-		byKey := map[int][]porcupine.Operation{}
-		for _, op := range history {
-			k := op.Input.(setInput).Key
-			byKey[k] = append(byKey[k], op)
-		}
-		keys := make([]int, 0, len(byKey))
-		for k := range byKey {
-			keys = append(keys, k)
-		}
-		sort.Ints(keys)
-		out := make([][]porcupine.Operation, 0, len(keys))
-		for _, k := range keys {
-			out = append(out, byKey[k])
-		}
-		return out
-	},
-	Init: func() any { return false },
-	Step: func(state, input, output any) (bool, any) {
-		present := state.(bool)
-		switch in := input.(setInput); in.Kind {
-		case OpPRegister:
-			return true, true
-		case OpPDeregister:
-			return true, false
-		default:
-			return output.(bool) == present, present
-		}
-	},
-	Equal: func(a, b any) bool { return a.(bool) == b.(bool) },
-	DescribeOperation: func(input, output any) string {
-		in := input.(setInput)
-		if in.Kind == OpPRead {
-			return fmt.Sprintf("read %s -> %v", PersIP(in.Key), output)
-		}
-		return fmt.Sprintf("%s %s", in.Kind, PersIP(in.Key))
-	},
-	DescribeState: func(state any) string {
-		if state.(bool) {
-			return "listed"
-		}
-		return "absent"
-	},
+// setKind maps a recorded operation to the model's kind.
+func setKind(k OpKind) linearize.Kind {
+	switch k {
+	case OpPRegister:
+		return linearize.Register
+	case OpPDeregister:
+		return linearize.Deregister
+	}
+	return linearize.Read
 }
 
 // PorcupineHistory turns the recorded persistent operations into
@@ -185,13 +149,13 @@ func PorcupineHistory(ops []Op, keys []int) []porcupine.Operation {
 			if !op.OK() {
 				ret = maxT + 1
 			}
-			out = append(out, porcupine.Operation{ClientId: id(op.Actor), Input: setInput{op.Kind, op.Key}, Call: int64(op.Start), Return: ret, Metadata: op.ActorName})
+			out = append(out, porcupine.Operation{ClientId: id(op.Actor), Input: linearize.Input{Kind: setKind(op.Kind), Key: op.Key}, Call: int64(op.Start), Return: ret, Metadata: op.ActorName})
 		case OpPRead:
 			if !op.OK() {
 				continue
 			}
 			for _, k := range keys {
-				out = append(out, porcupine.Operation{ClientId: id(op.Actor), Input: setInput{OpPRead, k}, Call: int64(op.Start),
+				out = append(out, porcupine.Operation{ClientId: id(op.Actor), Input: linearize.Input{Kind: linearize.Read, Key: k}, Call: int64(op.Start),
 					Output: slices.Contains(op.Listed, k), Return: int64(op.End), Metadata: op.ActorName})
 			}
 		}
@@ -222,7 +186,7 @@ func CheckLinearizable(ops []Op, keys []int, timeout time.Duration, vizPath stri
 	var bad []string
 	for _, p := range parts {
 		if porcupine.CheckOperationsTimeout(SetModel, p, timeout/4+time.Second) == porcupine.Illegal {
-			bad = append(bad, PersIP(p[0].Input.(setInput).Key))
+			bad = append(bad, PersIP(p[0].Input.(linearize.Input).Key))
 		}
 	}
 	if len(bad) > 0 {

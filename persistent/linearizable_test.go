@@ -24,78 +24,25 @@ import (
 
 	"github.com/anishathalye/porcupine"
 
+	"github.com/regent-registry/regent/internal/linearize"
+
 	"github.com/regent-registry/regent/internal/naming"
 )
 
-type linKind uint8
-
-const (
-	linRegister linKind = iota
-	linDeregister
-	linRead
+// The shared model of persistent instances (internal/linearize), under the
+// names this test uses.
+type (
+	linKind  = linearize.Kind
+	linInput = linearize.Input
 )
 
-func (k linKind) String() string {
-	return [...]string{"register", "deregister", "read"}[k]
-}
+const (
+	linRegister   = linearize.Register
+	linDeregister = linearize.Deregister
+	linRead       = linearize.Read
+)
 
-// linInput is one operation on instance tinst(Key) of tkey. A read's output
-// is a bool: whether the instance was listed; a write's output is unused.
-type linInput struct {
-	Kind linKind
-	Key  int
-}
-
-// instanceModel: the state of one partition is whether its instance is
-// registered. Register and deregister always succeed (deregistering a
-// missing instance is not an error); a read must see the current state.
-var instanceModel = porcupine.Model{
-	Partition: func(history []porcupine.Operation) [][]porcupine.Operation {
-		byKey := map[int][]porcupine.Operation{}
-		for _, op := range history {
-			k := op.Input.(linInput).Key
-			byKey[k] = append(byKey[k], op)
-		}
-		keys := make([]int, 0, len(byKey))
-		for k := range byKey {
-			keys = append(keys, k)
-		}
-		slices.Sort(keys)
-		out := make([][]porcupine.Operation, 0, len(keys))
-		for _, k := range keys {
-			out = append(out, byKey[k])
-		}
-		return out
-	},
-	Init: func() any { return false },
-	Step: func(state, input, output any) (bool, any) {
-		present := state.(bool)
-		switch in := input.(linInput); in.Kind {
-		case linRegister:
-			return true, true
-		case linDeregister:
-			return true, false
-		default:
-			return output.(bool) == present, present
-		}
-	},
-	DescribeOperation: func(input, output any) string {
-		in := input.(linInput)
-		if in.Kind == linRead {
-			return fmt.Sprintf("read(i%d) -> %v", in.Key, output)
-		}
-		if output == nil {
-			return fmt.Sprintf("%s(i%d) -> ? (failed)", in.Kind, in.Key)
-		}
-		return fmt.Sprintf("%s(i%d)", in.Kind, in.Key)
-	},
-	DescribeState: func(state any) string {
-		if state.(bool) {
-			return "present"
-		}
-		return "absent"
-	},
-}
+var instanceModel = linearize.SetModel
 
 // linOp builds an operation; a write that failed is ambiguous: it may take
 // effect at any time after its call, so it never returns.
@@ -143,16 +90,16 @@ func formatHistory(history []porcupine.Operation) string {
 // included) Ok.
 func TestLinearizabilityModelDetectsViolations(t *testing.T) {
 	reg := func(c, k int, call, ret int64) porcupine.Operation {
-		return linOp(c, linInput{linRegister, k}, call, ret, struct{}{}, false)
+		return linOp(c, linInput{Kind: linRegister, Key: k}, call, ret, struct{}{}, false)
 	}
 	dereg := func(c, k int, call, ret int64) porcupine.Operation {
-		return linOp(c, linInput{linDeregister, k}, call, ret, struct{}{}, false)
+		return linOp(c, linInput{Kind: linDeregister, Key: k}, call, ret, struct{}{}, false)
 	}
 	failedReg := func(c, k int, call int64) porcupine.Operation {
-		return linOp(c, linInput{linRegister, k}, call, 0, nil, true)
+		return linOp(c, linInput{Kind: linRegister, Key: k}, call, 0, nil, true)
 	}
 	read := func(c, k int, call, ret int64, present bool) porcupine.Operation {
-		return linOp(c, linInput{linRead, k}, call, ret, present, false)
+		return linOp(c, linInput{Kind: linRead, Key: k}, call, ret, present, false)
 	}
 	cases := []struct {
 		name    string
@@ -301,7 +248,7 @@ func runLinearizability(t *testing.T, n int, seed uint64) {
 					// One read lists every instance at once: a read of
 					// each, all in the same interval.
 					for k, present := range reads {
-						history = append(history, linOp(cl, linInput{linRead, k}, call, ret, present, false))
+						history = append(history, linOp(cl, linInput{Kind: linRead, Key: k}, call, ret, present, false))
 						if present {
 							stats.sawPresent++
 						} else {
