@@ -119,7 +119,7 @@ func New(cfg Config) (*Checker, error) {
 	}
 	return &Checker{
 		cfg:      cfg,
-		log:      log.With("component", "health", "node", cfg.Self),
+		log:      log.With("component", "health"), // the caller's logger names the node
 		services: make(map[string]*serviceState),
 	}, nil
 }
