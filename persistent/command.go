@@ -1,7 +1,6 @@
 package persistent
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 
@@ -34,12 +33,12 @@ const (
 // it is proposed and again when it is decoded, so a node applies only
 // commands it would have accepted from a client.
 type Command struct {
-	Op        Op                 `json:"op"`
-	Key       naming.ServiceKey  `json:"key"`
-	Instances []naming.Instance  `json:"instances,omitempty"`
-	ID        naming.InstanceID  `json:"id,omitzero"`
-	Meta      naming.ServiceMeta `json:"meta,omitzero"`
-	Healthy   bool               `json:"healthy,omitempty"`
+	Op        Op
+	Key       naming.ServiceKey
+	Instances []naming.Instance
+	ID        naming.InstanceID
+	Meta      naming.ServiceMeta
+	Healthy   bool
 }
 
 // Result is what applying a command returns to the writer.
@@ -95,17 +94,14 @@ func (c Command) Normalize() (Command, error) {
 	return c, nil
 }
 
-// Encode normalizes and encodes c for the log; it refuses commands over
-// MaxCommandBytes.
+// Encode normalizes and encodes c for the log (the binary form of
+// wire.go); it refuses commands over MaxCommandBytes.
 func (c Command) Encode() ([]byte, error) {
 	c, err := c.Normalize()
 	if err != nil {
 		return nil, err
 	}
-	b, err := json.Marshal(c)
-	if err != nil {
-		return nil, fmt.Errorf("persistent: encode command: %w", err)
-	}
+	b := encodeWire(c)
 	if len(b) > MaxCommandBytes {
 		return nil, fmt.Errorf("%w: write of %d bytes, at most %d allowed", naming.ErrInvalid, len(b), MaxCommandBytes)
 	}
@@ -119,7 +115,11 @@ func DecodeCommand(b []byte) (Command, error) {
 		return Command{}, fmt.Errorf("%w: command of %d bytes, at most %d allowed", naming.ErrInvalid, len(b), MaxCommandBytes)
 	}
 	var c Command
-	if err := json.Unmarshal(b, &c); err != nil {
+	if len(b) == 0 || b[0] != wireV1 {
+		return Command{}, fmt.Errorf("%w: command: unknown format", naming.ErrInvalid)
+	}
+	c, err := decodeWire(b[1:])
+	if err != nil {
 		return Command{}, fmt.Errorf("%w: command: %w", naming.ErrInvalid, err)
 	}
 	return c.Normalize()

@@ -24,21 +24,38 @@ func commandSeeds() map[string]string {
 		}
 		return string(b)
 	}
-	in := naming.Instance{IP: "10.0.0.1", Port: 80, Cluster: "c1", Weight: 1, Healthy: true, Enabled: true, Metadata: map[string]string{"k": "v"}}
+	bin := func(c Command) string {
+		b, err := c.Encode()
+		if err != nil {
+			panic(err)
+		}
+		return string(b)
+	}
+	in := naming.Instance{IP: "10.0.0.1", Port: 80, Cluster: "c1", Weight: 1, Healthy: true, Enabled: true, Metadata: map[string]string{"k": "v", "a": "b"}}
+	reg := bin(Command{Op: OpRegister, Key: tkey, Instances: []naming.Instance{in}})
 	return map[string]string{
-		"valid-register":   enc(Command{Op: OpRegister, Key: tkey, Instances: []naming.Instance{in}}),
-		"valid-deregister": enc(Command{Op: OpDeregister, Key: tkey, ID: in.ID()}),
-		"valid-meta":       enc(Command{Op: OpMeta, Key: tkey, Meta: naming.ServiceMeta{ProtectThreshold: 0.5, HealthCheck: naming.HealthCheck{Type: naming.CheckHTTP}}}),
-		"valid-health":     enc(Command{Op: OpHealth, Key: tkey, ID: in.ID(), Healthy: false}),
-		"bad-port":         `{"op":"register","key":{"Service":"s"},"instances":[{"IP":"10.0.0.1","Port":70000}]}`,
-		"nan-weight":       `{"op":"register","key":{"Service":"s"},"instances":[{"IP":"10.0.0.1","Port":1,"Weight":1e999}]}`,
-		"unknown-op":       `{"op":"truncate","key":{"Service":"s"}}`,
-		"bad-check-type":   `{"op":"meta","key":{"Service":"s"},"meta":{"HealthCheck":{"Type":7}}}`,
-		"valid-http-root":  `{"op":"meta","key":{"Service":"s"},"meta":{"HealthCheck":{"Type":1,"HTTPPath":""}}}`,
-		"slash-service":    `{"op":"deregister","key":{"Service":"a/b"},"id":{"IP":"1.2.3.4","Port":1}}`,
-		"not-json":         `{{{`,
-		"empty":            ``,
-		"deep":             strings.Repeat("[", 10000),
+		"valid-bin-register":   reg,
+		"valid-bin-deregister": bin(Command{Op: OpDeregister, Key: tkey, ID: in.ID()}),
+		"valid-bin-meta":       bin(Command{Op: OpMeta, Key: tkey, Meta: naming.ServiceMeta{ProtectThreshold: 0.5, Metadata: map[string]string{"x": "y"}, HealthCheck: naming.HealthCheck{Type: naming.CheckHTTP, HTTPPath: "/h"}}}),
+		"valid-bin-health":     bin(Command{Op: OpHealth, Key: tkey, ID: in.ID(), Healthy: true}),
+		"bin-truncated":        reg[:len(reg)-3],
+		"bin-trailing":         reg + "x",
+		"bin-unknown-op":       "\x01\x09",
+		"bin-huge-count":       "\x01\x00\x00\x00\x01s\xff\xff\xff\xff\x0f",
+		// JSON (an early encoding) is not a command.
+		"json-register":   enc(Command{Op: OpRegister, Key: tkey, Instances: []naming.Instance{in}}),
+		"json-deregister": enc(Command{Op: OpDeregister, Key: tkey, ID: in.ID()}),
+		"json-meta":       enc(Command{Op: OpMeta, Key: tkey, Meta: naming.ServiceMeta{ProtectThreshold: 0.5, HealthCheck: naming.HealthCheck{Type: naming.CheckHTTP}}}),
+		"json-health":     enc(Command{Op: OpHealth, Key: tkey, ID: in.ID(), Healthy: false}),
+		"bad-port":        `{"op":"register","key":{"Service":"s"},"instances":[{"IP":"10.0.0.1","Port":70000}]}`,
+		"nan-weight":      `{"op":"register","key":{"Service":"s"},"instances":[{"IP":"10.0.0.1","Port":1,"Weight":1e999}]}`,
+		"unknown-op":      `{"op":"truncate","key":{"Service":"s"}}`,
+		"bad-check-type":  `{"op":"meta","key":{"Service":"s"},"meta":{"HealthCheck":{"Type":7}}}`,
+		"json-http-root":  `{"op":"meta","key":{"Service":"s"},"meta":{"HealthCheck":{"Type":1,"HTTPPath":""}}}`,
+		"slash-service":   `{"op":"deregister","key":{"Service":"a/b"},"id":{"IP":"1.2.3.4","Port":1}}`,
+		"not-json":        `{{{`,
+		"empty":           ``,
+		"deep":            strings.Repeat("[", 10000),
 	}
 }
 

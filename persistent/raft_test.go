@@ -102,7 +102,7 @@ func TestRaftRefusesBadInputBeforeTheLog(t *testing.T) {
 		}
 	}
 	// A forged forwarded command is refused by the leader too.
-	if _, err := leader.HandleApply(ctx, []byte(`{"op":"register","key":{"Service":"x"},"instances":[{"IP":"1.2.3.4","Port":99999}]}`)); !errors.Is(err, naming.ErrInvalid) {
+	if _, err := leader.HandleApply(ctx, encodeWire(Command{Op: OpRegister, Key: naming.ServiceKey{Service: "x"}, Instances: []naming.Instance{{IP: "1.2.3.4", Port: 99999}}})); !errors.Is(err, naming.ErrInvalid) {
 		t.Fatalf("forged command: %v", err)
 	}
 	if _, err := leader.HandleApply(ctx, []byte(`{{{`)); !errors.Is(err, naming.ErrInvalid) {
