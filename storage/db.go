@@ -92,8 +92,16 @@ func openBolt(path string, opts Options) (*bolt.DB, error) {
 	return b, nil
 }
 
-// initSchema creates the root buckets and checks the schema version.
+// initSchema creates the root buckets of a new file, migrates an older
+// layout, and checks the schema version.
 func initSchema(btx *bolt.Tx) error {
+	if mb := btx.Bucket(bucketMeta); mb != nil {
+		if v := mb.Get(keySchemaVersion); v != nil {
+			if ver, err := decodeUint64(v); err == nil && ver == 1 {
+				return migrateV1(btx)
+			}
+		}
+	}
 	for _, name := range rootBuckets {
 		if _, err := btx.CreateBucketIfNotExists(name); err != nil {
 			return fmt.Errorf("create bucket %q: %w", name, err)
@@ -210,6 +218,9 @@ func (db *DB) Restore(r io.Reader) (err error) {
 	if err := writeFileSync(tmp, r); err != nil {
 		return err
 	}
+	if err := migrateFile(tmp, db.opts); err != nil {
+		return fmt.Errorf("invalid snapshot: %w", err)
+	}
 	if err := validateFile(tmp, db.opts); err != nil {
 		return fmt.Errorf("invalid snapshot: %w", err)
 	}
@@ -313,6 +324,48 @@ func validateFile(path string, opts Options) (err error) {
 		}
 		return first
 	})
+}
+
+// migrateFile brings a file of an older layout (a snapshot taken by an
+// older version) to this one, in place; a file of this layout, or one that
+// is not a database, is left as it is for validateFile to judge.
+func migrateFile(path string, opts Options) (err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("%v: %w", p, ErrCorrupt)
+		}
+	}()
+	if fi, err := os.Stat(path); err != nil || fi.Size() == 0 {
+		return nil
+	}
+	bo := opts.boltOptions()
+	bo.ReadOnly = true
+	b, err := bolt.Open(path, fileMode, bo)
+	if err != nil {
+		return nil
+	}
+	var old bool
+	_ = b.View(func(btx *bolt.Tx) error {
+		if mb := btx.Bucket(bucketMeta); mb != nil {
+			ver, err := decodeUint64(mb.Get(keySchemaVersion))
+			old = err == nil && ver == 1
+		}
+		return nil
+	})
+	b.Close()
+	if !old {
+		return nil
+	}
+	b, err = bolt.Open(path, fileMode, opts.boltOptions())
+	if err != nil {
+		return fmt.Errorf("%w: %w", err, ErrCorrupt)
+	}
+	if err := b.Update(migrateV1); err != nil {
+		b.Close()
+		return err
+	}
+	return b.Close()
 }
 
 // syncDir fsyncs a directory so that a rename in it is durable. Errors are

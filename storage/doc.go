@@ -7,19 +7,20 @@
 // whole database and DB.Restore atomically replaces it, which is what a raft
 // FSM needs for its snapshots.
 //
-// Layout (all names are declared in schema.go):
+// Layout (schema version 2; all names are declared in schema.go):
 //
-//	regent_meta/             schema version, raft applied index
-//	services/
-//	  <ns>/<group>/<service>/  one nested bucket per service
-//	    rev                    revision, uint64 big-endian, only grows
-//	    meta                   encoded naming.ServiceMeta (optional)
-//	    instances/
-//	      <ip>:<port>@<cluster>  encoded naming.Instance
+//	regent_meta/    schema version, raft applied index
+//	service_rev/    <ns>/<group>/<service> -> revision, uint64 big-endian, only grows
+//	service_meta/   <ns>/<group>/<service> -> encoded naming.ServiceMeta (optional)
+//	instances/      <ns>/<group>/<service> 0x00 <ip>:<port>@<cluster> -> encoded naming.Instance
 //
-// Values are one format-version byte followed by JSON. A service bucket is
-// kept after its last instance is deleted, so that its revision keeps
-// growing if the service comes back.
+// Each kind of record lives in one flat bucket, so that the entries of one
+// Raft batch touching many services share pages and a commit rewrites few
+// of them. Values are one format-version byte followed by JSON. A service's
+// revision is kept after its last instance is deleted, so that it keeps
+// growing if the service comes back. A version 1 file (a nested bucket per
+// service) is migrated in place by Open, and a version 1 snapshot by
+// Restore (migrate.go).
 //
 // A Tx is only valid inside the function passed to Update or View; every
 // value it returns is a copy and stays valid afterwards. Update and View must

@@ -131,10 +131,12 @@ func decodeUint64(v []byte) (uint64, error) {
 	return binary.BigEndian.Uint64(v), nil
 }
 
-// serviceBucketKey is the key of a service's nested bucket.
+// serviceBucketKey is a service's key in the revisions and metadata
+// buckets, and the prefix of its instances' keys. No part may be empty or
+// hold a '/' (the separator) or a 0 byte (which ends the prefix).
 func serviceBucketKey(svc naming.ServiceKey) ([]byte, error) {
 	for _, part := range []string{svc.Namespace, svc.Group, svc.Service} {
-		if part == "" || strings.Contains(part, "/") {
+		if part == "" || strings.ContainsAny(part, "/\x00") {
 			return nil, fmt.Errorf("%w: %q", ErrInvalidKey, svc.String())
 		}
 	}

@@ -10,20 +10,21 @@ var (
 	// keyAppliedIndex holds the last applied raft index, one uint64.
 	keyAppliedIndex = []byte("applied_index")
 
-	// bucketServices is the root bucket holding one nested bucket per
-	// service, keyed by naming.ServiceKey.String().
-	bucketServices = []byte("services")
-	// keyRevision, inside a service bucket, holds its revision (uint64).
-	keyRevision = []byte("rev")
-	// keyServiceMeta, inside a service bucket, holds its naming.ServiceMeta.
-	keyServiceMeta = []byte("meta")
-	// bucketInstances, inside a service bucket, holds its instances keyed
-	// by naming.InstanceID.String().
+	// bucketRevisions holds one key per service ever written
+	// (naming.ServiceKey.String()) whose value is its revision (uint64).
+	bucketRevisions = []byte("service_rev")
+	// bucketServiceMeta holds each service's naming.ServiceMeta, keyed as
+	// bucketRevisions.
+	bucketServiceMeta = []byte("service_meta")
+	// bucketInstances holds every instance of every service, keyed by the
+	// service key string, a 0 byte, and naming.InstanceID.String(), so
+	// that one service's instances are adjacent.
 	bucketInstances = []byte("instances")
 )
 
-// schemaVersion is the layout this code reads and writes.
-const schemaVersion uint64 = 1
+// schemaVersion is the layout this code reads and writes. Version 1 (one
+// nested bucket per service, see migrate.go) is migrated when opened.
+const schemaVersion uint64 = 2
 
 // rootBuckets are created by Open and required by Restore.
-var rootBuckets = [][]byte{bucketMeta, bucketServices}
+var rootBuckets = [][]byte{bucketMeta, bucketRevisions, bucketServiceMeta, bucketInstances}

@@ -564,8 +564,7 @@ func TestRestoreGarbage(t *testing.T) {
 	fill(t, bad, 5)
 	bad.mu.RLock()
 	err = bad.bolt.Update(func(btx *bolt.Tx) error {
-		sb := btx.Bucket(bucketServices).Bucket([]byte("ns/g/s1"))
-		return sb.Bucket(bucketInstances).Put([]byte("10.0.0.1:81@DEFAULT"), []byte{9, '{', '}'})
+		return btx.Bucket(bucketInstances).Put(instanceKey([]byte("ns/g/s1"), "10.0.0.1:81@DEFAULT"), []byte{9, '{', '}'})
 	})
 	bad.mu.RUnlock()
 	if err != nil {
@@ -636,8 +635,7 @@ func TestCorruptValue(t *testing.T) {
 			t.Fatal(err)
 		}
 		err = b.Update(func(btx *bolt.Tx) error {
-			ib := btx.Bucket(bucketServices).Bucket([]byte(svcA.String())).Bucket(bucketInstances)
-			return ib.Put([]byte(in.ID().String()), bad)
+			return btx.Bucket(bucketInstances).Put(instanceKey([]byte(svcA.String()), in.ID().String()), bad)
 		})
 		b.Close()
 		if err != nil {

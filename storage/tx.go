@@ -25,47 +25,32 @@ type ServiceInfo struct {
 	Revision  uint64
 }
 
-// serviceBucket returns the service's bucket, or nil if it does not exist.
-func (tx *Tx) serviceBucket(svc naming.ServiceKey) (*bolt.Bucket, error) {
-	key, err := serviceBucketKey(svc)
-	if err != nil {
-		return nil, err
-	}
-	return tx.btx.Bucket(bucketServices).Bucket(key), nil
+// instanceKey is an instance's key in bucketInstances: its service's key,
+// a 0 byte, and its ID.
+func instanceKey(sk []byte, id string) []byte {
+	return append(instancePrefix(sk), id...)
 }
 
-// createServiceBucket returns the service's bucket and its instances
-// bucket, creating them if needed.
-func (tx *Tx) createServiceBucket(svc naming.ServiceKey) (sb, ib *bolt.Bucket, err error) {
-	key, err := serviceBucketKey(svc)
-	if err != nil {
-		return nil, nil, err
-	}
-	sb, err = tx.btx.Bucket(bucketServices).CreateBucketIfNotExists(key)
-	if err != nil {
-		return nil, nil, fmt.Errorf("storage: service %s: %w", svc, err)
-	}
-	ib, err = sb.CreateBucketIfNotExists(bucketInstances)
-	if err != nil {
-		return nil, nil, fmt.Errorf("storage: service %s: %w", svc, err)
-	}
-	return sb, ib, nil
+// instancePrefix starts the keys of every instance of the service sk.
+func instancePrefix(sk []byte) []byte {
+	p := make([]byte, 0, len(sk)+1+32)
+	return append(append(p, sk...), 0)
 }
 
-// bumpRevision increments the service's revision.
-func bumpRevision(svc naming.ServiceKey, sb *bolt.Bucket) error {
-	rev, err := readRevision(sb)
+// bumpRevision increments the service's revision (creating it at 1).
+func (tx *Tx) bumpRevision(svc naming.ServiceKey, sk []byte) error {
+	rb := tx.btx.Bucket(bucketRevisions)
+	rev, err := readRevision(rb.Get(sk))
 	if err != nil {
 		return fmt.Errorf("storage: service %s: %w", svc, err)
 	}
-	if err := sb.Put(keyRevision, encodeUint64(rev+1)); err != nil {
+	if err := rb.Put(sk, encodeUint64(rev+1)); err != nil {
 		return fmt.Errorf("storage: service %s: bump revision: %w", svc, err)
 	}
 	return nil
 }
 
-func readRevision(sb *bolt.Bucket) (uint64, error) {
-	v := sb.Get(keyRevision)
+func readRevision(v []byte) (uint64, error) {
 	if v == nil {
 		return 0, nil
 	}
@@ -80,23 +65,23 @@ func readRevision(sb *bolt.Bucket) (uint64, error) {
 // service's revision is bumped only if the stored data changed; changed
 // reports whether it did. An empty Metadata map is stored as nil.
 func (tx *Tx) PutInstance(svc naming.ServiceKey, in naming.Instance) (changed bool, err error) {
-	id := in.ID()
+	sk, err := serviceBucketKey(svc)
+	if err != nil {
+		return false, err
+	}
 	val, err := encodeInstance(in)
 	if err != nil {
 		return false, err
 	}
-	sb, ib, err := tx.createServiceBucket(svc)
-	if err != nil {
-		return false, err
-	}
-	key := []byte(id.String())
+	ib := tx.btx.Bucket(bucketInstances)
+	key := instanceKey(sk, in.ID().String())
 	if old := ib.Get(key); old != nil && bytes.Equal(old, val) {
 		return false, nil
 	}
 	if err := ib.Put(key, val); err != nil {
-		return false, fmt.Errorf("storage: put instance %s/%s: %w", svc, id, err)
+		return false, fmt.Errorf("storage: put instance %s/%s: %w", svc, in.ID(), err)
 	}
-	if err := bumpRevision(svc, sb); err != nil {
+	if err := tx.bumpRevision(svc, sk); err != nil {
 		return false, err
 	}
 	return true, nil
@@ -106,19 +91,19 @@ func (tx *Tx) PutInstance(svc naming.ServiceKey, in naming.Instance) (changed bo
 // The revision is bumped only if it existed. The service bucket (and its
 // revision) is kept even when no instance is left.
 func (tx *Tx) DeleteInstance(svc naming.ServiceKey, id naming.InstanceID) (existed bool, err error) {
-	sb, err := tx.serviceBucket(svc)
-	if err != nil || sb == nil {
+	sk, err := serviceBucketKey(svc)
+	if err != nil {
 		return false, err
 	}
-	ib := sb.Bucket(bucketInstances)
-	key := []byte(id.String())
-	if ib == nil || ib.Get(key) == nil {
+	ib := tx.btx.Bucket(bucketInstances)
+	key := instanceKey(sk, id.String())
+	if ib.Get(key) == nil {
 		return false, nil
 	}
 	if err := ib.Delete(key); err != nil {
 		return false, fmt.Errorf("storage: delete instance %s/%s: %w", svc, id, err)
 	}
-	if err := bumpRevision(svc, sb); err != nil {
+	if err := tx.bumpRevision(svc, sk); err != nil {
 		return false, err
 	}
 	return true, nil
@@ -126,28 +111,24 @@ func (tx *Tx) DeleteInstance(svc naming.ServiceKey, id naming.InstanceID) (exist
 
 // Instance returns one instance, and whether it exists.
 func (tx *Tx) Instance(svc naming.ServiceKey, id naming.InstanceID) (naming.Instance, bool, error) {
-	sb, err := tx.serviceBucket(svc)
-	if err != nil || sb == nil {
+	sk, err := serviceBucketKey(svc)
+	if err != nil {
 		return naming.Instance{}, false, err
 	}
-	ib := sb.Bucket(bucketInstances)
-	if ib == nil {
-		return naming.Instance{}, false, nil
-	}
-	key := []byte(id.String())
-	v := ib.Get(key)
+	key := instanceKey(sk, id.String())
+	v := tx.btx.Bucket(bucketInstances).Get(key)
 	if v == nil {
 		return naming.Instance{}, false, nil
 	}
-	in, err := decodeInstanceAt(svc, key, v)
+	in, err := decodeInstanceAt(svc, key[len(sk)+1:], v)
 	if err != nil {
 		return naming.Instance{}, false, err
 	}
 	return in, true, nil
 }
 
-// decodeInstanceAt decodes an instance stored under key and checks that
-// its ID matches the key.
+// decodeInstanceAt decodes an instance stored under the ID key (its key in
+// bucketInstances after the service prefix) and checks that its ID matches.
 func decodeInstanceAt(svc naming.ServiceKey, key, v []byte) (naming.Instance, error) {
 	in, err := decodeInstance(v)
 	if err != nil {
@@ -162,20 +143,12 @@ func decodeInstanceAt(svc naming.ServiceKey, key, v []byte) (naming.Instance, er
 // Instances returns the service's instances in key order (by the
 // InstanceID string). The result is a fresh copy; nil if there are none.
 func (tx *Tx) Instances(svc naming.ServiceKey) ([]naming.Instance, error) {
-	sb, err := tx.serviceBucket(svc)
-	if err != nil || sb == nil {
+	sk, err := serviceBucketKey(svc)
+	if err != nil {
 		return nil, err
 	}
-	ib := sb.Bucket(bucketInstances)
-	if ib == nil {
-		return nil, nil
-	}
 	var out []naming.Instance
-	err = ib.ForEach(func(k, v []byte) error {
-		in, err := decodeInstanceAt(svc, k, v)
-		if err != nil {
-			return err
-		}
+	err = tx.forEachInstance(svc, sk, func(in naming.Instance) error {
 		out = append(out, in)
 		return nil
 	})
@@ -185,29 +158,46 @@ func (tx *Tx) Instances(svc naming.ServiceKey) ([]naming.Instance, error) {
 	return out, nil
 }
 
+// forEachInstance calls fn for every instance of the service sk, in key
+// order, stopping at fn's first error, which it returns.
+func (tx *Tx) forEachInstance(svc naming.ServiceKey, sk []byte, fn func(naming.Instance) error) error {
+	prefix := instancePrefix(sk)
+	c := tx.btx.Bucket(bucketInstances).Cursor()
+	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+		in, err := decodeInstanceAt(svc, k[len(prefix):], v)
+		if err != nil {
+			return err
+		}
+		if err := fn(in); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // PutMeta stores the service's metadata and bumps its revision.
 func (tx *Tx) PutMeta(svc naming.ServiceKey, m naming.ServiceMeta) error {
+	sk, err := serviceBucketKey(svc)
+	if err != nil {
+		return err
+	}
 	val, err := encodeMeta(m)
 	if err != nil {
 		return err
 	}
-	sb, _, err := tx.createServiceBucket(svc)
-	if err != nil {
-		return err
-	}
-	if err := sb.Put(keyServiceMeta, val); err != nil {
+	if err := tx.btx.Bucket(bucketServiceMeta).Put(sk, val); err != nil {
 		return fmt.Errorf("storage: put meta %s: %w", svc, err)
 	}
-	return bumpRevision(svc, sb)
+	return tx.bumpRevision(svc, sk)
 }
 
 // Meta returns the service's metadata, and whether it has been set.
 func (tx *Tx) Meta(svc naming.ServiceKey) (naming.ServiceMeta, bool, error) {
-	sb, err := tx.serviceBucket(svc)
-	if err != nil || sb == nil {
+	sk, err := serviceBucketKey(svc)
+	if err != nil {
 		return naming.ServiceMeta{}, false, err
 	}
-	v := sb.Get(keyServiceMeta)
+	v := tx.btx.Bucket(bucketServiceMeta).Get(sk)
 	if v == nil {
 		return naming.ServiceMeta{}, false, nil
 	}
@@ -222,11 +212,11 @@ func (tx *Tx) Meta(svc naming.ServiceKey) (naming.ServiceMeta, bool, error) {
 // invalid key, or an unreadable value), otherwise a counter bumped by every
 // change and never reset.
 func (tx *Tx) Revision(svc naming.ServiceKey) uint64 {
-	sb, err := tx.serviceBucket(svc)
-	if err != nil || sb == nil {
+	sk, err := serviceBucketKey(svc)
+	if err != nil {
 		return 0
 	}
-	rev, _ := readRevision(sb)
+	rev, _ := readRevision(tx.btx.Bucket(bucketRevisions).Get(sk))
 	return rev
 }
 
@@ -245,7 +235,7 @@ func (tx *Tx) Services(namespace, group string, after string, limit int) ([]Serv
 		start = after
 	}
 	var out []ServiceInfo
-	c := tx.btx.Bucket(bucketServices).Cursor()
+	c := tx.btx.Bucket(bucketRevisions).Cursor()
 	for k, v := c.Seek([]byte(start)); k != nil && strings.HasPrefix(string(k), prefix); k, v = c.Next() {
 		if string(k) <= after {
 			continue
@@ -253,7 +243,7 @@ func (tx *Tx) Services(namespace, group string, after string, limit int) ([]Serv
 		if limit > 0 && len(out) >= limit {
 			break
 		}
-		info, ok, err := tx.serviceInfo(c.Bucket(), k, v)
+		info, ok, err := tx.serviceInfo(k, v)
 		if err != nil {
 			return nil, err
 		}
@@ -264,53 +254,49 @@ func (tx *Tx) Services(namespace, group string, after string, limit int) ([]Serv
 	return out, nil
 }
 
-// serviceInfo summarizes the service bucket at key k; ok is false for a
-// service with neither metadata nor instances.
-func (tx *Tx) serviceInfo(services *bolt.Bucket, k, v []byte) (ServiceInfo, bool, error) {
-	svc, sb, err := serviceAt(services, k, v)
+// serviceInfo summarizes the service whose revision entry is k, v; ok is
+// false for a service with neither metadata nor instances.
+func (tx *Tx) serviceInfo(k, v []byte) (ServiceInfo, bool, error) {
+	svc, err := serviceAt(k)
 	if err != nil {
 		return ServiceInfo{}, false, err
 	}
-	info := ServiceInfo{Key: svc, HasMeta: sb.Get(keyServiceMeta) != nil}
-	if info.Revision, err = readRevision(sb); err != nil {
+	info := ServiceInfo{Key: svc, HasMeta: tx.btx.Bucket(bucketServiceMeta).Get(k) != nil}
+	if info.Revision, err = readRevision(v); err != nil {
 		return ServiceInfo{}, false, fmt.Errorf("storage: %s: %w", svc, err)
 	}
-	if ib := sb.Bucket(bucketInstances); ib != nil {
-		err := ib.ForEach(func(ik, iv []byte) error {
-			in, err := decodeInstanceAt(svc, ik, iv)
-			if err != nil {
-				return err
-			}
-			info.Instances++
-			if in.Healthy {
-				info.Healthy++
-			}
-			return nil
-		})
-		if err != nil {
-			return ServiceInfo{}, false, err
+	err = tx.forEachInstance(svc, k, func(in naming.Instance) error {
+		info.Instances++
+		if in.Healthy {
+			info.Healthy++
 		}
+		return nil
+	})
+	if err != nil {
+		return ServiceInfo{}, false, err
 	}
 	return info, info.HasMeta || info.Instances > 0, nil
 }
 
-// serviceAt parses a key/value pair of the services bucket.
-func serviceAt(services *bolt.Bucket, k, v []byte) (naming.ServiceKey, *bolt.Bucket, error) {
+// serviceAt parses a key of the revisions or metadata bucket.
+func serviceAt(k []byte) (naming.ServiceKey, error) {
 	svc, ok := naming.ParseServiceKey(string(k))
-	if !ok || v != nil {
-		return naming.ServiceKey{}, nil, fmt.Errorf("storage: unexpected entry %q in services bucket: %w", k, ErrCorrupt)
+	if !ok {
+		return naming.ServiceKey{}, fmt.Errorf("storage: unexpected service key %q: %w", k, ErrCorrupt)
 	}
-	return svc, services.Bucket(k), nil
+	if sk, err := serviceBucketKey(svc); err != nil || !bytes.Equal(sk, k) {
+		return naming.ServiceKey{}, fmt.Errorf("storage: unexpected service key %q: %w", k, ErrCorrupt)
+	}
+	return svc, nil
 }
 
-// ForEachService calls fn for every service bucket of every namespace, in
+// ForEachService calls fn for every service of every namespace, in
 // key-string order, stopping at fn's first error, which it returns. This
 // includes services that have neither metadata nor instances left but are
 // kept for their revision.
 func (tx *Tx) ForEachService(fn func(naming.ServiceKey) error) error {
-	services := tx.btx.Bucket(bucketServices)
-	return services.ForEach(func(k, v []byte) error {
-		svc, _, err := serviceAt(services, k, v)
+	return tx.btx.Bucket(bucketRevisions).ForEach(func(k, _ []byte) error {
+		svc, err := serviceAt(k)
 		if err != nil {
 			return err
 		}
@@ -345,16 +331,49 @@ func (tx *Tx) checkRecords() error {
 			return fmt.Errorf("storage: applied index: %w", err)
 		}
 	}
-	services := tx.btx.Bucket(bucketServices)
-	return tx.ForEachService(func(svc naming.ServiceKey) error {
-		sb := services.Bucket([]byte(svc.String()))
-		if _, err := readRevision(sb); err != nil {
-			return fmt.Errorf("storage: %s: %w", svc, err)
-		}
-		if _, _, err := tx.Meta(svc); err != nil {
+	revs := tx.btx.Bucket(bucketRevisions)
+	err := revs.ForEach(func(k, v []byte) error {
+		svc, err := serviceAt(k)
+		if err != nil {
 			return err
 		}
-		_, err := tx.Instances(svc)
+		if _, err := readRevision(v); err != nil {
+			return fmt.Errorf("storage: %s: %w", svc, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	err = tx.btx.Bucket(bucketServiceMeta).ForEach(func(k, v []byte) error {
+		svc, err := serviceAt(k)
+		if err != nil {
+			return err
+		}
+		if revs.Get(k) == nil {
+			return fmt.Errorf("storage: %s: metadata of a service without a revision: %w", svc, ErrCorrupt)
+		}
+		if _, err := decodeMeta(v); err != nil {
+			return fmt.Errorf("storage: %s: %w", svc, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return tx.btx.Bucket(bucketInstances).ForEach(func(k, v []byte) error {
+		sk, id, ok := bytes.Cut(k, []byte{0})
+		if !ok {
+			return fmt.Errorf("storage: instance key %q without a service: %w", k, ErrCorrupt)
+		}
+		svc, err := serviceAt(sk)
+		if err != nil {
+			return err
+		}
+		if revs.Get(sk) == nil {
+			return fmt.Errorf("storage: %s: instance of a service without a revision: %w", svc, ErrCorrupt)
+		}
+		_, err = decodeInstanceAt(svc, id, v)
 		return err
 	})
 }
