@@ -40,7 +40,7 @@ bench-cluster: ## cluster figures for BENCHMARKS.md: convergence, removal, verif
 
 .PHONY: bench-raft
 bench-raft: ## persistent figures for BENCHMARKS.md: register beside bare raft, failover, restart with 1M instances (~2 min)
-	$(GO) test -run '^$$' -bench '^BenchmarkRaft' -benchtime 1x -timeout 30m ./persistent/
+	$(GO) test -run '^$$' -bench '^BenchmarkRaft' -benchtime 1x -timeout 30m ./persistent/ -raftbench.rounds=6 -raftbench.duration=2s
 
 soak: ## long random fault schedules on real processes (RUNS, NODES, FAULTS); prints the seed of any failure
 	$(GO) run ./chaos/cmd/regent-chaos -runs $${RUNS:-10} -nodes $${NODES:-5} -faults $${FAULTS:-10}
