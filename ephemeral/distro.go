@@ -815,6 +815,55 @@ func (d *Distro) peerLoop(ctx context.Context, p *peer) {
 	}
 }
 
+// maxStepActions bounds the syncs and verifies one Step runs for one peer;
+// a backlog left over is reported as due at once (Step returns 0).
+const maxStepActions = 1 << 12
+
+// Step is the senders' work without their goroutines, for a driver that
+// owns time (the scale model runs hundreds of engines on one virtual
+// clock): for every peer, in name order, it runs on the calling goroutine
+// the syncs and verifies that are due by Config.Clock, exactly as the
+// sender started by Start would, and returns how long until the next one
+// is due. Sweep does the sweeper's part. An engine driven by Step must not
+// be started; Step does nothing and returns a long wait if it was.
+func (d *Distro) Step(ctx context.Context) time.Duration {
+	d.mu.Lock()
+	if d.running || d.stopped {
+		d.mu.Unlock()
+		return time.Hour
+	}
+	ps := make([]*peer, 0, len(d.peers))
+	for _, p := range d.peers {
+		ps = append(ps, p)
+	}
+	d.mu.Unlock()
+	slices.SortFunc(ps, func(a, b *peer) int { return strings.Compare(a.name, b.name) })
+	next := time.Hour
+	for _, p := range ps {
+		for i := 0; ; i++ {
+			if ctx.Err() != nil {
+				return time.Hour
+			}
+			if i == maxStepActions {
+				next = 0
+				break
+			}
+			act, wait := d.nextAction(p)
+			if act == actSync {
+				d.syncPeer(ctx, p)
+				continue
+			}
+			if act == actVerify {
+				d.verifyPeer(ctx, p)
+				continue
+			}
+			next = min(next, wait)
+			break
+		}
+	}
+	return next
+}
+
 const (
 	actWait = iota
 	actSync

@@ -1,0 +1,108 @@
+package ephemeral
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/regent-registry/regent/internal/naming"
+)
+
+// manualClock is a virtual clock that moves only when the test says so.
+type manualClock struct{ ns atomic.Int64 }
+
+func (c *manualClock) Now() time.Time          { return time.Unix(0, c.ns.Load()).UTC() }
+func (c *manualClock) advance(d time.Duration) { c.ns.Add(int64(d)) }
+func newManualClock(start time.Time) *manualClock {
+	c := &manualClock{}
+	c.ns.Store(start.UnixNano())
+	return c
+}
+
+// stepCluster builds n engines that are driven by Step, never started.
+func stepCluster(t *testing.T, n int, clock Clock) (*InmemNetwork, []*Distro) {
+	t.Helper()
+	net := NewInmemNetwork(1)
+	var ds []*Distro
+	for i := 1; i <= n; i++ {
+		cfg := DefaultConfig()
+		cfg.Node = nodeName(i)
+		cfg.Clock = clock
+		d, err := New(cfg, NewStore(nil), net.Transport(cfg.Node))
+		if err != nil {
+			t.Fatal(err)
+		}
+		net.Register(cfg.Node, d)
+		ds = append(ds, d)
+	}
+	for _, a := range ds {
+		for _, b := range ds {
+			a.PeerUp(b.Node())
+		}
+	}
+	return net, ds
+}
+
+func TestStepSendsWhatIsDueByTheEngineClock(t *testing.T) {
+	clock := newManualClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	net, ds := stepCluster(t, 3, clock)
+	ctx := context.Background()
+	// A peer that comes up is verified at once: one digest per peer.
+	for _, d := range ds {
+		d.Step(ctx)
+	}
+	if c := net.Counts(); c.Verify != 6 || c.VerifyList != 0 {
+		t.Fatalf("first verify round: %d digest and %d list messages, want 6 and 0", c.Verify, c.VerifyList)
+	}
+	svc := naming.ServiceKey{Namespace: "public", Group: "DEFAULT_GROUP", Service: "s"}
+	ds[0].Register("c1", svc, []naming.Instance{{IP: "10.0.0.1", Port: 80, Weight: 1, Healthy: true, Enabled: true, Ephemeral: true}})
+
+	// Within the merge window nothing goes, and Step says when it will.
+	wait := ds[0].Step(ctx)
+	if got := net.Counts().Sync; got != 0 {
+		t.Fatalf("sync sent before the merge window ended: %d messages", got)
+	}
+	if wait != DefaultConfig().SyncDelay {
+		t.Fatalf("Step says the next action is due in %v, want the sync delay %v", wait, DefaultConfig().SyncDelay)
+	}
+	clock.advance(wait)
+	ds[0].Step(ctx)
+	if got := net.Counts().Sync; got != 2 {
+		t.Fatalf("got %d sync messages, want one per peer (2)", got)
+	}
+	for _, d := range ds[1:] {
+		if owner, _, ok := d.ClientVersion("c1"); !ok || owner != "n1" {
+			t.Fatalf("%s: client c1 owner %q present %v, want n1", d.Node(), owner, ok)
+		}
+	}
+
+	// The next round is due one verify interval after the first, and its
+	// digests match: the sync arrived.
+	next := time.Hour
+	for _, d := range ds {
+		next = min(next, d.Step(ctx))
+	}
+	if want := DefaultConfig().VerifyInterval - DefaultConfig().SyncDelay; next != want {
+		t.Fatalf("next action due in %v, want %v", next, want)
+	}
+	clock.advance(next)
+	for _, d := range ds {
+		d.Step(ctx)
+	}
+	if c := net.Counts(); c.Verify != 12 || c.VerifyList != 0 || c.Sync != 2 {
+		t.Fatalf("after the second verify round: %d digest, %d list, %d sync messages, want 12, 0, 2", c.Verify, c.VerifyList, c.Sync)
+	}
+}
+
+func TestStepDoesNothingOnAStartedEngine(t *testing.T) {
+	clock := newManualClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	_, ds := stepCluster(t, 2, clock)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ds[0].Start(ctx)
+	defer ds[0].Stop()
+	if got := ds[0].Step(ctx); got != time.Hour {
+		t.Fatalf("Step on a started engine returned %v, want an hour", got)
+	}
+}
