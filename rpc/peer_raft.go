@@ -71,7 +71,14 @@ func (t *PeerTransport) Apply(ctx context.Context, leader string, cmd []byte) (p
 	if err != nil {
 		return persistent.Result{}, raftCallError(leader, "write", err)
 	}
-	return persistent.DecodeResult(rep.GetResult())
+	res, err := persistent.DecodeResult(rep.GetResult())
+	if err != nil {
+		// The leader answered OK, so the write is applied; only its result
+		// is unreadable. Outcome unknown (UNAVAILABLE to the client, never
+		// retried), not an internal error.
+		return persistent.Result{}, fmt.Errorf("%w: write forwarded to %s: %w", persistent.ErrOutcomeUnknown, leader, err)
+	}
+	return res, nil
 }
 
 // ReadIndex asks the leader for a read barrier (persistent.Forwarder).
