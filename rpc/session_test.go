@@ -107,7 +107,7 @@ type testEnv struct {
 
 // newEnv builds the real stack (bbolt, persistent.Local, ephemeral store,
 // registry with its pusher, rpc.Server) served over bufconn.
-func newEnv(t *testing.T, opt envOptions) *testEnv {
+func newEnv(t testing.TB, opt envOptions) *testEnv {
 	t.Helper()
 	if opt.session == (SessionConfig{}) {
 		opt.session = testSessionConfig()
