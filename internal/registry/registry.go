@@ -73,15 +73,19 @@ type Subscriber interface {
 
 // Config tunes the registry.
 type Config struct {
-	// MergeWindow is how long the pusher waits after the first change before
-	// it pushes, so that changes close together go out as one push.
+	// MergeWindow is the shortest time between two pushes: a change after
+	// a quiet window goes out at once, and changes that come while the
+	// window since the last push runs go out together when it ends. A
+	// subscriber thus hears of a lone change without delay, and of a
+	// burst in at most one push per window.
 	MergeWindow time.Duration
 }
 
 // DefaultConfig returns production settings.
 func DefaultConfig() Config {
 	// 20 ms merges a burst of registrations (a deploy) into a few pushes
-	// while staying well inside the 50 ms promised to subscribers.
+	// while staying well inside the 50 ms promised to subscribers; a lone
+	// change does not wait for it.
 	return Config{MergeWindow: 20 * time.Millisecond}
 }
 
@@ -110,6 +114,11 @@ type Registry struct {
 	gate atomic.Pointer[<-chan struct{}]
 
 	pushes atomic.Uint64
+
+	// now and after are the pusher's clock (time.Now and time.After;
+	// tests replace them).
+	now   func() time.Time
+	after func(time.Duration) <-chan time.Time
 }
 
 // SetGate makes queries and pushes wait until loaded is closed: the node
@@ -151,6 +160,8 @@ func New(cfg Config, eph *ephemeral.Store, per Persistent) (*Registry, error) {
 		subs:  make(map[naming.ServiceKey]map[Subscriber]naming.Filter),
 		dirty: make(map[naming.ServiceKey]struct{}),
 		wake:  make(chan struct{}, 1),
+		now:   time.Now,
+		after: time.After,
 	}
 	eph.SetObserver(r.Changed)
 	return r, nil
@@ -187,9 +198,8 @@ func (r *Registry) Changed(keys []naming.ServiceKey) {
 
 // Run pushes changes until ctx ends.
 func (r *Registry) Run(ctx context.Context) {
-	timer := time.NewTimer(time.Hour)
-	timer.Stop()
 	gate := r.gateCh()
+	var last time.Time // of the last flush
 	for {
 		select {
 		case <-ctx.Done():
@@ -207,14 +217,22 @@ func (r *Registry) Run(ctx context.Context) {
 		if !r.Ready() {
 			continue // dirty services wait for the gate
 		}
-		timer.Reset(r.cfg.MergeWindow)
-		select {
-		case <-ctx.Done():
-			timer.Stop()
-			return
-		case <-timer.C:
+		r.subMu.Lock()
+		idle := len(r.dirty) == 0 // a wake for changes the last push took
+		r.subMu.Unlock()
+		if idle {
+			continue
+		}
+		if wait := r.cfg.MergeWindow - r.now().Sub(last); !last.IsZero() && wait > 0 {
+			// Changes that come meanwhile join this push.
+			select {
+			case <-ctx.Done():
+				return
+			case <-r.after(wait):
+			}
 		}
 		r.flush()
+		last = r.now()
 	}
 }
 

@@ -304,3 +304,99 @@ func TestNotReadyAnswersNothingAndPushesNothingUntilLoaded(t *testing.T) {
 		t.Fatalf("Get after the load: %v %v", snap, err)
 	}
 }
+
+// fakeTimer is the pusher's clock in TestLoneChangeIsPushedAtOnce: now is
+// set by the test, and every wait the pusher asks for is handed to it.
+type fakeTimer struct {
+	mu    sync.Mutex
+	t     time.Time
+	waits chan fakeWait
+}
+
+type fakeWait struct {
+	d    time.Duration
+	fire chan time.Time
+}
+
+func (f *fakeTimer) now() time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.t
+}
+
+func (f *fakeTimer) advance(d time.Duration) {
+	f.mu.Lock()
+	f.t = f.t.Add(d)
+	f.mu.Unlock()
+}
+
+func (f *fakeTimer) after(d time.Duration) <-chan time.Time {
+	w := fakeWait{d: d, fire: make(chan time.Time, 1)}
+	f.waits <- w
+	return w.fire
+}
+
+// A change after a quiet window is pushed without waiting; one inside the
+// window since the last push waits for the rest of it, together with any
+// others that come meanwhile.
+func TestLoneChangeIsPushedAtOnce(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.MergeWindow = 30 * time.Millisecond
+	r, err := New(cfg, ephemeral.NewStore(nil), newMem())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ft := &fakeTimer{t: time.Unix(1000, 0), waits: make(chan fakeWait, 1)}
+	r.now, r.after = ft.now, ft.after
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { r.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+
+	s := &sink{}
+	if err := r.Subscribe(key, naming.Filter{}, s); err != nil {
+		t.Fatal(err)
+	}
+	r.Ephemeral().Register("c1", "n1", key, []naming.Instance{inst("10.0.0.1", 80, true)})
+	s.waitFor(t, func(last Snapshot, _ int) bool { return len(last.Instances) == 1 })
+	select {
+	case w := <-ft.waits:
+		t.Fatalf("the first change waited %v", w.d)
+	default:
+	}
+
+	// 5 ms later (virtual): inside the window, so it waits 25 ms, and a
+	// third change joins it.
+	ft.advance(5 * time.Millisecond)
+	pushes := len(s.all())
+	r.Ephemeral().Register("c1", "n1", key, []naming.Instance{inst("10.0.0.2", 80, true)})
+	var w fakeWait
+	select {
+	case w = <-ft.waits:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the pusher neither pushed nor waited")
+	}
+	if w.d != 25*time.Millisecond {
+		t.Fatalf("waited %v, want the 25 ms left of the window", w.d)
+	}
+	r.Ephemeral().Register("c1", "n1", key, []naming.Instance{inst("10.0.0.3", 80, true)})
+	if got := len(s.all()); got != pushes {
+		t.Fatalf("%d pushes before the window ended, want %d", got, pushes)
+	}
+	ft.advance(25 * time.Millisecond)
+	w.fire <- ft.now()
+	got := s.waitFor(t, func(last Snapshot, _ int) bool { return len(last.Instances) == 3 })
+	if len(got) != pushes+1 {
+		t.Fatalf("%d pushes for two changes in one window, want one", len(got)-pushes)
+	}
+
+	// Long after: at once again.
+	ft.advance(time.Second)
+	r.Ephemeral().Register("c1", "n1", key, []naming.Instance{inst("10.0.0.4", 80, true)})
+	s.waitFor(t, func(last Snapshot, _ int) bool { return len(last.Instances) == 4 })
+	select {
+	case w := <-ft.waits:
+		t.Fatalf("a change after a quiet second waited %v", w.d)
+	default:
+	}
+}
