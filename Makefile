@@ -42,6 +42,12 @@ bench-cluster: ## cluster figures for BENCHMARKS.md: convergence, removal, verif
 bench-raft: ## persistent figures for BENCHMARKS.md: register beside bare raft, failover, restart with 1M instances (~2 min)
 	$(GO) test -run '^$$' -bench '^BenchmarkRaft' -benchtime 1x -timeout 30m ./persistent/ -raftbench.rounds=6 -raftbench.duration=2s
 
+.PHONY: bench-compare
+bench-compare: build ## Regent beside a 3-member etcd cluster, same machine, same run (apt-get installs Debian's etcd-server if missing; ~6 min)
+	command -v etcd >/dev/null || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y etcd-server etcd-client; }
+	$(GO) build -o bin/regent-compare ./cmd/regent-compare
+	bin/regent-compare -regent $(BIN) -etcd "$$(command -v etcd)" -clients $${CLIENTS:-1,16,64} -rounds $${ROUNDS:-2} -duration $${DURATION:-2s}
+
 soak: ## long random fault schedules on real processes (RUNS, NODES, FAULTS); prints the seed of any failure
 	$(GO) run ./chaos/cmd/regent-chaos -runs $${RUNS:-10} -nodes $${NODES:-5} -faults $${FAULTS:-10}
 

@@ -73,11 +73,11 @@ type Subscriber interface {
 
 // Config tunes the registry.
 type Config struct {
-	// MergeWindow is the shortest time between two pushes: a change after
-	// a quiet window goes out at once, and changes that come while the
-	// window since the last push runs go out together when it ends. A
-	// subscriber thus hears of a lone change without delay, and of a
-	// burst in at most one push per window.
+	// MergeWindow is the shortest time between two pushes of one service:
+	// a change to a service not pushed within the window goes out at
+	// once, and changes that come while the window since its last push
+	// runs go out together when it ends. A subscriber thus hears of a lone
+	// change without delay, and of a burst in at most one push per window.
 	MergeWindow time.Duration
 }
 
@@ -196,15 +196,22 @@ func (r *Registry) Changed(keys []naming.ServiceKey) {
 	}
 }
 
-// Run pushes changes until ctx ends.
+// Run pushes changes until ctx ends. Each service is paced on its own: a
+// change to a service not pushed within the merge window goes out at once;
+// one to a service pushed more recently waits until the window since that
+// push ends, and takes every change that came meanwhile with it.
 func (r *Registry) Run(ctx context.Context) {
 	gate := r.gateCh()
-	var last time.Time // of the last flush
+	pushed := map[naming.ServiceKey]time.Time{} // services pushed within the window
+	var timer <-chan time.Time
+	var timerAt time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-r.wake:
+		case <-timer:
+			timer = nil
 		case <-gate:
 			// Loaded: every subscriber gets its first list now.
 			gate = nil
@@ -217,22 +224,20 @@ func (r *Registry) Run(ctx context.Context) {
 		if !r.Ready() {
 			continue // dirty services wait for the gate
 		}
-		r.subMu.Lock()
-		idle := len(r.dirty) == 0 // a wake for changes the last push took
-		r.subMu.Unlock()
-		if idle {
-			continue
-		}
-		if wait := r.cfg.MergeWindow - r.now().Sub(last); !last.IsZero() && wait > 0 {
-			// Changes that come meanwhile join this push.
-			select {
-			case <-ctx.Done():
-				return
-			case <-r.after(wait):
+		now := r.now()
+		for k, t := range pushed {
+			if now.Sub(t) >= r.cfg.MergeWindow {
+				delete(pushed, k)
 			}
 		}
-		r.flush()
-		last = r.now()
+		due, next := r.take(pushed, now)
+		r.flush(due)
+		for k := range due {
+			pushed[k] = now
+		}
+		if !next.IsZero() && (timer == nil || next.Before(timerAt)) {
+			timer, timerAt = r.after(next.Sub(now)), next
+		}
 	}
 }
 
@@ -241,16 +246,31 @@ type target struct {
 	filter naming.Filter
 }
 
-func (r *Registry) flush() {
+// take removes from the dirty set the services due for a push (not in
+// pushed) and returns them with their subscribers, and the time the
+// earliest service it holds back becomes due (zero if none).
+func (r *Registry) take(pushed map[naming.ServiceKey]time.Time, now time.Time) (map[naming.ServiceKey][]target, time.Time) {
 	r.subMu.Lock()
+	defer r.subMu.Unlock()
 	work := make(map[naming.ServiceKey][]target, len(r.dirty))
+	var next time.Time
 	for k := range r.dirty {
+		if t, held := pushed[k]; held {
+			if at := t.Add(r.cfg.MergeWindow); next.IsZero() || at.Before(next) {
+				next = at
+			}
+			continue
+		}
+		delete(r.dirty, k)
 		for sub, f := range r.subs[k] {
 			work[k] = append(work[k], target{sub, f})
 		}
 	}
-	clear(r.dirty)
-	r.subMu.Unlock()
+	return work, next
+}
+
+// flush pushes each service of work to its subscribers.
+func (r *Registry) flush(work map[naming.ServiceKey][]target) {
 	for k, targets := range work {
 		all, rev, threshold, err := r.merged(k)
 		if err != nil {

@@ -336,9 +336,10 @@ func (f *fakeTimer) after(d time.Duration) <-chan time.Time {
 	return w.fire
 }
 
-// A change after a quiet window is pushed without waiting; one inside the
-// window since the last push waits for the rest of it, together with any
-// others that come meanwhile.
+// A change to a service not pushed within the window is pushed without
+// waiting; one inside the window since the service's last push waits for
+// the rest of it, together with any others that come meanwhile, and holds
+// back no other service.
 func TestLoneChangeIsPushedAtOnce(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.MergeWindow = 30 * time.Millisecond
@@ -346,27 +347,35 @@ func TestLoneChangeIsPushedAtOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ft := &fakeTimer{t: time.Unix(1000, 0), waits: make(chan fakeWait, 1)}
+	ft := &fakeTimer{t: time.Unix(1000, 0), waits: make(chan fakeWait, 4)}
 	r.now, r.after = ft.now, ft.after
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { r.Run(ctx); close(done) }()
 	defer func() { cancel(); <-done }()
+	noWait := func(what string) {
+		t.Helper()
+		select {
+		case w := <-ft.waits:
+			t.Fatalf("%s waited %v", what, w.d)
+		default:
+		}
+	}
 
-	s := &sink{}
+	other := naming.ServiceKey{Namespace: key.Namespace, Group: key.Group, Service: "other"}
+	s, so := &sink{}, &sink{}
 	if err := r.Subscribe(key, naming.Filter{}, s); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Subscribe(other, naming.Filter{}, so); err != nil {
 		t.Fatal(err)
 	}
 	r.Ephemeral().Register("c1", "n1", key, []naming.Instance{inst("10.0.0.1", 80, true)})
 	s.waitFor(t, func(last Snapshot, _ int) bool { return len(last.Instances) == 1 })
-	select {
-	case w := <-ft.waits:
-		t.Fatalf("the first change waited %v", w.d)
-	default:
-	}
+	noWait("the first change")
 
-	// 5 ms later (virtual): inside the window, so it waits 25 ms, and a
-	// third change joins it.
+	// 5 ms later (virtual): inside the service's window, so it waits the
+	// 25 ms left, and a third change joins it.
 	ft.advance(5 * time.Millisecond)
 	pushes := len(s.all())
 	r.Ephemeral().Register("c1", "n1", key, []naming.Instance{inst("10.0.0.2", 80, true)})
@@ -380,6 +389,10 @@ func TestLoneChangeIsPushedAtOnce(t *testing.T) {
 		t.Fatalf("waited %v, want the 25 ms left of the window", w.d)
 	}
 	r.Ephemeral().Register("c1", "n1", key, []naming.Instance{inst("10.0.0.3", 80, true)})
+	// Another service is not held back by this one's window.
+	r.Ephemeral().Register("c2", "n1", other, []naming.Instance{inst("10.0.9.1", 80, true)})
+	so.waitFor(t, func(last Snapshot, _ int) bool { return len(last.Instances) == 1 })
+	noWait("a change to another service")
 	if got := len(s.all()); got != pushes {
 		t.Fatalf("%d pushes before the window ended, want %d", got, pushes)
 	}
@@ -394,9 +407,5 @@ func TestLoneChangeIsPushedAtOnce(t *testing.T) {
 	ft.advance(time.Second)
 	r.Ephemeral().Register("c1", "n1", key, []naming.Instance{inst("10.0.0.4", 80, true)})
 	s.waitFor(t, func(last Snapshot, _ int) bool { return len(last.Instances) == 4 })
-	select {
-	case w := <-ft.waits:
-		t.Fatalf("a change after a quiet second waited %v", w.d)
-	default:
-	}
+	noWait("a change after a quiet second")
 }

@@ -1,0 +1,86 @@
+// Command regent-compare measures a 3-node Regent cluster beside a
+// 3-member etcd cluster on this machine, in one run (internal/bench/compare);
+// `make bench-compare` installs etcd with apt-get and runs it.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/regent-registry/regent/internal/bench/compare"
+)
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == compare.ChildArg {
+		if err := compare.ChildMain(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "regent-compare child:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	o := compare.DefaultOptions()
+	var clients, workloads, dir string
+	var keep bool
+	flag.StringVar(&o.RegentBin, "regent", "bin/regent", "the regent binary")
+	flag.StringVar(&o.EtcdBin, "etcd", "/usr/bin/etcd", "the etcd binary (Debian's etcd-server)")
+	flag.StringVar(&clients, "clients", "1,16,64", "concurrencies, comma-separated (at most 64)")
+	flag.StringVar(&workloads, "workloads", strings.Join(compare.Workloads, ","), "workloads, comma-separated")
+	flag.DurationVar(&o.Duration, "duration", o.Duration, "time of each measurement")
+	flag.IntVar(&o.Rounds, "rounds", o.Rounds, "rounds per workload and concurrency; the systems alternate")
+	flag.Int64Var(&o.EtcdTTL, "etcd-ttl", o.EtcdTTL, "lease TTL (s) of etcd's removal workload")
+	flag.StringVar(&dir, "dir", "", "folder for both clusters' data and logs (default: a new temporary folder)")
+	flag.BoolVar(&keep, "keep", false, "keep the folder after the run")
+	flag.Parse()
+	o.Clients = nil
+	for _, c := range strings.Split(clients, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(c))
+		if err != nil {
+			fail(fmt.Errorf("-clients %q: %w", clients, err))
+		}
+		o.Clients = append(o.Clients, n)
+	}
+	o.Workloads = strings.Split(workloads, ",")
+	self, err := os.Executable()
+	if err != nil {
+		fail(err)
+	}
+	o.Self = self
+	if o.RegentBin, err = filepath.Abs(o.RegentBin); err != nil {
+		fail(err)
+	}
+	if dir == "" {
+		if dir, err = os.MkdirTemp("", "regent-compare-"); err != nil {
+			fail(err)
+		}
+	}
+	o.Dir = dir
+	o.Progress = os.Stderr
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Minute) // every run ends by itself
+	defer cancel()
+	res, err := compare.Run(ctx, o)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "data and logs kept in %s\n", dir)
+		fail(err)
+	}
+	res.Table(os.Stdout, "regent-compare "+strings.Join(os.Args[1:], " "))
+	if keep {
+		fmt.Fprintf(os.Stderr, "data and logs kept in %s\n", dir)
+	} else {
+		os.RemoveAll(dir)
+	}
+}
+
+func fail(err error) {
+	fmt.Fprintln(os.Stderr, "regent-compare:", err)
+	os.Exit(1)
+}

@@ -1,0 +1,111 @@
+package compare
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/regent-registry/regent/internal/bench/load"
+	"github.com/regent-registry/regent/internal/testcluster"
+)
+
+// TestMain lets this test binary be the client process of the removal
+// workload, as cmd/regent-compare is.
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == ChildArg {
+		if err := ChildMain(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+func sample(ops int64, secs float64, lat ...time.Duration) load.Sample {
+	return load.Sample{Ops: ops, Elapsed: time.Duration(secs * float64(time.Second)), Latencies: lat}
+}
+
+func TestRatioAndTarget(t *testing.T) {
+	for _, tc := range []struct {
+		row   Row
+		ratio float64
+		met   bool
+	}{
+		{Row{Workload: Ephemeral, Regent: sample(5000, 1, 1), Etcd: sample(1000, 1, 1)}, 5, true},
+		{Row{Workload: Ephemeral, Regent: sample(4900, 1, 1), Etcd: sample(1000, 1, 1)}, 4.9, false},
+		{Row{Workload: Persistent, Regent: sample(1300, 1, 1), Etcd: sample(1000, 1, 1)}, 1.3, true},
+		// Latency workloads compare p99, lower is better.
+		{Row{Workload: Notify, Regent: sample(2, 1, 2*time.Millisecond, 4*time.Millisecond), Etcd: sample(2, 1, 5*time.Millisecond, 10*time.Millisecond)}, 0.4, true},
+		{Row{Workload: Removal, Regent: sample(1, 1, 500*time.Millisecond), Etcd: sample(1, 1, 2*time.Second)}, 0.25, false},
+		// No successful operation on one side is never a met target.
+		{Row{Workload: Removal, Regent: sample(0, 1), Etcd: sample(1, 1, 2*time.Second)}, 0, false},
+	} {
+		if got := tc.row.Ratio(); fmt.Sprintf("%.3f", got) != fmt.Sprintf("%.3f", tc.ratio) || tc.row.Met() != tc.met {
+			t.Errorf("%s: ratio %.3f met %v, want %.3f %v", tc.row.Workload, got, tc.row.Met(), tc.ratio, tc.met)
+		}
+	}
+}
+
+func TestValidate(t *testing.T) {
+	ok := DefaultOptions()
+	ok.RegentBin, ok.EtcdBin, ok.Self, ok.Dir = "r", "e", "s", "d"
+	if err := ok.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for name, mut := range map[string]func(*Options){
+		"too many clients": func(o *Options) { o.Clients = []int{1, 1000} },
+		"no rounds":        func(o *Options) { o.Rounds = 0 },
+		"unknown workload": func(o *Options) { o.Workloads = []string{"put"} },
+		"no etcd":          func(o *Options) { o.EtcdBin = "" },
+	} {
+		o := ok
+		mut(&o)
+		if err := o.Validate(); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+func TestTable(t *testing.T) {
+	r := &Result{Rows: []Row{{Workload: Lookup, Clients: 16, Regent: sample(6000, 1, time.Millisecond), Etcd: sample(1000, 1, 2*time.Millisecond)}},
+		EtcdTermsBefore: []uint64{2, 2, 2}, EtcdTermsAfter: []uint64{2, 3, 3}}
+	var b strings.Builder
+	r.Table(&b, "regent-compare")
+	out := b.String()
+	for _, want := range []string{"| lookup | 16 | 6000 | 1.00 ms | 1.00 ms | 1000 | 2.00 ms | 2.00 ms | 6.00 (throughput) | ≥ 5.0× | yes |", "etcd changed leader"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("table lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+// The Regent side of the workloads against an in-process 3-node cluster:
+// every operation of each workload succeeds and is timed, including the
+// removal of killed client processes (this test binary, re-run).
+func TestRegentWorkloads(t *testing.T) {
+	tc := testcluster.Start(t, 3, nil)
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sys := &regentSystem{servers: tc.Addrs(), self: self}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	for _, w := range Workloads {
+		s, err := sys.measure(ctx, w, 2, 0, 200*time.Millisecond)
+		if err != nil {
+			t.Fatalf("%s: %v", w, err)
+		}
+		if s.Errors != 0 || s.Ops == 0 || len(s.Latencies) != int(s.Ops) {
+			t.Fatalf("%s: %d ops, %d errors (%s), %d latencies", w, s.Ops, s.Errors, s.FirstErr, len(s.Latencies))
+		}
+		if w == Removal && s.Ops != 2 {
+			t.Fatalf("removal timed %d of 2 killed clients", s.Ops)
+		}
+		t.Logf("%s: %d ops, p50 %v p99 %v", w, s.Ops, s.Pct(0.5), s.Pct(0.99))
+	}
+}

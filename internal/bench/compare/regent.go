@@ -1,0 +1,290 @@
+package compare
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/regent-registry/regent/chaos"
+	"github.com/regent-registry/regent/client"
+	"github.com/regent-registry/regent/internal/bench/load"
+)
+
+// regentSystem is a 3-node Regent cluster of real `regent server`
+// processes on 127.0.0.1-3 (the chaos harness starts them: fsync on,
+// bootstrap-expect 3).
+type regentSystem struct {
+	cluster *chaos.Cluster
+	servers []string
+	self    string
+}
+
+func startRegent(ctx context.Context, o Options, logf func(string, ...any)) (*regentSystem, error) {
+	c, err := chaos.NewCluster(chaos.ClusterConfig{Nodes: 3, Bin: o.RegentBin, Dir: o.Dir + "/regent", LogLevel: "warn"})
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Start(); err != nil {
+		c.Stop()
+		return nil, err
+	}
+	leader, err := c.WaitFormed(ctx, 60*time.Second)
+	if err != nil {
+		c.Stop()
+		return nil, err
+	}
+	logf("regent up at %v, Raft leader %s", c.Servers(), leader)
+	return &regentSystem{cluster: c, servers: c.Servers(), self: o.Self}, nil
+}
+
+func (s *regentSystem) stop() { s.cluster.Stop() }
+
+func (s *regentSystem) name() string { return "regent" }
+
+// clients opens n SDK clients, client i on node i%3 (shifted by node).
+func (s *regentSystem) clients(ctx context.Context, n, node int) ([]*client.Client, error) {
+	out := make([]*client.Client, 0, n)
+	for i := range n {
+		c, err := client.New(client.Config{Servers: []string{s.servers[(i+node)%len(s.servers)]}, RequestTimeout: 10 * time.Second})
+		if err == nil {
+			wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			err = c.WaitConnected(wctx)
+			cancel()
+		}
+		if err != nil {
+			closeAll(out)
+			return nil, err
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+func closeAll(cs []*client.Client) {
+	var wg sync.WaitGroup
+	for _, c := range cs {
+		wg.Go(func() { c.Close() })
+	}
+	wg.Wait()
+}
+
+func ipOf(seq int) string { return fmt.Sprintf("10.%d.%d.%d", seq>>16&255, seq>>8&255, seq&255) }
+
+func svcName(workload string, clients, round, worker int) string {
+	return fmt.Sprintf("cmp-%s-c%d-r%d-w%d", workload, clients, round, worker)
+}
+
+func (s *regentSystem) measure(ctx context.Context, w string, clients, round int, d time.Duration) (load.Sample, error) {
+	switch w {
+	case Ephemeral, Persistent:
+		cs, err := s.clients(ctx, clients, 0)
+		if err != nil {
+			return load.Sample{}, err
+		}
+		defer closeAll(cs)
+		return load.Run(ctx, clients, d, func(ctx context.Context, worker, seq int) error {
+			svc := client.Service{Name: svcName(w, clients, round, worker)}
+			in := client.Instance{IP: ipOf(seq), Port: 8080, Metadata: map[string]string{"version": "1.0.0"}}
+			if w == Ephemeral {
+				return cs[worker].Register(ctx, svc, in)
+			}
+			_, err := cs[worker].RegisterPersistent(ctx, svc, in)
+			return err
+		}), nil
+	case Lookup, Watched:
+		return s.lookup(ctx, clients, round, d, w == Watched)
+	case Notify:
+		return s.notify(ctx, clients, round, d)
+	case Removal:
+		return s.removal(ctx, clients, round)
+	}
+	return load.Sample{}, fmt.Errorf("unknown workload %q", w)
+}
+
+const lookupInstances = 10
+
+// lookup: one service of 10 instances, listed on every node first; each
+// worker lists it on its own node, or, watched, subscribes first and is
+// answered by its SDK from the pushes.
+func (s *regentSystem) lookup(ctx context.Context, clients, round int, d time.Duration, watched bool) (load.Sample, error) {
+	owner, err := s.clients(ctx, 1, 0)
+	if err != nil {
+		return load.Sample{}, err
+	}
+	defer closeAll(owner)
+	svc := client.Service{Name: svcName(Lookup, clients, round, 0)}
+	if watched {
+		svc.Name = svcName(Watched, clients, round, 0)
+	}
+	for i := range lookupInstances {
+		if err := owner[0].Register(ctx, svc, client.Instance{IP: ipOf(i), Port: 8080}); err != nil {
+			return load.Sample{}, err
+		}
+	}
+	cs, err := s.clients(ctx, clients, 0)
+	if err != nil {
+		return load.Sample{}, err
+	}
+	defer closeAll(cs)
+	count := func(c *client.Client) int {
+		info, err := c.GetService(ctx, svc, client.Filter{})
+		if err != nil {
+			return -1
+		}
+		return len(info.Instances)
+	}
+	for _, c := range cs[:min(len(cs), len(s.servers))] {
+		if err := waitFor(ctx, 10*time.Second, func() bool { return count(c) == lookupInstances }); err != nil {
+			return load.Sample{}, fmt.Errorf("lookup service not listed on %s: %w", c.Node(), err)
+		}
+	}
+	if watched {
+		for _, c := range cs {
+			w, err := c.Watch(ctx, svc, client.Filter{})
+			if err != nil {
+				return load.Sample{}, err
+			}
+			defer w.Stop()
+		}
+	}
+	return load.Run(ctx, clients, d, func(ctx context.Context, worker, _ int) error {
+		info, err := cs[worker].GetService(ctx, svc, client.Filter{})
+		if err == nil && len(info.Instances) != lookupInstances {
+			err = fmt.Errorf("listed %d instances, want %d", len(info.Instances), lookupInstances)
+		}
+		return err
+	}), nil
+}
+
+// notify: worker w registers on node w%3, its subscriber sits on node
+// (w+1)%3; an operation is a register until the subscriber's push lists it.
+func (s *regentSystem) notify(ctx context.Context, clients, round int, d time.Duration) (load.Sample, error) {
+	writers, err := s.clients(ctx, clients, 0)
+	if err != nil {
+		return load.Sample{}, err
+	}
+	defer closeAll(writers)
+	readers, err := s.clients(ctx, clients, 1)
+	if err != nil {
+		return load.Sample{}, err
+	}
+	defer closeAll(readers)
+	watchers := make([]*client.Watcher, clients)
+	for i, r := range readers {
+		if watchers[i], err = r.Watch(ctx, client.Service{Name: svcName(Notify, clients, round, i)}, client.Filter{}); err != nil {
+			return load.Sample{}, err
+		}
+		defer watchers[i].Stop()
+	}
+	return load.RunPaced(ctx, clients, d, NotifyPace, func(ctx context.Context, worker, seq int) error {
+		ip := ipOf(seq)
+		if err := writers[worker].Register(ctx, client.Service{Name: svcName(Notify, clients, round, worker)}, client.Instance{IP: ip, Port: 8080}); err != nil {
+			return err
+		}
+		return awaitList(ctx, watchers[worker], ip, true)
+	}), nil
+}
+
+// awaitList waits up to 10 s for a push that lists ip (present) or does
+// not (gone).
+func awaitList(ctx context.Context, w *client.Watcher, ip string, present bool) error {
+	timeout := time.NewTimer(10 * time.Second)
+	defer timeout.Stop()
+	for {
+		select {
+		case info := <-w.C():
+			if slices.ContainsFunc(info.Instances, func(in client.Instance) bool { return in.IP == ip }) == present {
+				return nil
+			}
+		case <-timeout.C:
+			return fmt.Errorf("%s %w (present=%v)", ip, errNotSeen, present)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// removal: one client process per worker registers an instance on node
+// i%3 and is then killed (SIGKILL); a subscriber on node (i+1)%3 times
+// how long until the instance is gone.
+func (s *regentSystem) removal(ctx context.Context, clients, round int) (load.Sample, error) {
+	readers, err := s.clients(ctx, clients, 1)
+	if err != nil {
+		return load.Sample{}, err
+	}
+	defer closeAll(readers)
+	watchers := make([]*client.Watcher, clients)
+	kids := make([]*child, clients)
+	defer func() {
+		for _, k := range kids {
+			if k != nil {
+				k.kill()
+			}
+		}
+	}()
+	for i := range clients {
+		svc := client.Service{Name: svcName(Removal, clients, round, i)}
+		if watchers[i], err = readers[i].Watch(ctx, svc, client.Filter{}); err != nil {
+			return load.Sample{}, err
+		}
+		defer watchers[i].Stop()
+		if kids[i], err = startChild(ctx, s.self, "regent", s.servers[i%len(s.servers)], svc.Name, ipOf(i)); err != nil {
+			return load.Sample{}, err
+		}
+		if err := awaitList(ctx, watchers[i], ipOf(i), true); err != nil {
+			return load.Sample{}, err
+		}
+	}
+	return killAndTime(ctx, kids, func(ctx context.Context, i int) error {
+		return awaitList(ctx, watchers[i], ipOf(i), false)
+	}), nil
+}
+
+// killAndTime kills every child at once and returns, per child, the time
+// from its kill until gone(i) returns.
+func killAndTime(ctx context.Context, kids []*child, gone func(ctx context.Context, i int) error) load.Sample {
+	lats := make([]time.Duration, len(kids))
+	errs := make([]error, len(kids))
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i, k := range kids {
+		t0 := time.Now()
+		k.kill()
+		wg.Go(func() {
+			errs[i] = gone(ctx, i)
+			lats[i] = time.Since(t0)
+		})
+	}
+	wg.Wait()
+	var s load.Sample
+	s.Elapsed = time.Since(start)
+	for i, err := range errs {
+		if err != nil {
+			if s.Errors++; s.FirstErr == "" {
+				s.FirstErr = err.Error()
+			}
+			continue
+		}
+		s.Ops++
+		s.Latencies = append(s.Latencies, lats[i])
+	}
+	slices.Sort(s.Latencies)
+	return s
+}
+
+func waitFor(ctx context.Context, d time.Duration, cond func() bool) error {
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return errNotSeen
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return nil
+}

@@ -1,0 +1,69 @@
+package compare
+
+import (
+	"fmt"
+	"io"
+	"runtime"
+	"time"
+)
+
+var workloadTitles = map[string]string{
+	Ephemeral:  "ephemeral registration (Regent: register on a live session; etcd: lease grant + put with lease + keep-alive)",
+	Persistent: "persistent registration (Regent: persistent register through Raft; etcd: put)",
+	Lookup:     "lookup of a 10-instance service from the server (Regent: GetService; etcd: serializable range over the prefix)",
+	Watched:    "the same lookup by a client subscribed to the service (Regent: GetService, answered by the SDK from its push-kept cache; etcd: the same serializable range, its client having no such cache)",
+	Notify:     "change notification on another node (Regent: register → subscriber push; etcd: put → watch event), each client changing its own service at most every 50 ms",
+	Removal:    "removal after a client process is killed (Regent: session end; etcd: lease expiry), kill → gone for a watcher on another node",
+}
+
+func targetText(w string) string {
+	t := targets[w]
+	if t.atMost {
+		return fmt.Sprintf("≤ %.1f× (p99)", t.ratio)
+	}
+	return fmt.Sprintf("≥ %.1f×", t.ratio)
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond)) }
+
+// Table writes the result as Markdown: one table, a row per workload and
+// concurrency, with each side's throughput and latency and the ratio.
+func (r *Result) Table(w io.Writer, cmdline string) {
+	fmt.Fprintf(w, "Command: `%s`; %s, %d CPUs, %s/%s; started %s, took %v.\n\n", cmdline, runtime.Version(), runtime.NumCPU(), runtime.GOOS, runtime.GOARCH,
+		r.Started.UTC().Format("2006-01-02 15:04 UTC"), r.Elapsed.Round(time.Second))
+	fmt.Fprintln(w, "| workload | clients | Regent ops/s | Regent p50 | Regent p99 | etcd ops/s | etcd p50 | etcd p99 | Regent/etcd | target | met |")
+	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
+	for _, row := range r.Rows {
+		kind := "throughput"
+		if latencyWorkload(row.Workload) {
+			kind = "p99"
+		}
+		met := "no"
+		if row.Met() {
+			met = "yes"
+		}
+		fmt.Fprintf(w, "| %s | %d | %.0f | %s | %s | %.0f | %s | %s | %.2f (%s) | %s | %s |\n", row.Workload, row.Clients,
+			row.Regent.Rate(), ms(row.Regent.Pct(0.5)), ms(row.Regent.Pct(0.99)),
+			row.Etcd.Rate(), ms(row.Etcd.Pct(0.5)), ms(row.Etcd.Pct(0.99)),
+			row.Ratio(), kind, targetText(row.Workload), met)
+	}
+	fmt.Fprintln(w)
+	for _, wl := range Workloads {
+		fmt.Fprintf(w, "- **%s**: %s.\n", wl, workloadTitles[wl])
+	}
+	fmt.Fprintf(w, "- etcd Raft term of each member before the first measurement %v, after the last %v", r.EtcdTermsBefore, r.EtcdTermsAfter)
+	if fmt.Sprint(r.EtcdTermsBefore) == fmt.Sprint(r.EtcdTermsAfter) {
+		fmt.Fprintln(w, " (no leader change during the run).")
+	} else {
+		fmt.Fprintln(w, " (etcd changed leader during the run: its figures include elections).")
+	}
+	var errs []string
+	for _, row := range r.Rows {
+		if row.Regent.Errors+row.Etcd.Errors > 0 {
+			errs = append(errs, fmt.Sprintf("%s at %d clients: Regent %d (%s), etcd %d (%s)", row.Workload, row.Clients, row.Regent.Errors, row.Regent.FirstErr, row.Etcd.Errors, row.Etcd.FirstErr))
+		}
+	}
+	for _, e := range errs {
+		fmt.Fprintf(w, "- errors: %s\n", e)
+	}
+}

@@ -1,0 +1,91 @@
+package load
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestRunCountsEveryCall(t *testing.T) {
+	var mu sync.Mutex
+	calls := map[int]int{} // worker -> calls
+	seqOK := true
+	s := Run(context.Background(), 4, 50*time.Millisecond, func(_ context.Context, w, seq int) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if seq != calls[w] {
+			seqOK = false
+		}
+		calls[w]++
+		if seq%3 == 2 {
+			return errors.New("every third fails")
+		}
+		return nil
+	})
+	total := 0
+	for _, n := range calls {
+		total += n
+	}
+	if len(calls) != 4 || !seqOK {
+		t.Fatalf("workers %d, seq in order %v", len(calls), seqOK)
+	}
+	if int(s.Ops+s.Errors) != total || s.Errors == 0 || s.FirstErr != "every third fails" {
+		t.Fatalf("ops %d + errors %d, calls %d, first error %q", s.Ops, s.Errors, total, s.FirstErr)
+	}
+	if len(s.Latencies) != int(s.Ops) || s.Rate() <= 0 {
+		t.Fatalf("%d latencies for %d ops, rate %v", len(s.Latencies), s.Ops, s.Rate())
+	}
+	for i := 1; i < len(s.Latencies); i++ {
+		if s.Latencies[i] < s.Latencies[i-1] {
+			t.Fatal("latencies not sorted")
+		}
+	}
+}
+
+func TestPct(t *testing.T) {
+	l := []time.Duration{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}
+	if Pct(l, 0.5) != 5 || Pct(l, 0.99) != 9 || Pct(l, 1) != 10 || Pct(nil, 0.5) != 0 {
+		t.Fatalf("p50 %v p99 %v p100 %v", Pct(l, 0.5), Pct(l, 0.99), Pct(l, 1))
+	}
+}
+
+func TestRunStopsWithContext(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	s := Run(ctx, 2, time.Hour, func(context.Context, int, int) error { return nil })
+	if s.Ops != 0 {
+		t.Fatalf("%d ops after cancel", s.Ops)
+	}
+}
+
+func TestRunPacedSpacesCalls(t *testing.T) {
+	var mu sync.Mutex
+	starts := map[int][]time.Time{}
+	pace := 20 * time.Millisecond
+	t0 := time.Now()
+	s := RunPaced(context.Background(), 2, 200*time.Millisecond, pace, func(_ context.Context, w, _ int) error {
+		mu.Lock()
+		starts[w] = append(starts[w], time.Now())
+		mu.Unlock()
+		return nil
+	})
+	for w, ts := range starts {
+		// A paced worker never starts two calls closer than the pace
+		// (the timer may fire late, never early).
+		for i := 1; i < len(ts); i++ {
+			if gap := ts[i].Sub(t0); gap < time.Duration(i)*pace {
+				t.Fatalf("worker %d call %d started %v after the run began, before %v", w, i, gap, time.Duration(i)*pace)
+			}
+		}
+		if len(ts) > 10 {
+			t.Fatalf("worker %d made %d calls in 200 ms at one per 20 ms", w, len(ts))
+		}
+	}
+	for _, l := range s.Latencies {
+		if l >= pace {
+			t.Fatalf("latency %v includes the pause", l)
+		}
+	}
+}
