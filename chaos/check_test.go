@@ -195,3 +195,67 @@ func TestScheduleIsDrawnFromTheSeed(t *testing.T) {
 		t.Fatalf("schedule lacks required faults: %v", kinds)
 	}
 }
+
+// TestRandomSchedulesDrawEveryNetworkFault: with Partitions, random
+// schedules draw the four network faults (isolate, partition, bridge, far
+// clients); without, none of them.
+func TestRandomSchedulesDrawEveryNetworkFault(t *testing.T) {
+	network := []FaultKind{FaultIsolate, FaultPartition, FaultBridge, FaultFarClients}
+	for _, parts := range []bool{true, false} {
+		spec := SoakScenario(1, 3, 40).Spec
+		spec.Partitions = parts
+		kinds := map[FaultKind]int{}
+		for seed := range uint64(5) {
+			for _, f := range NewSchedule(seed, spec).Node {
+				kinds[f.Kind]++
+			}
+		}
+		for _, k := range network {
+			if parts && kinds[k] == 0 {
+				t.Errorf("Partitions: %s never drawn in 200 faults: %v", k, kinds)
+			}
+			if !parts && kinds[k] != 0 {
+				t.Errorf("no Partitions: %s drawn: %v", k, kinds)
+			}
+		}
+	}
+	req := map[FaultKind]bool{}
+	for _, tp := range PartitionScenario(1).Spec.Required {
+		req[tp.Kind] = true
+	}
+	for _, k := range network {
+		if !req[k] {
+			t.Errorf("PartitionScenario does not run %s", k)
+		}
+	}
+}
+
+// TestFarClientsJudge: the far-clients judge passes writes refused as
+// unavailable and catches an acknowledged write, one without an answer,
+// one failed with an unclear error, and instances never listed on their
+// side or dropped before the heal.
+func TestFarClientsJudge(t *testing.T) {
+	mk := func(writes []Op, first, flap time.Duration) *farRun {
+		return &farRun{fc: &farClient{}, stop: make(chan struct{}), writes: writes, firstListed: first, flap: flap,
+			res: FarResult{Client: "far-0@node2", Node: "node2", Side: []string{"node2"}, Registered: time.Second, Listed: -1}}
+	}
+	w := func(err string, end time.Duration) Op {
+		return Op{Kind: OpPRegister, Key: 9, Start: end - 5*time.Second, End: end, Err: err}
+	}
+	heal := 20 * time.Second
+	good := mk([]Op{w("unavailable: regent: Unavailable: no quorum", 10*time.Second), w("", 25*time.Second)}, 2*time.Second, -1).Stop(heal)
+	if len(good.Violations) != 0 || good.Writes != 1 || good.WritesUnavailable != 1 || good.Listed != time.Second {
+		t.Fatalf("a correct run judged %+v", good)
+	}
+	for name, fr := range map[string]*farRun{
+		"acknowledged": mk([]Op{w("", 10*time.Second)}, 2*time.Second, -1),
+		"no answer":    mk([]Op{w("deadline: context deadline exceeded", 10*time.Second)}, 2*time.Second, -1),
+		"unclear":      mk([]Op{w("regent: Internal: boom", 10*time.Second)}, 2*time.Second, -1),
+		"never listed": mk([]Op{w("unavailable: x", 10*time.Second)}, -1, -1),
+		"flapped":      mk([]Op{w("unavailable: x", 10*time.Second)}, 2*time.Second, 5*time.Second),
+	} {
+		if r := fr.Stop(heal); len(r.Violations) == 0 {
+			t.Errorf("%s: not caught: %+v", name, r)
+		}
+	}
+}

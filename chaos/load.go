@@ -143,12 +143,13 @@ type Load struct {
 	dying    []*ephClient // sdk-close and silent
 	clis     []*cliClient
 	writers  []*client.Client
+	far      []*farClient // made by far-clients faults, on the faults' goroutine
 
 	roundsMu sync.Mutex
 	rounds   []Round
 
 	stopChurn, stopPers, stopMon, closed chan struct{}
-	churnWG, persWG, monWG               sync.WaitGroup
+	churnWG, persWG, monWG, farWG        sync.WaitGroup
 }
 
 func rotate(s []string, i int) []string {
@@ -423,10 +424,11 @@ func (l *Load) keys(w int) []int {
 	return ks
 }
 
-// PersKeys returns every persistent instance any writer writes.
+// PersKeys returns every persistent instance any writer (far clients
+// included) writes.
 func (l *Load) PersKeys() []int {
 	var ks []int
-	for k := range l.cfg.Writers*l.cfg.Owned + l.cfg.Contended {
+	for k := range l.farKeyBase() + len(l.far) {
 		ks = append(ks, k)
 	}
 	return ks
@@ -671,6 +673,9 @@ func (l *Load) LiveExpected() map[string][]string {
 	for _, e := range l.live {
 		out[e.name] = e.wished()
 	}
+	for _, f := range l.far {
+		out[f.e.name] = f.e.wished()
+	}
 	return out
 }
 
@@ -679,6 +684,11 @@ func (l *Load) LiveIPs() map[string]bool {
 	out := map[string]bool{}
 	for _, e := range l.live {
 		for _, ip := range e.pool {
+			out[ip] = true
+		}
+	}
+	for _, f := range l.far {
+		for _, ip := range f.e.pool {
 			out[ip] = true
 		}
 	}
@@ -742,7 +752,11 @@ func (l *Load) Close() {
 	for _, c := range l.writers {
 		closeC(c)
 	}
+	for _, f := range l.far {
+		closeC(f.e.c)
+	}
 	wg.Wait()
+	l.farWG.Wait()
 	for _, e := range l.dying {
 		if e.proxy != nil {
 			e.proxy.Close()
@@ -752,4 +766,243 @@ func (l *Load) Close() {
 		_ = c.cmd.Process.Kill()
 		<-c.done
 	}
+}
+
+// farClient is an SDK client attached to one node alone, made by a
+// far-clients fault while that node was cut off from the majority; it
+// stays on (a live client) after the heal.
+type farClient struct {
+	e   *ephClient
+	key int // its persistent instance
+}
+
+// FarResult is what a far-clients fault saw while its side was cut off.
+type FarResult struct {
+	Client string
+	// Node the client is attached to; Side every node of its minority.
+	Node string
+	Side []string
+	IPs  []string
+	// Registered is when its last register was acknowledged (-1: never);
+	// Listed how long after that every node of its side listed all its
+	// instances (-1: never before the heal).
+	Registered, Listed time.Duration
+	// Writes it made that ended before the heal, by outcome.
+	Writes, WritesOK, WritesUnavailable, WritesDeadline, WritesOther int
+	Violations                                                       []string
+}
+
+// Summary is the fault's note in the report.
+func (r FarResult) Summary() string {
+	listed := "never"
+	if r.Listed >= 0 {
+		listed = ms(r.Listed)
+	}
+	return fmt.Sprintf("%s: listed on %s after %s; p-writes before the heal %d: ok %d, unavailable %d, deadline %d, other %d",
+		r.Client, strings.Join(r.Side, "+"), listed, r.Writes, r.WritesOK, r.WritesUnavailable, r.WritesDeadline, r.WritesOther)
+}
+
+// farRun is a far-clients fault's clients at work.
+type farRun struct {
+	l      *Load
+	fc     *farClient
+	side   []int
+	res    FarResult
+	stop   chan struct{}
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	writes []Op
+	// first all listed, and the first sample after it that was not
+	firstListed, flap time.Duration
+	flapWhy           string
+}
+
+// farKeyBase is the first persistent instance of the far clients, after
+// every writer's.
+func (l *Load) farKeyBase() int { return l.cfg.Writers*l.cfg.Owned + l.cfg.Contended }
+
+// StartFar attaches a new SDK client to node n alone (n and the other
+// nodes of side are cut off from the majority), registers its ephemeral
+// instances there and keeps writing its persistent instance through it
+// until Stop. It returns once the registers were answered.
+func (l *Load) StartFar(ctx context.Context, n *Node, side []int) *farRun {
+	j := len(l.far)
+	name := fmt.Sprintf("far-%d@%s", j, n.Name)
+	fr := &farRun{l: l, side: side, stop: make(chan struct{}), firstListed: -1, flap: -1}
+	fr.res = FarResult{Client: name, Node: n.Name, Registered: -1, Listed: -1}
+	for _, i := range side {
+		fr.res.Side = append(fr.res.Side, l.cl.Nodes[i].Name)
+	}
+	c, err := newClient([]string{n.GRPC}, "chaos-"+name)
+	if err != nil {
+		fr.res.Violations = append(fr.res.Violations, fmt.Sprintf("far-clients: %s: %v", name, err))
+		return fr
+	}
+	e := &ephClient{name: name, kind: "far", c: c, wish: map[string]bool{}}
+	for k := range 2 {
+		e.pool = append(e.pool, fmt.Sprintf("10.205.%d.%d", j, k+1))
+	}
+	fr.fc = &farClient{e: e, key: l.farKeyBase() + j}
+	l.far = append(l.far, fr.fc)
+	fr.res.IPs = slices.Clone(e.pool)
+	registered := true
+	for _, ip := range e.pool {
+		e.mu.Lock()
+		e.wish[ip] = true // the SDK keeps the wish whatever the call returns
+		e.mu.Unlock()
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		start := l.clock.Now()
+		err := c.Register(rctx, EphService, client.Instance{IP: ip, Port: 80})
+		cancel()
+		l.hist.Add(Op{Kind: OpERegister, Actor: 400 + j, ActorName: name, Node: n.Name, Key: -1, EIP: ip, Start: start, End: l.clock.Now(), Err: errString(err)})
+		if err != nil {
+			registered = false
+			fr.res.Violations = append(fr.res.Violations, fmt.Sprintf("far-clients: %s could not register %s on %s, which it reaches: %v", name, ip, n.Name, err))
+		}
+	}
+	if registered {
+		fr.res.Registered = l.clock.Now()
+	}
+	l.farWG.Go(fr.write) // waited by Close: a write in flight at the heal is not judged
+	if registered {
+		fr.wg.Go(fr.watch)
+	}
+	return fr
+}
+
+// FarWriteTimeout bounds a far client's persistent write: the server's
+// own bound (persistent ApplyTimeout, 5 s: then it answers UNAVAILABLE)
+// plus slack; a write without an answer by then is a violation.
+const FarWriteTimeout = 10 * time.Second
+
+// FarHoldMin is the shortest hold of a far-clients fault, so that at
+// least one write gets the server's verdict before the heal.
+const FarHoldMin = 7 * time.Second
+
+// write keeps writing the far client's persistent instance, a register
+// and a deregister in turn, each bounded by FarWriteTimeout.
+func (fr *farRun) write() {
+	l, fc := fr.l, fr.fc
+	in := client.Instance{IP: PersIP(fc.key), Port: 80}
+	for i := 0; ; i++ {
+		select {
+		case <-fr.stop:
+			return
+		default:
+		}
+		kind := OpPRegister
+		if i%2 == 1 {
+			kind = OpPDeregister
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), FarWriteTimeout)
+		start := l.clock.Now()
+		var err error
+		if kind == OpPRegister {
+			_, err = fc.e.c.RegisterPersistent(ctx, PersService, in)
+		} else {
+			_, err = fc.e.c.DeregisterPersistent(ctx, PersService, in)
+		}
+		cancel()
+		op := Op{Kind: kind, Actor: 500 + fc.key, ActorName: fc.e.name, Node: fr.res.Node, Key: fc.key, Start: start, End: l.clock.Now(), Err: errString(err)}
+		if err != nil {
+			switch {
+			case errors.Is(err, client.ErrUnavailable):
+				op.Err = "unavailable: " + op.Err
+			case errors.Is(err, context.DeadlineExceeded):
+				op.Err = "deadline: " + op.Err
+			}
+		}
+		l.hist.Add(op)
+		fr.mu.Lock()
+		fr.writes = append(fr.writes, op)
+		fr.mu.Unlock()
+		if !sleep(fr.stop, 100*time.Millisecond) {
+			return
+		}
+	}
+}
+
+// watch samples the side's nodes every 200 ms: once every one of them
+// lists all the far client's instances, none may stop listing them
+// before the heal.
+func (fr *farRun) watch() {
+	l := fr.l
+	for {
+		all, why := true, ""
+		for _, i := range fr.side {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			info, err := l.readers[i].GetService(ctx, EphService, client.Filter{})
+			cancel()
+			name := l.cl.Nodes[i].Name
+			if err != nil {
+				all, why = false, fmt.Sprintf("%s did not answer: %v", name, err)
+				continue
+			}
+			listed := map[string]bool{}
+			for _, in := range info.Instances {
+				listed[in.IP] = true
+			}
+			for _, ip := range fr.res.IPs {
+				if !listed[ip] {
+					all, why = false, fmt.Sprintf("%s does not list %s", name, ip)
+				}
+			}
+		}
+		now := l.clock.Now()
+		fr.mu.Lock()
+		switch {
+		case all && fr.firstListed < 0:
+			fr.firstListed = now
+		case !all && fr.firstListed >= 0 && fr.flap < 0:
+			fr.flap, fr.flapWhy = now, why
+		}
+		fr.mu.Unlock()
+		if !sleep(fr.stop, 200*time.Millisecond) {
+			return
+		}
+	}
+}
+
+// Stop ends the far client's writes and sampling at the heal (healAt)
+// and judges them: its instances listed on every node of its side (and
+// staying listed), and no persistent write that ended before the heal
+// acknowledged (its side had no quorum), every one failed as unavailable
+// or out of time, never with an unclear error.
+func (fr *farRun) Stop(healAt time.Duration) FarResult {
+	if fr.fc == nil {
+		return fr.res
+	}
+	close(fr.stop)
+	fr.wg.Wait()
+	r := fr.res
+	if fr.firstListed >= 0 && r.Registered >= 0 {
+		r.Listed = max(0, fr.firstListed-r.Registered)
+	}
+	switch {
+	case r.Registered >= 0 && fr.firstListed < 0:
+		r.Violations = append(r.Violations, fmt.Sprintf("far-clients: %s's instances were never listed on every node of its side %v before the heal", r.Client, r.Side))
+	case fr.flap >= 0 && fr.flap < healAt:
+		r.Violations = append(r.Violations, fmt.Sprintf("far-clients: %s's instances stopped being listed at +%v on its side: %s", r.Client, ms(fr.flap), fr.flapWhy))
+	}
+	for _, op := range fr.writes {
+		if op.End > healAt {
+			continue // it may have reached the healed cluster
+		}
+		r.Writes++
+		switch {
+		case op.OK():
+			r.WritesOK++
+			r.Violations = append(r.Violations, fmt.Sprintf("far-clients: %s %s through %s, cut off from the majority, was acknowledged at [+%v, +%v]",
+				op.Kind, PersIP(op.Key), r.Node, ms(op.Start), ms(op.End)))
+		case strings.HasPrefix(op.Err, "unavailable: "):
+			r.WritesUnavailable++
+		case strings.HasPrefix(op.Err, "deadline: "):
+			r.WritesDeadline++
+			r.Violations = append(r.Violations, fmt.Sprintf("far-clients: %s %s through %s got no answer within %v (the server's bound is 5 s): %s", op.Kind, PersIP(op.Key), r.Node, FarWriteTimeout, op.Err))
+		default:
+			r.WritesOther++
+			r.Violations = append(r.Violations, fmt.Sprintf("far-clients: %s %s through %s failed with an unclear error: %s", op.Kind, PersIP(op.Key), r.Node, op.Err))
+		}
+	}
+	return r
 }

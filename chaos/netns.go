@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 )
 
 // Netns is the "namespace" mode's network: one network namespace per node,
@@ -17,13 +18,20 @@ import (
 // their namespace's address. A second bridge without any address is the
 // far side of a partition: a node whose link is moved there can talk to the
 // other nodes moved there, and to nobody else (nor to the clients). Taking
-// a node's link down isolates it. Everything is removed by Close.
+// a node's link down isolates it. Cut splits nodes per pair instead, by
+// blackhole routes inside their namespaces: the nodes cut from each other
+// still reach every other node and the harness (a bridge node that sees
+// both sides; clients that still reach a minority). Everything is removed
+// by Close.
 type Netns struct {
 	id       string
 	subnet   string // "198.18.K"
 	bridge   string // the main side, with the harness's address
 	island   string // the far side of a partition
 	ns, host []string
+
+	mu   sync.Mutex
+	cuts [][2]int // blackhole routes in place: in ns[c[0]] to IP(c[1])
 }
 
 // NetnsAvailable says why namespaces cannot be made here ("" when they
@@ -146,9 +154,36 @@ func (x *Netns) Split(nodes []int) error {
 	return nil
 }
 
-// Heal puts every link back up on the main side.
+// Cut makes every node of a and every node of b unreachable from each
+// other, both ways, with a blackhole route to the other's address in each
+// one's namespace (a sender gets an error at once; what the other sends is
+// never answered). Nothing else changes: the other nodes, and the harness
+// on the bridge's address, still reach both sides.
+func (x *Netns) Cut(a, b []int) error {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	for _, i := range a {
+		for _, j := range b {
+			for _, c := range [][2]int{{i, j}, {j, i}} {
+				if err := ipCmd("-n", x.ns[c[0]], "route", "add", "blackhole", x.IP(c[1])+"/32"); err != nil {
+					return err
+				}
+				x.cuts = append(x.cuts, c)
+			}
+		}
+	}
+	return nil
+}
+
+// Heal removes every cut and puts every link back up on the main side.
 func (x *Netns) Heal() error {
 	var errs []error
+	x.mu.Lock()
+	for _, c := range x.cuts {
+		errs = append(errs, ipCmd("-n", x.ns[c[0]], "route", "del", "blackhole", x.IP(c[1])+"/32"))
+	}
+	x.cuts = nil
+	x.mu.Unlock()
 	for i := range x.host {
 		errs = append(errs, ipCmd("link", "set", x.host[i], "master", x.bridge), ipCmd("link", "set", x.host[i], "up"))
 	}

@@ -69,8 +69,12 @@ func ShortScenario(seed uint64) Scenario {
 // network namespaces ("auto": loopback, reporting the partitions as not
 // run, where namespaces cannot be made), the Raft leader isolated, a
 // follower isolated, a minority partitioned off (for 3 nodes a node moved
-// to the far bridge, where it hears nobody), a SIGKILL of the leader, a
-// client closed and a client cut silently.
+// to the far bridge, where it hears nobody), a bridge node that still
+// reaches both sides of a partition (the leader: Raft keeps its quorum
+// while the two followers cannot reach each other), SDK clients on the
+// far side of a partition (attached to a follower cut off from the
+// majority), a SIGKILL of the leader, a client closed and a client cut
+// silently.
 func PartitionScenario(seed uint64) Scenario {
 	return Scenario{
 		Name:  "partition",
@@ -79,7 +83,8 @@ func PartitionScenario(seed uint64) Scenario {
 		Mode:  "auto",
 		Spec: ScheduleSpec{
 			Required: []Template{{Kind: FaultIsolate, Target: TargetLeader}, {Kind: FaultIsolate, Target: TargetFollower},
-				{Kind: FaultPartition}, {Kind: FaultKill, Target: TargetLeader}},
+				{Kind: FaultPartition}, {Kind: FaultBridge, Target: TargetLeader}, {Kind: FaultFarClients, Target: TargetFollower},
+				{Kind: FaultKill, Target: TargetLeader}},
 			HoldMin: 2 * time.Second, HoldMax: 5 * time.Second,
 			GapMin: time.Second, GapMax: 2 * time.Second,
 			ClientCloses: 1, ClientCuts: 1,
@@ -131,6 +136,8 @@ type FaultEvent struct {
 	// Note says when the fault was diverted from its target.
 	Note string
 	Err  string
+	// Far is what a far-clients fault's clients saw.
+	Far *FarResult `json:",omitempty"`
 }
 
 // Report is a run's outcome.
@@ -296,7 +303,7 @@ func Run(ctx context.Context, sc Scenario) (rep *Report, err error) {
 			break
 		}
 		last := i == len(sched.Node)-1
-		ev := runNodeFault(ctx, cl, f, clock, tlog, load.Protected, func() {
+		ev := runNodeFault(ctx, cl, f, clock, tlog, load, func() {
 			if last {
 				clientWG.Wait()
 				rep.Heal = clock.Now()
@@ -308,6 +315,9 @@ func Run(ctx context.Context, sc Scenario) (rep *Report, err error) {
 		evMu.Lock()
 		rep.Events = append(rep.Events, ev)
 		evMu.Unlock()
+		if ev.Far != nil {
+			rep.Violations = append(rep.Violations, ev.Far.Violations...)
+		}
 		to := ev.Recovered
 		if to == 0 {
 			to = clock.Now()
@@ -457,6 +467,15 @@ func Run(ctx context.Context, sc Scenario) (rep *Report, err error) {
 	return rep, nil
 }
 
+// nodeNames joins the names of the nodes with these indexes.
+func nodeNames(cl *Cluster, idx []int, sep string) string {
+	var names []string
+	for _, i := range idx {
+		names = append(names, cl.Nodes[i].Name)
+	}
+	return strings.Join(names, sep)
+}
+
 // dump writes v as JSON into path, for post-mortems (best effort).
 func dump(path string, v any) {
 	if b, err := json.MarshalIndent(v, "", " "); err == nil {
@@ -469,7 +488,8 @@ func sortedKeys(m map[string]bool) []string { return restrict(m, m) }
 
 // runNodeFault resolves f's target, injects it, holds it, undoes it (then
 // calls undone) and waits for the cluster to form again.
-func runNodeFault(ctx context.Context, cl *Cluster, f Fault, clock *Clock, tlog func(string, ...any), protected func() []string, undone func()) FaultEvent {
+func runNodeFault(ctx context.Context, cl *Cluster, f Fault, clock *Clock, tlog func(string, ...any), load *Load, undone func()) FaultEvent {
+	protected := load.Protected
 	ev := FaultEvent{Fault: f}
 	if f.Gap > 0 {
 		time.Sleep(f.Gap)
@@ -524,7 +544,7 @@ func runNodeFault(ctx context.Context, cl *Cluster, f Fault, clock *Clock, tlog 
 	if n.Name == leader {
 		ev.Role = "leader"
 	}
-	network := f.Kind == FaultIsolate || f.Kind == FaultPartition
+	network := f.Kind == FaultIsolate || f.Kind == FaultPartition || f.Kind == FaultBridge || f.Kind == FaultFarClients
 	if network && cl.cfg.Net == nil {
 		ev.At, ev.Undone, ev.Recovered = clock.Now(), clock.Now(), clock.Now()
 		ev.Note = "not run: loopback mode"
@@ -532,8 +552,9 @@ func runNodeFault(ctx context.Context, cl *Cluster, f Fault, clock *Clock, tlog 
 		undone()
 		return ev
 	}
-	var minority []int
-	if f.Kind == FaultPartition {
+	var minority, majority, sideA, sideB []int
+	switch f.Kind {
+	case FaultPartition, FaultFarClients:
 		// The node, and for 5 nodes one more drawn with the seed's pick:
 		// a minority that still sees itself.
 		minority = []int{n.Index}
@@ -548,11 +569,27 @@ func runNodeFault(ctx context.Context, cl *Cluster, f Fault, clock *Clock, tlog 
 				minority = append(minority, others[(f.Pick/7)%len(others)])
 			}
 		}
-		names := []string{}
-		for _, i := range minority {
-			names = append(names, cl.Nodes[i].Name)
+		for _, m := range cl.Nodes {
+			if !slices.Contains(minority, m.Index) {
+				majority = append(majority, m.Index)
+			}
 		}
-		ev.Node = strings.Join(names, "+")
+		ev.Node = nodeNames(cl, minority, "+")
+	case FaultBridge:
+		// The others, in a seeded rotation, split in two halves that
+		// cannot reach each other; the node still reaches both.
+		var others []int
+		for _, m := range cl.Nodes {
+			if m != n {
+				others = append(others, m.Index)
+			}
+		}
+		if len(others) > 0 {
+			k := (f.Pick / 7) % len(others)
+			others = append(others[k:], others[:k]...)
+		}
+		sideA, sideB = others[:len(others)/2], others[len(others)/2:]
+		ev.Node = fmt.Sprintf("%s bridging %s|%s", n.Name, nodeNames(cl, sideA, "+"), nodeNames(cl, sideB, "+"))
 	}
 	ev.At = clock.Now()
 	tlog("fault %s on %s (%s), hold %v %s", f.Kind, ev.Node, ev.Role, f.Hold, ev.Note)
@@ -583,6 +620,22 @@ func runNodeFault(ctx context.Context, cl *Cluster, f Fault, clock *Clock, tlog 
 		note(cl.cfg.Net.Split(minority))
 		time.Sleep(f.Hold)
 		note(cl.cfg.Net.Heal())
+	case FaultBridge:
+		note(cl.cfg.Net.Cut(sideA, sideB))
+		time.Sleep(f.Hold)
+		note(cl.cfg.Net.Heal())
+	case FaultFarClients:
+		note(cl.cfg.Net.Cut(minority, majority))
+		far := load.StartFar(ctx, n, minority)
+		ev.Fault.Hold = max(f.Hold, FarHoldMin)
+		if d := ev.At + ev.Fault.Hold - clock.Now(); d > 0 {
+			time.Sleep(d)
+		}
+		healAt := clock.Now()
+		note(cl.cfg.Net.Heal())
+		res := far.Stop(healAt)
+		ev.Far = &res
+		ev.Note = strings.TrimSpace(ev.Note + " " + res.Summary())
 	default:
 		note(fmt.Errorf("not a node fault: %s", f.Kind))
 	}

@@ -20,6 +20,15 @@ const (
 	// loopback mode).
 	FaultIsolate   FaultKind = "isolate"   // the node's link down: it reaches nobody, silently
 	FaultPartition FaultKind = "partition" // a minority (the node, and for 5 nodes one more) cut off from the majority
+	// A bridge node: the others split into two sides that cannot reach
+	// each other, while the node (the target) still reaches both.
+	FaultBridge FaultKind = "bridge"
+	// Clients on the far side of a partition: a minority (as partition)
+	// cut off from the majority while the harness still reaches it, and
+	// new SDK clients attached to the target node alone register
+	// ephemeral instances and write persistent ones there; they stay on
+	// after the heal.
+	FaultFarClients FaultKind = "far-clients"
 	// Client faults, each at its own offset, concurrently with node faults.
 	FaultClientClose FaultKind = "client-close" // an SDK client closes mid-run: a dead client
 	FaultClientKill  FaultKind = "client-kill"  // SIGKILL of a `regent register` process
@@ -93,7 +102,8 @@ type ScheduleSpec struct {
 	Required []Template
 	// Random more node faults, kind and target drawn from the seed.
 	Random int
-	// Partitions adds isolate and partition to the kinds Random draws.
+	// Partitions adds isolate, partition, bridge and far-clients to the
+	// kinds Random draws.
 	Partitions bool
 	// HoldMin..HoldMax bounds each node fault's hold, GapMin..GapMax the
 	// pause before each.
@@ -121,7 +131,7 @@ func NewSchedule(seed uint64, spec ScheduleSpec) Schedule {
 	templates := append([]Template(nil), spec.Required...)
 	kinds := []FaultKind{FaultKill, FaultPause, FaultTerm}
 	if spec.Partitions {
-		kinds = append(kinds, FaultIsolate, FaultPartition)
+		kinds = append(kinds, FaultIsolate, FaultPartition, FaultBridge, FaultFarClients)
 	}
 	targets := []Target{TargetLeader, TargetFollower, TargetAny}
 	for range spec.Random {
