@@ -11,14 +11,13 @@ import (
 	"fmt"
 	"io"
 	"slices"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/regent-registry/regent/internal/bench/load"
 	regentv1 "github.com/regent-registry/regent/proto/regent/v1"
 )
 
@@ -139,61 +138,13 @@ func (w *worker) op(ctx context.Context, name string) error {
 	return fmt.Errorf("bench: unknown op %q", name)
 }
 
-type sample struct {
-	ops  int64
-	errs int64
-	lat  []time.Duration
-	secs float64
-	// firstErr is the first error seen, for the report.
-	firstErr string
-}
-
-func measure(ctx context.Context, ws []*worker, op string, d time.Duration) sample {
-	var wg sync.WaitGroup
-	var ops, errs atomic.Int64
-	var firstErr atomic.Value
-	lats := make([][]time.Duration, len(ws))
-	start := time.Now()
-	end := start.Add(d)
-	for i, w := range ws {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for ctx.Err() == nil {
-				t0 := time.Now()
-				if !t0.Before(end) {
-					return
-				}
-				if err := w.op(ctx, op); err != nil {
-					if ctx.Err() == nil {
-						if errs.Add(1) == 1 {
-							firstErr.Store(err.Error())
-						}
-					}
-					continue
-				}
-				lats[i] = append(lats[i], time.Since(t0))
-				ops.Add(1)
-			}
-		}()
-	}
-	wg.Wait()
-	s := sample{ops: ops.Load(), errs: errs.Load(), secs: time.Since(start).Seconds()}
-	if e, ok := firstErr.Load().(string); ok {
-		s.firstErr = e
-	}
-	for _, l := range lats {
-		s.lat = append(s.lat, l...)
-	}
-	return s
+func measure(ctx context.Context, ws []*worker, op string, d time.Duration) load.Sample {
+	return load.Run(ctx, len(ws), d, func(ctx context.Context, w, _ int) error { return ws[w].op(ctx, op) })
 }
 
 func pct(l []time.Duration, p float64) time.Duration {
-	if len(l) == 0 {
-		return 0
-	}
 	slices.Sort(l)
-	return l[int(float64(len(l)-1)*p)]
+	return load.Pct(l, p)
 }
 
 // Pairs of operation and its no-op baseline over the same connections.
@@ -236,26 +187,26 @@ func Run(ctx context.Context, o Options) ([]Result, error) {
 			ws = append(ws, w)
 		}
 		for _, p := range pairs {
-			var opS, baseS sample
+			var opS, baseS load.Sample
 			for r := 0; r < o.Rounds; r++ {
 				if ctx.Err() != nil {
 					break
 				}
 				b := measure(ctx, ws, p[1], o.Duration/time.Duration(o.Rounds))
 				s := measure(ctx, ws, p[0], o.Duration/time.Duration(o.Rounds))
-				for _, x := range []sample{b, s} {
-					if x.firstErr != "" && o.Progress != nil {
-						fmt.Fprintf(o.Progress, "  errors (%d), first: %s\n", x.errs, x.firstErr)
+				for _, x := range []load.Sample{b, s} {
+					if x.FirstErr != "" && o.Progress != nil {
+						fmt.Fprintf(o.Progress, "  errors (%d), first: %s\n", x.Errors, x.FirstErr)
 					}
 				}
-				baseS.ops, baseS.errs, baseS.secs, baseS.lat = baseS.ops+b.ops, baseS.errs+b.errs, baseS.secs+b.secs, append(baseS.lat, b.lat...)
-				opS.ops, opS.errs, opS.secs, opS.lat = opS.ops+s.ops, opS.errs+s.errs, opS.secs+s.secs, append(opS.lat, s.lat...)
+				baseS.Add(b)
+				opS.Add(s)
 			}
 			res := Result{
 				Op: p[0], Baseline: p[1], Concurrency: c,
-				OpsPerSec: float64(opS.ops) / opS.secs, P50: pct(opS.lat, 0.5), P99: pct(opS.lat, 0.99),
-				BaseOps: float64(baseS.ops) / baseS.secs, BaseP50: pct(baseS.lat, 0.5),
-				Errors: opS.errs + baseS.errs,
+				OpsPerSec: opS.Rate(), P50: opS.Pct(0.5), P99: opS.Pct(0.99),
+				BaseOps: baseS.Rate(), BaseP50: baseS.Pct(0.5),
+				Errors: opS.Errors + baseS.Errors,
 			}
 			if res.BaseOps > 0 {
 				res.Ratio = res.OpsPerSec / res.BaseOps
