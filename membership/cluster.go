@@ -133,6 +133,7 @@ func New(cfg Config) (*Cluster, error) {
 	// New returns, so Local works at once.
 	c.barrier()
 	c.goFunc(c.runPoll)
+	c.goFunc(c.runReconnect)
 
 	if !layoutOK() {
 		logger.Warn("cannot read memberlist node states: suspect status unavailable, departures reported as dead", "err", layoutErr)
@@ -273,6 +274,46 @@ func (c *Cluster) barrier() {
 	select {
 	case <-done:
 	case <-c.shutdownCh:
+	}
+}
+
+// runReconnect contacts, every ReconnectInterval, one member this node
+// holds dead (in turn, when there are several) with a push-pull join:
+// if it is alive, it learns that it was declared dead and refutes it, and
+// both sides see each other alive again within a gossip round. A member
+// that left is not contacted (it rejoins by itself when it restarts).
+func (c *Cluster) runReconnect() {
+	if c.cfg.ReconnectInterval <= 0 {
+		return
+	}
+	t := time.NewTicker(c.cfg.ReconnectInterval)
+	defer t.Stop()
+	next := 0
+	for {
+		select {
+		case <-c.shutdownCh:
+			return
+		case <-t.C:
+		}
+		var dead []Member
+		for _, m := range c.Members() {
+			if m.Status == StatusDead && m.Name != c.name && m.Addr != "" {
+				dead = append(dead, m)
+			}
+		}
+		if len(dead) == 0 {
+			continue
+		}
+		m := dead[next%len(dead)]
+		next++
+		if _, err := c.Join([]string{m.Addr}); err != nil {
+			if errors.Is(err, ErrLeft) || errors.Is(err, ErrShutdown) {
+				return
+			}
+			c.logger.Debug("reconnect to a dead member failed", "member", m.Name, "member-addr", m.Addr, "err", err)
+			continue
+		}
+		c.logger.Info("reconnected to a member held dead", "member", m.Name, "member-addr", m.Addr)
 	}
 }
 

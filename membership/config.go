@@ -57,6 +57,14 @@ type Config struct {
 	// notice suspect and refuted nodes (memberlist has no callback for
 	// them) and to drop dead nodes after DeadRetention.
 	StatePollInterval time.Duration
+	// ReconnectInterval is how often one member this node holds dead (not
+	// left) is contacted again by a push-pull join, as serf reconnects to
+	// failed members. After a partition heals each side holds the other
+	// dead, and memberlist neither probes dead nodes nor picks them for
+	// push-pull: without this they meet again only when a push-pull of
+	// the side that still sees someone alive happens to carry the news
+	// (up to PushPullInterval, 30 s on a LAN). 0 disables it.
+	ReconnectInterval time.Duration
 	// Logger receives this package's and memberlist's logs (nil: discarded).
 	Logger *slog.Logger
 	// Transport replaces memberlist's network transport on BindAddr, e.g.
@@ -78,6 +86,7 @@ func DefaultConfig() Config {
 		RetryJoinMax:      0,                      // keep retrying until the caller gives up, like Consul's retry_join
 		DeadRetention:     time.Hour,              // long enough for an operator to see which node failed
 		StatePollInterval: 500 * time.Millisecond, // well under the LAN suspicion timeout (≥ 4 s), so suspects are seen
+		ReconnectInterval: 3 * time.Second,        // a healed partition is whole again within seconds (Distro's 10 s bound); one dial per tick
 	}
 }
 
@@ -90,6 +99,7 @@ func DefaultLocalConfig() Config {
 	c.Profile = ProfileLocal
 	c.RetryJoinInterval = 100 * time.Millisecond
 	c.StatePollInterval = 100 * time.Millisecond
+	c.ReconnectInterval = time.Second
 	c.DeadRetention = time.Minute
 	return c
 }
@@ -132,6 +142,9 @@ func (c *Config) Validate() error {
 	}
 	if c.DeadRetention < 0 {
 		errs = append(errs, fmt.Errorf("dead retention must not be negative, got %v", c.DeadRetention))
+	}
+	if c.ReconnectInterval < 0 {
+		errs = append(errs, fmt.Errorf("reconnect interval must not be negative, got %v", c.ReconnectInterval))
 	}
 	if c.StatePollInterval <= 0 {
 		errs = append(errs, fmt.Errorf("state poll interval must be positive, got %v", c.StatePollInterval))
