@@ -228,7 +228,7 @@ func Run(ctx context.Context, sc Scenario) (rep *Report, err error) {
 		} else {
 			defer nw.Close()
 			rep.Mode = nw.Describe()
-			rep.Partitions = "run (links taken down / moved to a far bridge)"
+			rep.Partitions = "run (links taken down / moved to a far bridge / cut per pair by blackhole routes)"
 		}
 	default:
 		return rep, fmt.Errorf("mode %q: want loopback, netns or auto", sc.Mode)
