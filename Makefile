@@ -52,7 +52,7 @@ soak: ## long random fault schedules on real processes (RUNS, NODES, FAULTS); pr
 	$(GO) run ./chaos/cmd/regent-chaos -runs $${RUNS:-10} -nodes $${NODES:-5} -faults $${FAULTS:-10}
 
 fuzz: ## run every fuzz target for FUZZTIME each (default 30s)
-	for pkg_target in ./persistent/:FuzzDecodeCommand ./rpc/:FuzzDecodePeerSync ./rpc/:FuzzDecodePeerVerify ./rpc/:FuzzParseLimitRules ./rpc/:FuzzUnaryRequests; do \
+	for pkg_target in ./persistent/:FuzzDecodeCommand ./membership/:FuzzDecodeMeta ./rpc/:FuzzDecodePeerSync ./rpc/:FuzzDecodePeerVerify ./rpc/:FuzzPeerReplies ./rpc/:FuzzPeerRequests ./rpc/:FuzzSessionMessages ./rpc/:FuzzParseLimitRules ./rpc/:FuzzUnaryRequests; do \
 	  $(GO) test -run '^$$' -fuzz "^$${pkg_target#*:}$$" -fuzztime $${FUZZTIME:-30s} "$${pkg_target%%:*}"; \
 	done
 
