@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -131,4 +132,34 @@ func FuzzDecodeCommand(f *testing.F) {
 			t.Fatalf("applied index %d, want %d", fsm.AppliedIndex(), index)
 		}
 	})
+}
+
+// A forwarded write's reply is peer input: metadata that no write could
+// have stored is refused, a register's empty metadata and a stored one
+// decode as sent.
+func TestDecodeResultValidatesMeta(t *testing.T) {
+	good, err := naming.NormalizeMeta(naming.ServiceMeta{ProtectThreshold: 0.5, Metadata: map[string]string{"team": "a"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, r := range map[string]Result{"register": {Revision: 7}, "meta": {Revision: 8, Meta: good}} {
+		b, err := json.Marshal(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := DecodeResult(b)
+		if err != nil || !reflect.DeepEqual(got, r) {
+			t.Errorf("%s: %+v, %v; want %+v", name, got, err, r)
+		}
+	}
+	for name, m := range map[string]naming.ServiceMeta{
+		"threshold":  {ProtectThreshold: 3},
+		"check type": {HealthCheck: naming.HealthCheck{Type: 99}},
+		"interval":   {HealthCheck: naming.HealthCheck{IntervalMS: 5}},
+	} {
+		b, _ := json.Marshal(Result{Revision: 1, Meta: m})
+		if _, err := DecodeResult(b); err == nil {
+			t.Errorf("%s: a result with invalid metadata was accepted", name)
+		}
+	}
 }

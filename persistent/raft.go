@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -19,6 +20,7 @@ import (
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/regent-registry/regent/internal/naming"
 	"github.com/regent-registry/regent/internal/registry"
 	"github.com/regent-registry/regent/storage"
 )
@@ -843,11 +845,19 @@ func (s *Store) closeStores() {
 // EncodeResult encodes a result for a forwarded write's reply.
 func EncodeResult(r Result) ([]byte, error) { return json.Marshal(r) }
 
-// DecodeResult decodes a forwarded write's reply.
+// DecodeResult decodes a forwarded write's reply (peer input: the
+// metadata it carries back to the client is validated as a write's is).
 func DecodeResult(b []byte) (Result, error) {
 	var r Result
 	if err := json.Unmarshal(b, &r); err != nil {
 		return Result{}, fmt.Errorf("persistent: bad apply result: %w", err)
+	}
+	if !reflect.DeepEqual(r.Meta, naming.ServiceMeta{}) {
+		m, err := naming.NormalizeMeta(r.Meta)
+		if err != nil {
+			return Result{}, fmt.Errorf("persistent: bad apply result: %w", err)
+		}
+		r.Meta = m
 	}
 	return r, nil
 }
