@@ -20,9 +20,11 @@ func (wallClock) Now() time.Time { return time.Now() }
 type Config struct {
 	// Node is this node's name, the owner recorded on its clients.
 	Node string
-	// SyncDelay is the merge window: changes to clients within it, counted
-	// from the first pending change, go to a peer as one batch. Nacos waits
-	// 1 s; a few milliseconds already merge bursts.
+	// SyncDelay is the merge window: the shortest time between two batches
+	// to a peer. A change after a quiet window goes at once; changes that
+	// come sooner after the last batch go together when the window ends.
+	// Nacos waits 1 s before every sync; a few milliseconds already merge
+	// bursts.
 	SyncDelay time.Duration
 	// SyncTimeout bounds one sync, verify or query call to a peer.
 	SyncTimeout time.Duration

@@ -51,14 +51,16 @@ type peer struct {
 	downSince time.Time
 	purged    bool
 	// pending holds clients whose current state (or tombstone) must be sent.
-	pending      map[string]struct{}
-	firstPending time.Time
-	retryAt      time.Time
-	backoff      time.Duration
-	nextVerify   time.Time
-	verifyNow    bool
-	wake         chan struct{}
-	started      bool
+	pending map[string]struct{}
+	// lastSync is when the last batch went to the peer: the next goes no
+	// sooner than SyncDelay after it.
+	lastSync   time.Time
+	retryAt    time.Time
+	backoff    time.Duration
+	nextVerify time.Time
+	verifyNow  bool
+	wake       chan struct{}
+	started    bool
 }
 
 // DistroStats counts what the engine did since it started.
@@ -295,14 +297,10 @@ func (d *Distro) bumpLocked(m *clientMeta) {
 // markLocked queues a client for every live peer and returns the peers to
 // wake.
 func (d *Distro) markLocked(id string) []*peer {
-	now := d.now()
 	woken := make([]*peer, 0, len(d.peers))
 	for _, p := range d.peers {
 		if !p.up {
 			continue
-		}
-		if len(p.pending) == 0 {
-			p.firstPending = now
 		}
 		p.pending[id] = struct{}{}
 		woken = append(woken, p)
@@ -498,7 +496,6 @@ func (d *Distro) PeerDown(name string) {
 		p.purged = false
 		// What it misses is repaired by verify when it returns.
 		clear(p.pending)
-		p.firstPending = time.Time{}
 	}
 	d.mu.Unlock()
 }
@@ -891,7 +888,10 @@ func (d *Distro) nextAction(p *peer) (int, time.Duration) {
 		return actWait, min(wait, p.retryAt.Sub(now))
 	}
 	if len(p.pending) > 0 {
-		due := p.firstPending.Add(d.cfg.SyncDelay)
+		// A change after a quiet SyncDelay goes at once; changes that
+		// come sooner after the last batch wait for the rest of it and
+		// go together.
+		due := p.lastSync.Add(d.cfg.SyncDelay)
 		if !now.Before(due) {
 			return actSync, 0
 		}
@@ -933,8 +933,8 @@ func (d *Distro) syncPeer(ctx context.Context, p *peer) {
 		// Otherwise the client is no longer this node's: its new owner
 		// syncs it.
 	}
-	if len(p.pending) == 0 {
-		p.firstPending = time.Time{}
+	if len(taken) > 0 {
+		p.lastSync = d.now()
 	}
 	d.mu.Unlock()
 	if len(req.Changes)+len(req.Deletes) == 0 {
@@ -958,9 +958,6 @@ func (d *Distro) syncPeer(ctx context.Context, p *peer) {
 			d.log.Debug("sync failed", "peer", p.name, "clients", len(taken), "err", err)
 		}
 		if p.up {
-			if len(p.pending) == 0 {
-				p.firstPending = d.now()
-			}
 			for _, id := range taken {
 				p.pending[id] = struct{}{}
 			}
@@ -1029,9 +1026,6 @@ func (d *Distro) verifyPeer(ctx context.Context, p *peer) {
 	n := 0
 	for _, id := range want {
 		if m := d.clients[id]; m != nil && m.native && p.up {
-			if len(p.pending) == 0 {
-				p.firstPending = d.now().Add(-d.cfg.SyncDelay)
-			}
 			p.pending[id] = struct{}{}
 			n++
 		}

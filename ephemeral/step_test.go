@@ -58,9 +58,16 @@ func TestStepSendsWhatIsDueByTheEngineClock(t *testing.T) {
 	svc := naming.ServiceKey{Namespace: "public", Group: "DEFAULT_GROUP", Service: "s"}
 	ds[0].Register("c1", svc, []naming.Instance{{IP: "10.0.0.1", Port: 80, Weight: 1, Healthy: true, Enabled: true, Ephemeral: true}})
 
-	// Within the merge window nothing goes, and Step says when it will.
+	// After a quiet window a change goes at once, one message per peer.
+	ds[0].Step(ctx)
+	if got := net.Counts().Sync; got != 2 {
+		t.Fatalf("got %d sync messages for a lone change, want one per peer (2)", got)
+	}
+	// The next change, inside the window, waits for the rest of it, and
+	// Step says when that is.
+	ds[0].Register("c1", svc, []naming.Instance{{IP: "10.0.0.1", Port: 81, Weight: 1, Healthy: true, Enabled: true, Ephemeral: true}})
 	wait := ds[0].Step(ctx)
-	if got := net.Counts().Sync; got != 0 {
+	if got := net.Counts().Sync; got != 2 {
 		t.Fatalf("sync sent before the merge window ended: %d messages", got)
 	}
 	if wait != DefaultConfig().SyncDelay {
@@ -68,8 +75,8 @@ func TestStepSendsWhatIsDueByTheEngineClock(t *testing.T) {
 	}
 	clock.advance(wait)
 	ds[0].Step(ctx)
-	if got := net.Counts().Sync; got != 2 {
-		t.Fatalf("got %d sync messages, want one per peer (2)", got)
+	if got := net.Counts().Sync; got != 4 {
+		t.Fatalf("got %d sync messages, want two per peer (4)", got)
 	}
 	for _, d := range ds[1:] {
 		if owner, _, ok := d.ClientVersion("c1"); !ok || owner != "n1" {
@@ -90,8 +97,8 @@ func TestStepSendsWhatIsDueByTheEngineClock(t *testing.T) {
 	for _, d := range ds {
 		d.Step(ctx)
 	}
-	if c := net.Counts(); c.Verify != 12 || c.VerifyList != 0 || c.Sync != 2 {
-		t.Fatalf("after the second verify round: %d digest, %d list, %d sync messages, want 12, 0, 2", c.Verify, c.VerifyList, c.Sync)
+	if c := net.Counts(); c.Verify != 12 || c.VerifyList != 0 || c.Sync != 4 {
+		t.Fatalf("after the second verify round: %d digest, %d list, %d sync messages, want 12, 0, 4", c.Verify, c.VerifyList, c.Sync)
 	}
 }
 
