@@ -27,7 +27,7 @@ func main() {
 		return
 	}
 	o := compare.DefaultOptions()
-	var clients, workloads, dir string
+	var clients, workloads, dir, regentArgs string
 	var keep bool
 	flag.StringVar(&o.RegentBin, "regent", "bin/regent", "the regent binary")
 	flag.StringVar(&o.EtcdBin, "etcd", "/usr/bin/etcd", "the etcd binary (Debian's etcd-server)")
@@ -38,6 +38,7 @@ func main() {
 	flag.Int64Var(&o.EtcdTTL, "etcd-ttl", o.EtcdTTL, "lease TTL (s) of etcd's removal workload")
 	flag.StringVar(&dir, "dir", "", "folder for both clusters' data and logs (default: a new temporary folder)")
 	flag.BoolVar(&keep, "keep", false, "keep the folder after the run")
+	flag.StringVar(&regentArgs, "regent-args", "", "extra flags for every regent server, space-separated (e.g. --pprof)")
 	flag.Parse()
 	o.Clients = nil
 	for _, c := range strings.Split(clients, ",") {
@@ -48,6 +49,7 @@ func main() {
 		o.Clients = append(o.Clients, n)
 	}
 	o.Workloads = strings.Split(workloads, ",")
+	o.RegentArgs = strings.Fields(regentArgs)
 	self, err := os.Executable()
 	if err != nil {
 		fail(err)

@@ -65,6 +65,9 @@ type Options struct {
 	EtcdTTL   int64
 	Workloads []string
 	Progress  io.Writer
+	// RegentArgs are added to every `regent server` command line (say
+	// --pprof, to profile a node during the run).
+	RegentArgs []string
 }
 
 // DefaultOptions: 1, 16 and 64 clients, 2 s per measurement, 2 rounds.

@@ -22,7 +22,7 @@ type regentSystem struct {
 }
 
 func startRegent(ctx context.Context, o Options, logf func(string, ...any)) (*regentSystem, error) {
-	c, err := chaos.NewCluster(chaos.ClusterConfig{Nodes: 3, Bin: o.RegentBin, Dir: o.Dir + "/regent", LogLevel: "warn"})
+	c, err := chaos.NewCluster(chaos.ClusterConfig{Nodes: 3, Bin: o.RegentBin, Dir: o.Dir + "/regent", LogLevel: "warn", ExtraArgs: o.RegentArgs})
 	if err != nil {
 		return nil, err
 	}
