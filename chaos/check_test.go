@@ -1,6 +1,8 @@
 package chaos
 
 import (
+	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -197,10 +199,11 @@ func TestScheduleIsDrawnFromTheSeed(t *testing.T) {
 }
 
 // TestRandomSchedulesDrawEveryNetworkFault: with Partitions, random
-// schedules draw the four network faults (isolate, partition, bridge, far
-// clients); without, none of them.
+// schedules draw the five network faults (isolate, partition, bridge,
+// bridge-follower, far clients); without, none of them. A bridge-follower
+// always targets a follower.
 func TestRandomSchedulesDrawEveryNetworkFault(t *testing.T) {
-	network := []FaultKind{FaultIsolate, FaultPartition, FaultBridge, FaultFarClients}
+	network := []FaultKind{FaultIsolate, FaultPartition, FaultBridge, FaultBridgeFollower, FaultFarClients}
 	for _, parts := range []bool{true, false} {
 		spec := SoakScenario(1, 3, 40).Spec
 		spec.Partitions = parts
@@ -208,6 +211,9 @@ func TestRandomSchedulesDrawEveryNetworkFault(t *testing.T) {
 		for seed := range uint64(5) {
 			for _, f := range NewSchedule(seed, spec).Node {
 				kinds[f.Kind]++
+				if f.Kind == FaultBridgeFollower && f.Target != TargetFollower {
+					t.Errorf("seed %d: bridge-follower with target %s", seed, f.Target)
+				}
 			}
 		}
 		for _, k := range network {
@@ -256,6 +262,45 @@ func TestFarClientsJudge(t *testing.T) {
 	} {
 		if r := fr.Stop(heal); len(r.Violations) == 0 {
 			t.Errorf("%s: not caught: %+v", name, r)
+		}
+	}
+}
+
+// TestBridgeFollowerSides: the bridge is on neither side, the leader is on
+// the first, every other node on exactly one, and neither side holds a
+// majority without the bridge.
+func TestBridgeFollowerSides(t *testing.T) {
+	for _, size := range []int{3, 5} {
+		cl := &Cluster{}
+		for i := range size {
+			cl.Nodes = append(cl.Nodes, &Node{Index: i, Name: fmt.Sprintf("node%d", i+1)})
+		}
+		for leader := range size {
+			for bridge := range size {
+				if bridge == leader {
+					continue
+				}
+				for pick := range 50 {
+					a, b := bridgeFollowerSides(cl, cl.Nodes[bridge], cl.Nodes[leader].Name, pick)
+					if !slices.Contains(a, leader) {
+						t.Errorf("%d nodes, leader %d, bridge %d, pick %d: leader not on side A: %v|%v", size, leader, bridge, pick, a, b)
+					}
+					all := append(slices.Clone(a), b...)
+					slices.Sort(all)
+					var want []int
+					for i := range size {
+						if i != bridge {
+							want = append(want, i)
+						}
+					}
+					if !slices.Equal(all, want) {
+						t.Errorf("%d nodes, bridge %d: sides %v|%v, want each of %v once", size, bridge, a, b, want)
+					}
+					if 2*len(a) > size || 2*len(b) > size {
+						t.Errorf("%d nodes: a side holds a majority alone: %v|%v", size, a, b)
+					}
+				}
+			}
 		}
 	}
 }

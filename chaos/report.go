@@ -29,7 +29,7 @@ func (r *Report) faultCounts() string {
 			skipped++
 		}
 	}
-	for _, k := range []FaultKind{FaultKill, FaultPause, FaultTerm, FaultIsolate, FaultPartition, FaultBridge, FaultFarClients, FaultClientClose, FaultClientKill, FaultClientCut} {
+	for _, k := range []FaultKind{FaultKill, FaultPause, FaultTerm, FaultIsolate, FaultPartition, FaultBridge, FaultBridgeFollower, FaultFarClients, FaultClientClose, FaultClientKill, FaultClientCut} {
 		if n[k] > 0 {
 			parts = append(parts, fmt.Sprintf("%s×%d", k, n[k]))
 		}

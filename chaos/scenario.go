@@ -71,7 +71,10 @@ func ShortScenario(seed uint64) Scenario {
 // follower isolated, a minority partitioned off (for 3 nodes a node moved
 // to the far bridge, where it hears nobody), a bridge node that still
 // reaches both sides of a partition (the leader: Raft keeps its quorum
-// while the two followers cannot reach each other), SDK clients on the
+// while the two followers cannot reach each other), the harsher bridge
+// whose bridge is a follower while the leader sits on one side (the third
+// node, on the other, reaches the leader only through the bridge), SDK
+// clients on the
 // far side of a partition (attached to a follower cut off from the
 // majority), a SIGKILL of the leader, a client closed and a client cut
 // silently.
@@ -83,7 +86,7 @@ func PartitionScenario(seed uint64) Scenario {
 		Mode:  "auto",
 		Spec: ScheduleSpec{
 			Required: []Template{{Kind: FaultIsolate, Target: TargetLeader}, {Kind: FaultIsolate, Target: TargetFollower},
-				{Kind: FaultPartition}, {Kind: FaultBridge, Target: TargetLeader}, {Kind: FaultFarClients, Target: TargetFollower},
+				{Kind: FaultPartition}, {Kind: FaultBridge, Target: TargetLeader}, {Kind: FaultBridgeFollower}, {Kind: FaultFarClients, Target: TargetFollower},
 				{Kind: FaultKill, Target: TargetLeader}},
 			HoldMin: 2 * time.Second, HoldMax: 5 * time.Second,
 			GapMin: time.Second, GapMax: 2 * time.Second,
@@ -523,7 +526,7 @@ func runNodeFault(ctx context.Context, cl *Cluster, f Fault, clock *Clock, tlog 
 		allowed = append(allowed, n)
 		switch {
 		case f.Target == TargetLeader && n.Name == leader,
-			f.Target == TargetFollower && leader != "" && n.Name != leader,
+			(f.Target == TargetFollower || f.Kind == FaultBridgeFollower) && leader != "" && n.Name != leader,
 			f.Target == TargetAny:
 			cands = append(cands, n)
 		}
@@ -544,7 +547,7 @@ func runNodeFault(ctx context.Context, cl *Cluster, f Fault, clock *Clock, tlog 
 	if n.Name == leader {
 		ev.Role = "leader"
 	}
-	network := f.Kind == FaultIsolate || f.Kind == FaultPartition || f.Kind == FaultBridge || f.Kind == FaultFarClients
+	network := f.Kind == FaultIsolate || f.Kind == FaultPartition || f.Kind == FaultBridge || f.Kind == FaultBridgeFollower || f.Kind == FaultFarClients
 	if network && cl.cfg.Net == nil {
 		ev.At, ev.Undone, ev.Recovered = clock.Now(), clock.Now(), clock.Now()
 		ev.Note = "not run: loopback mode"
@@ -590,6 +593,15 @@ func runNodeFault(ctx context.Context, cl *Cluster, f Fault, clock *Clock, tlog 
 		}
 		sideA, sideB = others[:len(others)/2], others[len(others)/2:]
 		ev.Node = fmt.Sprintf("%s bridging %s|%s", n.Name, nodeNames(cl, sideA, "+"), nodeNames(cl, sideB, "+"))
+	case FaultBridgeFollower:
+		// The leader first, then the others in a seeded rotation: side A
+		// is the leader and (5 nodes) one more, side B the rest; neither
+		// holds a majority without the bridge.
+		sideA, sideB = bridgeFollowerSides(cl, n, leader, f.Pick)
+		ev.Node = fmt.Sprintf("%s bridging %s|%s", n.Name, nodeNames(cl, sideA, "+"), nodeNames(cl, sideB, "+"))
+		if ev.Role == "leader" || leader == "" {
+			ev.Note = strings.TrimSpace(ev.Note + " no follower to bridge: the leader is the bridge")
+		}
 	}
 	ev.At = clock.Now()
 	tlog("fault %s on %s (%s), hold %v %s", f.Kind, ev.Node, ev.Role, f.Hold, ev.Note)
@@ -624,6 +636,11 @@ func runNodeFault(ctx context.Context, cl *Cluster, f Fault, clock *Clock, tlog 
 		note(cl.cfg.Net.Cut(sideA, sideB))
 		time.Sleep(f.Hold)
 		note(cl.cfg.Net.Heal())
+	case FaultBridgeFollower:
+		note(cl.cfg.Net.Cut(sideA, sideB))
+		seen := watchLeaders(ctx, cl, f.Hold)
+		note(cl.cfg.Net.Heal())
+		ev.Note = strings.TrimSpace(ev.Note + " " + leadersNote(leader, seen))
 	case FaultFarClients:
 		note(cl.cfg.Net.Cut(minority, majority))
 		far := load.StartFar(ctx, n, minority)
@@ -651,4 +668,65 @@ func runNodeFault(ctx context.Context, cl *Cluster, f Fault, clock *Clock, tlog 
 		ev.Err = fmt.Sprint(errs)
 	}
 	return ev
+}
+
+// bridgeFollowerSides splits the nodes other than the bridge n in two
+// halves, the leader in the first: the leader first, then the others in a
+// rotation drawn from pick. With 3 nodes: {leader} | {the third}; with 5:
+// {leader, one more} | {two more}, so that neither side holds a majority
+// without the bridge. With no leader known (or the bridge is the leader),
+// it is a plain seeded split.
+func bridgeFollowerSides(cl *Cluster, n *Node, leader string, pick int) (sideA, sideB []int) {
+	var lead, others []int
+	for _, m := range cl.Nodes {
+		switch {
+		case m == n:
+		case m.Name == leader:
+			lead = append(lead, m.Index)
+		default:
+			others = append(others, m.Index)
+		}
+	}
+	if len(others) > 0 {
+		k := (pick / 7) % len(others)
+		others = append(others[k:], others[:k]...)
+	}
+	all := append(lead, others...)
+	return all[:len(all)/2], all[len(all)/2:]
+}
+
+// watchLeaders asks every node for its members every 300 ms for hold and
+// returns, in order of first sight, each node that some node named the
+// Raft leader (the harness reaches both sides of a cut).
+func watchLeaders(ctx context.Context, cl *Cluster, hold time.Duration) []string {
+	var seen []string
+	end := time.Now().Add(hold)
+	for time.Now().Before(end) && ctx.Err() == nil {
+		vctx, cancel := context.WithDeadline(ctx, end.Add(time.Second))
+		for _, v := range cl.Views(vctx) {
+			for _, m := range v.Members {
+				if m.Raft == "leader" && !slices.Contains(seen, m.Name) {
+					seen = append(seen, m.Name)
+				}
+			}
+		}
+		cancel()
+		if d := min(300*time.Millisecond, time.Until(end)); d > 0 {
+			time.Sleep(d)
+		}
+	}
+	return seen
+}
+
+// leadersNote says whether the leader held while a bridge-follower fault
+// lasted (Raft may keep it or elect another; both are allowed).
+func leadersNote(before string, seen []string) string {
+	switch {
+	case len(seen) == 0:
+		return "no leader named while cut"
+	case len(seen) == 1 && seen[0] == before:
+		return "leader " + before + " kept"
+	default:
+		return fmt.Sprintf("leaders named while cut: %s (before: %s)", strings.Join(seen, ","), orDash(before))
+	}
 }

@@ -23,6 +23,14 @@ const (
 	// A bridge node: the others split into two sides that cannot reach
 	// each other, while the node (the target) still reaches both.
 	FaultBridge FaultKind = "bridge"
+	// A follower as the bridge node, the Raft leader on one side: the
+	// others split in two halves (the leader in the first), neither of
+	// which holds a majority on its own, so the bridge is the swing vote
+	// (with 3 nodes: the leader and the third node on either side; with 5:
+	// the leader and one more, and two more). The leader still reaches
+	// the bridge, so it may keep its quorum; the far half cannot reach the
+	// leader at all.
+	FaultBridgeFollower FaultKind = "bridge-follower"
 	// Clients on the far side of a partition: a minority (as partition)
 	// cut off from the majority while the harness still reaches it, and
 	// new SDK clients attached to the target node alone register
@@ -102,8 +110,8 @@ type ScheduleSpec struct {
 	Required []Template
 	// Random more node faults, kind and target drawn from the seed.
 	Random int
-	// Partitions adds isolate, partition, bridge and far-clients to the
-	// kinds Random draws.
+	// Partitions adds isolate, partition, bridge, bridge-follower and
+	// far-clients to the kinds Random draws.
 	Partitions bool
 	// HoldMin..HoldMax bounds each node fault's hold, GapMin..GapMax the
 	// pause before each.
@@ -131,7 +139,7 @@ func NewSchedule(seed uint64, spec ScheduleSpec) Schedule {
 	templates := append([]Template(nil), spec.Required...)
 	kinds := []FaultKind{FaultKill, FaultPause, FaultTerm}
 	if spec.Partitions {
-		kinds = append(kinds, FaultIsolate, FaultPartition, FaultBridge, FaultFarClients)
+		kinds = append(kinds, FaultIsolate, FaultPartition, FaultBridge, FaultBridgeFollower, FaultFarClients)
 	}
 	targets := []Target{TargetLeader, TargetFollower, TargetAny}
 	for range spec.Random {
@@ -141,6 +149,9 @@ func NewSchedule(seed uint64, spec ScheduleSpec) Schedule {
 	for _, t := range templates {
 		if t.Target == "" {
 			t.Target = targets[r.IntN(len(targets))]
+		}
+		if t.Kind == FaultBridgeFollower {
+			t.Target = TargetFollower // its bridge is a follower by definition
 		}
 		s.Node = append(s.Node, Fault{Kind: t.Kind, Target: t.Target, Pick: r.IntN(1 << 20),
 			Gap: between(r, spec.GapMin, spec.GapMax), Hold: between(r, spec.HoldMin, spec.HoldMax)})

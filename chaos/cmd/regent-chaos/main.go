@@ -29,7 +29,7 @@ func main() {
 		short    = flag.Bool("short", false, "run the fixed short scenario (TestChaosShort's) instead of a random schedule")
 		part     = flag.Bool("partition", false, "run the fixed partition scenario (TestChaosPartitions') instead of a random schedule")
 		mode     = flag.String("mode", "auto", "loopback, netns (network namespaces, as root) or auto (netns when possible)")
-		nets     = flag.Bool("partitions", true, "random schedules also draw network faults (isolate, partition; netns mode only)")
+		nets     = flag.Bool("partitions", true, "random schedules also draw network faults (isolate, partition, bridge, bridge-follower, far-clients; netns mode only)")
 		bin      = flag.String("bin", "", "prebuilt regent binary (default: go build it)")
 		keep     = flag.Bool("keep", false, "keep every run's folder (logs and data), not only failing ones")
 		verbose  = flag.Bool("v", false, "print progress lines")
