@@ -435,6 +435,13 @@ func (s *Store) applyLocal(ctx context.Context, data []byte) (Result, error) {
 	if dl, ok := ctx.Deadline(); ok {
 		timeout = min(timeout, time.Until(dl))
 	}
+	if err := ctx.Err(); err != nil || timeout <= 0 {
+		// The caller (for a forwarded write, its sender) has given up
+		// already: proposing it now could append it after a write the
+		// caller made next. raft.Apply would also read a timeout <= 0 as
+		// no bound at all.
+		return Result{}, fmt.Errorf("%w: the write's deadline passed before it was proposed: not applied", ErrUnavailable)
+	}
 	f := s.raft.Apply(data, timeout)
 	if err := s.await(ctx, f, nil); err != nil {
 		return Result{}, err

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -32,6 +33,20 @@ type raftServer struct {
 func (s raftServer) Apply(ctx context.Context, p *clusterv1.ApplyRequest) (*clusterv1.ApplyResponse, error) {
 	if len(p.GetCommand()) > persistent.MaxCommandBytes {
 		return nil, status.Errorf(codes.InvalidArgument, "command of %d bytes, at most %d allowed", len(p.GetCommand()), persistent.MaxCommandBytes)
+	}
+	if na := p.GetNotAfterUnixNano(); na != 0 {
+		// gRPC's own deadline is relative, counted from when the request
+		// arrived: a request held up in the network and delivered after
+		// its sender gave up (and told its client the write failed) would
+		// get a fresh one and be applied, possibly after the sender's next
+		// write. The sender's own deadline bounds it instead.
+		notAfter := time.Unix(0, na)
+		if !time.Now().Before(notAfter) {
+			return nil, status.Errorf(codes.Unavailable, "forwarded write arrived %v after its sender's deadline: not applied", time.Since(notAfter).Round(time.Millisecond))
+		}
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, notAfter)
+		defer cancel()
 	}
 	res, err := s.h.HandleApply(ctx, p.GetCommand())
 	if errors.Is(err, persistent.ErrOutcomeUnknown) {
@@ -67,7 +82,11 @@ func (t *PeerTransport) Apply(ctx context.Context, leader string, cmd []byte) (p
 	}
 	cctx, cancel := context.WithTimeout(ctx, t.timeout)
 	defer cancel()
-	rep, err := pc.raft.Apply(cctx, &clusterv1.ApplyRequest{Command: cmd})
+	req := &clusterv1.ApplyRequest{Command: cmd}
+	if dl, ok := cctx.Deadline(); ok {
+		req.NotAfterUnixNano = dl.UnixNano()
+	}
+	rep, err := pc.raft.Apply(cctx, req)
 	if err != nil {
 		return persistent.Result{}, raftCallError(leader, "write", err)
 	}

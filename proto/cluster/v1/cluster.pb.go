@@ -44,9 +44,17 @@ type ApplyRequest struct {
 	From string `protobuf:"bytes,1,opt,name=from,proto3" json:"from,omitempty"`
 	// The command, as persistent.Command.Encode writes it (JSON), at most
 	// 1 MiB.
-	Command       []byte `protobuf:"bytes,2,opt,name=command,proto3" json:"command,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Command []byte `protobuf:"bytes,2,opt,name=command,proto3" json:"command,omitempty"`
+	// The sender's deadline for this write, as Unix nanoseconds of its wall
+	// clock (0: none, an older sender). A leader that receives the request
+	// after it (a request held up in the network, say by a partition, and
+	// delivered once the sender has given up) refuses it as UNAVAILABLE
+	// without applying it, and proposes it only with an enqueue bound that
+	// ends there: a write its sender reported failed is never appended to
+	// the log after the sender's next write (up to the nodes' clock skew).
+	NotAfterUnixNano int64 `protobuf:"varint,3,opt,name=not_after_unix_nano,json=notAfterUnixNano,proto3" json:"not_after_unix_nano,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *ApplyRequest) Reset() {
@@ -91,6 +99,13 @@ func (x *ApplyRequest) GetCommand() []byte {
 		return x.Command
 	}
 	return nil
+}
+
+func (x *ApplyRequest) GetNotAfterUnixNano() int64 {
+	if x != nil {
+		return x.NotAfterUnixNano
+	}
+	return 0
 }
 
 // ApplyResponse is the applied command's result.
@@ -1073,10 +1088,11 @@ var File_cluster_v1_cluster_proto protoreflect.FileDescriptor
 
 const file_cluster_v1_cluster_proto_rawDesc = "" +
 	"\n" +
-	"\x18cluster/v1/cluster.proto\x12\x11regent.cluster.v1\x1a\x16regent/v1/regent.proto\"<\n" +
+	"\x18cluster/v1/cluster.proto\x12\x11regent.cluster.v1\x1a\x16regent/v1/regent.proto\"k\n" +
 	"\fApplyRequest\x12\x12\n" +
 	"\x04from\x18\x01 \x01(\tR\x04from\x12\x18\n" +
-	"\acommand\x18\x02 \x01(\fR\acommand\"'\n" +
+	"\acommand\x18\x02 \x01(\fR\acommand\x12-\n" +
+	"\x13not_after_unix_nano\x18\x03 \x01(\x03R\x10notAfterUnixNano\"'\n" +
 	"\rApplyResponse\x12\x16\n" +
 	"\x06result\x18\x01 \x01(\fR\x06result\"&\n" +
 	"\x10ReadIndexRequest\x12\x12\n" +
