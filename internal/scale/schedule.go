@@ -48,7 +48,7 @@ func DefaultParams(nodes, clients int) Params {
 	return Params{
 		Nodes: nodes, Clients: clients, Seed: 1,
 		RegPerSec: 0.0005, MovePerSec: 0.0002, DiscPerSec: 0.0005,
-		Warm: 6 * time.Second, Quiet: 10 * time.Second, Churn: 30 * time.Second,
+		Warm: 6 * time.Second, Quiet: 10 * time.Second, Churn: 60 * time.Second,
 		Detect: time.Second, ReconnectFrac: 0.9, ReconnectWindow: 2 * time.Second,
 		RepairLimit: 20 * time.Second, Probes: 100,
 	}
