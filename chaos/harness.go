@@ -352,7 +352,9 @@ func (n *Node) Resume() error {
 
 // Term sends SIGTERM (a graceful leave) and waits up to timeout for the
 // process to exit. It returns the exit error (nil for exit status 0); a
-// process still running after timeout is killed and reported.
+// process still running after timeout is sent SIGQUIT (the Go runtime
+// writes every goroutine's stack into the node's log, to show where the
+// shutdown hangs), then killed, and reported.
 func (n *Node) Term(timeout time.Duration) error {
 	done, err := n.signal(syscall.SIGTERM, true)
 	if err != nil {
@@ -361,8 +363,14 @@ func (n *Node) Term(timeout time.Duration) error {
 	select {
 	case <-done:
 	case <-time.After(timeout):
+		if _, err := n.signal(syscall.SIGQUIT, true); err == nil {
+			select {
+			case <-done:
+			case <-time.After(5 * time.Second):
+			}
+		}
 		_ = n.Kill()
-		return fmt.Errorf("chaos: %s still running %v after SIGTERM (killed)", n.Name, timeout)
+		return fmt.Errorf("chaos: %s still running %v after SIGTERM (stacks dumped by SIGQUIT into %s, then killed)", n.Name, timeout, n.LogPath)
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
