@@ -9,6 +9,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -51,6 +52,14 @@ func parseInts(s string) ([]int, error) {
 	return out, nil
 }
 
+// saved is results.json: a run's results with what the tables say of it.
+type saved struct {
+	Meta      scale.Meta
+	MaxCopies int
+	Skipped   []string
+	Results   []scale.Result
+}
+
 func main() {
 	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
 		fmt.Fprintln(os.Stderr, "regent-scale:", err)
@@ -72,6 +81,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	disc := fs.Float64("disc", 0.0005, "clients disconnecting per second, as a share of the clients")
 	probes := fs.Int("probes", 100, "changes of each kind whose convergence is measured per run")
 	format := fs.String("format", "svg", "plot format: svg or png")
+	from := fs.String("from", "", "redraw tables and plots from a results.json of an earlier run instead of running")
 	timeout := fs.Duration("timeout", 30*time.Minute, "give up after this long")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -101,6 +111,18 @@ func run(args []string, stdout, stderr io.Writer) error {
 
 	var results []scale.Result
 	var skipped []string
+	if *from != "" {
+		b, err := os.ReadFile(*from)
+		if err != nil {
+			return err
+		}
+		var sv saved
+		if err := json.Unmarshal(b, &sv); err != nil {
+			return fmt.Errorf("%s: %w", *from, err)
+		}
+		results, skipped, *maxCopies = sv.Results, sv.Skipped, sv.MaxCopies
+		clients = nil // nothing to run
+	}
 	for _, c := range clients {
 		for _, n := range nodes {
 			if n*c > *maxCopies {
@@ -125,6 +147,13 @@ func run(args []string, stdout, stderr io.Writer) error {
 		Date:    time.Now(),
 		Machine: fmt.Sprintf("%s/%s, %d CPUs, %s", runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.Version()),
 	}
+	if *from != "" {
+		var sv saved
+		b, _ := os.ReadFile(*from)
+		if err := json.Unmarshal(b, &sv); err == nil {
+			meta = sv.Meta // the tables tell what run made them
+		}
+	}
 	var md strings.Builder
 	if err := scale.WriteMarkdown(&md, meta, results); err != nil {
 		return err
@@ -143,6 +172,15 @@ func run(args []string, stdout, stderr io.Writer) error {
 	}
 	if err := os.WriteFile(filepath.Join(*out, "results.md"), []byte(md.String()), 0o644); err != nil {
 		return err
+	}
+	if *from == "" {
+		b, err := json.MarshalIndent(saved{Meta: meta, MaxCopies: *maxCopies, Skipped: skipped, Results: results}, "", " ")
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(*out, "results.json"), append(b, '\n'), 0o644); err != nil {
+			return err
+		}
 	}
 	files, err := scale.WritePlots(*out, *format, results)
 	if err != nil {

@@ -36,6 +36,14 @@ type nacosConn struct {
 	reconnected bool          // a reconnect of the failed node's client
 }
 
+// queued is a delay task in a node's queue, in order of creation; an entry
+// whose connection's task has since been sent (and perhaps a new one made)
+// is stale and skipped.
+type queued struct {
+	conn  int32
+	first time.Duration
+}
+
 type nacosProbe struct {
 	kind    Kind
 	at      time.Duration
@@ -48,7 +56,7 @@ type nacosModel struct {
 	sizes   NacosSizes
 	conns   []nacosConn
 	current []int32 // the schedule's client -> its current connection
-	queue   [][]int32
+	queue   [][]queued
 	head    []int
 	pending []int // pending tasks per node
 	native  []int
@@ -70,7 +78,7 @@ func newNacosModel(s *Schedule) *nacosModel {
 	rng := rand.New(rand.NewPCG(s.P.Seed^0x9ac05, s.P.Seed))
 	m := &nacosModel{
 		s: s, sizes: NewNacosSizes(), current: make([]int32, len(s.IDs)),
-		queue: make([][]int32, n), head: make([]int, n), pending: make([]int, n), native: make([]int, n),
+		queue: make([][]queued, n), head: make([]int, n), pending: make([]int, n), native: make([]int, n),
 		alive: make([]bool, n), tick: make([]time.Duration, n), verify: make([]time.Duration, n),
 		mark: make([]time.Duration, n), marked: make([]bool, n), rounds: make([][]time.Duration, n),
 		cleaner: make([]time.Duration, n),
@@ -121,7 +129,7 @@ func (m *nacosModel) addTask(node int, c int32, action uint8, now time.Duration)
 		return
 	}
 	cn.task, cn.first = action, now
-	m.queue[node] = append(m.queue[node], c)
+	m.queue[node] = append(m.queue[node], queued{conn: c, first: now})
 	m.pending[node]++
 }
 
@@ -202,24 +210,24 @@ func (m *nacosModel) runTick(i int, now time.Duration) {
 		// queued (the peer lacks it or holds an older revision); the
 		// re-sync it asks for merges with that task, due at once.
 		m.marked[i] = false
-		for _, c := range m.queue[i][m.head[i]:] {
-			if cn := &m.conns[c]; cn.task == taskChange && cn.first <= m.mark[i] {
-				m.dispatch(i, c, now)
+		for _, q := range m.queue[i][m.head[i]:] {
+			if cn := &m.conns[q.conn]; cn.task == taskChange && cn.first == q.first && cn.first <= m.mark[i] {
+				m.dispatch(i, q.conn, now)
 			}
 		}
 	}
 	q := m.queue[i]
 	h := m.head[i]
 	for h < len(q) {
-		cn := &m.conns[q[h]]
-		if cn.task == taskNone {
+		cn := &m.conns[q[h].conn]
+		if cn.task == taskNone || cn.first != q[h].first {
 			h++
 			continue
 		}
 		if now-cn.first < NacosSyncDelay {
 			break
 		}
-		m.dispatch(i, q[h], now)
+		m.dispatch(i, q[h].conn, now)
 		h++
 	}
 	if h == len(q) {
