@@ -984,7 +984,12 @@ func (fr *farRun) Stop(healAt time.Duration) FarResult {
 	case fr.flap >= 0 && fr.flap < healAt:
 		r.Violations = append(r.Violations, fmt.Sprintf("far-clients: %s's instances stopped being listed at +%v on its side: %s", r.Client, ms(fr.flap), fr.flapWhy))
 	}
-	for _, op := range fr.writes {
+	// The writer is still running (a write in flight at the heal is
+	// waited for by Close, not here): read what it recorded under its lock.
+	fr.mu.Lock()
+	writes := slices.Clone(fr.writes)
+	fr.mu.Unlock()
+	for _, op := range writes {
 		if op.End > healAt {
 			continue // it may have reached the healed cluster
 		}
