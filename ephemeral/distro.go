@@ -867,6 +867,12 @@ const (
 	actVerify
 )
 
+// firstVerifyDelay spreads a first verify round over the second half of
+// the interval, by node and peer, so that nodes do not verify in step.
+func (d *Distro) firstVerifyDelay(p *peer) time.Duration {
+	return d.cfg.VerifyInterval/2 + time.Duration(bucketOf(d.self+p.name))*d.cfg.VerifyInterval/(2*numBuckets)
+}
+
 func (d *Distro) nextAction(p *peer) (int, time.Duration) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -875,12 +881,16 @@ func (d *Distro) nextAction(p *peer) (int, time.Duration) {
 		return actWait, time.Hour
 	}
 	if p.nextVerify.IsZero() {
-		// Spread the first round so that nodes do not verify in step.
-		p.nextVerify = now.Add(d.cfg.VerifyInterval/2 + time.Duration(bucketOf(d.self+p.name))*d.cfg.VerifyInterval/(2*numBuckets))
+		p.nextVerify = now.Add(d.firstVerifyDelay(p))
 	}
 	// Verify is not held back by a sync backing off: it is the lease of
-	// this node's clients on the peer, and its repair path.
+	// this node's clients on the peer, and its repair path. Changes still
+	// pending go first (unless syncs are failing), or the digest would
+	// differ only by them and the peer ask for the whole client list.
 	if p.verifyNow || !now.Before(p.nextVerify) {
+		if len(p.pending) > 0 && !now.Before(p.retryAt) {
+			return actSync, 0
+		}
 		return actVerify, 0
 	}
 	wait := p.nextVerify.Sub(now)
@@ -974,8 +984,15 @@ func (d *Distro) syncPeer(ctx context.Context, p *peer) {
 // the list; then it queues what p lacks.
 func (d *Distro) verifyPeer(ctx context.Context, p *peer) {
 	d.mu.Lock()
+	if p.verifyNow {
+		// The verify at once when a peer comes up: nodes that came up
+		// together would verify in step ever after, so the next round is
+		// spread as a first one is.
+		p.nextVerify = d.now().Add(d.firstVerifyDelay(p))
+	} else {
+		p.nextVerify = d.now().Add(d.cfg.VerifyInterval)
+	}
 	p.verifyNow = false
-	p.nextVerify = d.now().Add(d.cfg.VerifyInterval)
 	digest := d.ownerSetLocked(d.self).digest
 	d.mu.Unlock()
 

@@ -84,21 +84,75 @@ func TestStepSendsWhatIsDueByTheEngineClock(t *testing.T) {
 		}
 	}
 
-	// The next round is due one verify interval after the first, and its
-	// digests match: the sync arrived.
+	// The round after the one at peer-up is spread as a first round is
+	// (over the second half of the interval, by node and peer), so nodes
+	// that came up together do not verify in step; its digests match: the
+	// syncs arrived.
+	cfg := DefaultConfig()
+	want := time.Hour
+	spread := map[time.Duration]bool{}
+	for _, a := range ds {
+		for _, b := range ds {
+			if a != b {
+				at := a.firstVerifyDelay(a.peers[b.Node()]) - cfg.SyncDelay
+				want = min(want, at)
+				spread[at] = true
+			}
+		}
+	}
+	if len(spread) < 2 {
+		t.Fatalf("the six pairs' next rounds are all due at one instant %v", spread)
+	}
 	next := time.Hour
 	for _, d := range ds {
 		next = min(next, d.Step(ctx))
 	}
-	if want := DefaultConfig().VerifyInterval - DefaultConfig().SyncDelay; next != want {
-		t.Fatalf("next action due in %v, want %v", next, want)
+	if next != want || next < cfg.VerifyInterval/2-cfg.SyncDelay || next >= cfg.VerifyInterval-cfg.SyncDelay {
+		t.Fatalf("next action due in %v, want %v, in the second half of the interval", next, want)
 	}
-	clock.advance(next)
-	for _, d := range ds {
-		d.Step(ctx)
+	for elapsed := time.Duration(0); net.Counts().Verify < 12 && elapsed < cfg.VerifyInterval; {
+		clock.advance(next)
+		elapsed += next
+		next = time.Hour
+		for _, d := range ds {
+			next = min(next, d.Step(ctx))
+		}
 	}
 	if c := net.Counts(); c.Verify != 12 || c.VerifyList != 0 || c.Sync != 4 {
 		t.Fatalf("after the second verify round: %d digest, %d list, %d sync messages, want 12, 0, 4", c.Verify, c.VerifyList, c.Sync)
+	}
+}
+
+// A verify that is due while changes still wait for the merge window goes
+// after them: the digest then matches and no client list is sent.
+func TestStepSyncsPendingChangesBeforeVerify(t *testing.T) {
+	clock := newManualClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	net, ds := stepCluster(t, 2, clock)
+	ctx := context.Background()
+	for _, d := range ds {
+		d.Step(ctx)
+	}
+	svc := naming.ServiceKey{Namespace: "public", Group: "DEFAULT_GROUP", Service: "s"}
+	in := naming.Instance{IP: "10.0.0.1", Port: 80, Weight: 1, Healthy: true, Enabled: true, Ephemeral: true}
+	ds[0].Register("c1", svc, []naming.Instance{in})
+	ds[0].Step(ctx) // sent at once: the window was quiet
+	// Just before the next verify, change the client twice: the first
+	// change goes at once, the second waits for the merge window, and the
+	// verify comes due with it pending.
+	p := ds[0].peers[ds[1].Node()]
+	untilVerify := p.nextVerify.Sub(clock.Now())
+	clock.advance(untilVerify - time.Millisecond)
+	in.Port = 81
+	ds[0].Register("c1", svc, []naming.Instance{in}) // goes at once
+	ds[0].Step(ctx)
+	in.Port = 82
+	ds[0].Register("c1", svc, []naming.Instance{in}) // within the window: pending
+	clock.advance(time.Millisecond)                  // the verify is due, the window not over
+	before := net.Counts()
+	ds[0].Step(ctx)
+	c := net.Counts()
+	if c.Sync != before.Sync+1 || c.Verify != before.Verify+1 || c.VerifyList != 0 {
+		t.Fatalf("sync %d->%d, verify %d->%d, list %d: want the pending change synced, then a matching digest", before.Sync, c.Sync, before.Verify, c.Verify, c.VerifyList)
 	}
 }
 
