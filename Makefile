@@ -3,7 +3,7 @@ SHELL := /bin/bash
 GO ?= go
 BIN := bin/regent
 
-.PHONY: help build run test test-short proto check-generate bench soak fuzz fmt vet lint clean
+.PHONY: help build run test test-short proto check-generate bench scale soak fuzz fmt vet lint clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -47,6 +47,10 @@ bench-compare: build ## Regent beside a 3-member etcd cluster, same machine, sam
 	command -v etcd >/dev/null || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y etcd-server etcd-client; }
 	$(GO) build -o bin/regent-compare ./cmd/regent-compare
 	bin/regent-compare -regent $(BIN) -etcd "$$(command -v etcd)" -clients $${CLIENTS:-1,16,64} -rounds $${ROUNDS:-2} -duration $${DURATION:-2s}
+
+.PHONY: scale
+scale: ## Distro scale model: the real engine at 3-65 nodes and 10k-1M clients on a virtual clock beside Nacos' scheme; tables and plots in docs/scale (~6 min, ~8 GB)
+	$(GO) run ./cmd/regent-scale
 
 soak: ## long random fault schedules on real processes (RUNS, NODES, FAULTS); prints the seed of any failure
 	$(GO) run ./chaos/cmd/regent-chaos -runs $${RUNS:-10} -nodes $${NODES:-5} -faults $${FAULTS:-10}
