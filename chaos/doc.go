@@ -2,8 +2,9 @@
 // `regent server` processes, injects faults on a schedule drawn from a
 // printed seed (SIGKILL and restart, SIGSTOP/SIGCONT, SIGTERM and restart,
 // and, when it can make network namespaces, a node isolated, a minority
-// partitioned off, a bridge node that still reaches both sides of a
-// partition, and SDK clients on the far side of a partition; client
+// partitioned off, a bridge node (the leader, or a follower with the
+// leader on one side) that still reaches both sides of a partition, and
+// SDK clients on the far side of a partition; client
 // processes killed, a client whose traffic is cut silently), runs SDK load
 // meanwhile while recording every operation with its start, end and
 // result, and then checks what the clients saw against the promises the
