@@ -137,30 +137,56 @@ func (e *LimitExceededError) Error() string {
 // nil or a *LimitExceededError. The total limit is checked first, then the one
 // per-client rule that governs s (see LimitRules).
 func (r LimitRules) Admit(live []SessionInfo, s SessionInfo) error {
-	x := r.limitCompile()
-	n := len(live)
-	if s.ID != "" {
-		for _, l := range live {
-			if l.ID == s.ID {
-				n--
-			}
+	var c SessionCounts
+	for _, l := range live {
+		if s.ID == "" || l.ID != s.ID {
+			c.Add(l, 1)
 		}
 	}
-	if x.total > 0 && n >= x.total {
+	return r.AdmitCounts(c, s)
+}
+
+// SessionCounts counts live sessions as the limits see them: in all, per
+// canonical client IP and per app. The session manager keeps one up to
+// date as sessions come and go, so that admitting a session costs the
+// same at 10 or 100,000 sessions.
+type SessionCounts struct {
+	Total int
+	ByIP  map[string]int // by limitCanonicalIP
+	ByApp map[string]int
+}
+
+// Add counts s in (delta 1) or out (delta -1).
+func (c *SessionCounts) Add(s SessionInfo, delta int) {
+	if c.ByIP == nil {
+		c.ByIP, c.ByApp = map[string]int{}, map[string]int{}
+	}
+	c.Total += delta
+	bump := func(m map[string]int, k string) {
+		if m[k] += delta; m[k] <= 0 {
+			delete(m, k)
+		}
+	}
+	bump(c.ByIP, limitCanonicalIP(s.IP))
+	if s.App != "" {
+		bump(c.ByApp, s.App)
+	}
+}
+
+// AdmitCounts is Admit against counts of the other live sessions (s not
+// among them).
+func (r LimitRules) AdmitCounts(c SessionCounts, s SessionInfo) error {
+	x := r.limitCompile()
+	if x.total > 0 && c.Total >= x.total {
 		return &LimitExceededError{Limit: limitNameTotal, Value: x.total}
 	}
 	g := x.ruleFor(s.App, limitCanonicalIP(s.IP))
 	if g.limit <= 0 {
 		return nil
 	}
-	count := 0
-	for _, l := range live {
-		if s.ID != "" && l.ID == s.ID {
-			continue
-		}
-		if g.matches(l.App, limitCanonicalIP(l.IP)) {
-			count++
-		}
+	count := c.ByIP[g.key]
+	if g.kind == ruleKindApp {
+		count = c.ByApp[g.key]
 	}
 	if count >= g.limit {
 		return &LimitExceededError{Limit: g.name(), Value: g.limit}

@@ -991,6 +991,34 @@ func TestSessionConnectionLimitRefuses(t *testing.T) {
 	wantAddrs(t, "svc-a after reconnect", e.listed(t, "svc-a"), "10.0.0.1:80")
 }
 
+// The counts the limits are checked against follow sessions as they end:
+// a closed session's slot is free again, a reconnect does not use a
+// second one, and a refused session takes none.
+func TestSessionConnectionLimitCountsFollowSessions(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "limits.json")
+	writeLimits(t, path, `{"countLimit":2}`)
+	w, err := NewLimitWatcher(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newEnv(t, envOptions{limits: w})
+	for round := range 3 {
+		a, _ := e.open(t, fmt.Sprintf("a%d", round), nil)
+		b, _ := e.open(t, fmt.Sprintf("b%d", round), nil)
+		refused := e.openRaw(t)
+		refused.mustSend(helloMsg(fmt.Sprintf("c%d", round), nil))
+		wantCode(t, fmt.Sprintf("round %d: third session", round), refused.waitEnd(), codes.ResourceExhausted)
+		// b reconnecting replaces its own session: admitted at the limit.
+		b2, _ := e.open(t, fmt.Sprintf("b%d", round), nil)
+		b.waitEnd()
+		for _, s := range []*testClient{a, b2} {
+			s.closeSend()
+			s.waitEnd()
+		}
+		waitFor(t, "sessions removed", func() bool { return e.srv.Sessions().Count() == 0 })
+	}
+}
+
 func TestSessionConnectionLimitPerIPRule(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "limits.json")
 	writeLimits(t, path, `{"countLimitPerClientIp":{"`+testClientIP+`":2}}`)

@@ -162,6 +162,7 @@ type SessionManager struct {
 	mu        sync.Mutex
 	sessions  map[string]*session
 	byClient  map[string]*session
+	counts    SessionCounts // of sessions, for the limits
 	nextProbe uint64
 	draining  bool
 
@@ -223,24 +224,23 @@ func (m *SessionManager) add(s *session) error {
 		return fmt.Errorf("%w: node is draining", ErrUnavailable)
 	}
 	old := m.byClient[s.clientID]
-	live := m.liveInfos()
 	if old != nil {
 		// The old session of the same client does not count against the
 		// new one: it is being replaced.
-		for i := range live {
-			if live[i].ID == old.id {
-				live = append(live[:i], live[i+1:]...)
-				break
-			}
-		}
+		m.counts.Add(old.info(), -1)
 	}
-	if err := m.rules().Admit(live, s.info()); err != nil {
+	err := m.rules().AdmitCounts(m.counts, s.info())
+	if old != nil {
+		m.counts.Add(old.info(), 1)
+	}
+	if err != nil {
 		m.mu.Unlock()
 		return err
 	}
 	s.lastActive.Store(m.clock.Now().UnixNano())
 	m.sessions[s.id] = s
 	m.byClient[s.clientID] = s
+	m.counts.Add(s.info(), 1)
 	m.mu.Unlock()
 	if old != nil {
 		old.cancel(fmt.Errorf("%w: superseded by session %s of the same client", ErrFailedPrecondition, s.id))
@@ -258,6 +258,7 @@ func (m *SessionManager) remove(s *session, cause error) {
 		return
 	}
 	delete(m.sessions, s.id)
+	m.counts.Add(s.info(), -1)
 	owner := m.byClient[s.clientID] == s
 	if owner {
 		delete(m.byClient, s.clientID)

@@ -5,8 +5,13 @@
 // hits both alike. `make bench-compare` runs it through cmd/regent-compare.
 //
 // Workloads, each Regent's way beside the way etcd-based registries do it:
-//   - ephemeral: a live Regent session registers an instance, beside
-//     lease grant + put with the lease + keep-alive;
+//   - ephemeral: a new instance with its liveness binding: a new Regent
+//     session (stream + Hello) on the client's connection registering it,
+//     kept open, beside lease grant + put with the lease + keep-alive;
+//   - ephemeral-shared: one more instance on the client's one long-lived
+//     binding: a register on its SDK session, beside a put with its one
+//     lease (Distro syncs a client's whole state, so the cost grows with
+//     the instances a session holds);
 //   - persistent: a persistent register (through Raft), beside a put;
 //   - lookup: list a service's 10 instances from the server, beside a
 //     serializable range over the service's prefix;
@@ -37,6 +42,7 @@ import (
 // Workload names, in the order they run.
 const (
 	Ephemeral  = "ephemeral"
+	Shared     = "ephemeral-shared"
 	Persistent = "persistent"
 	Lookup     = "lookup"
 	Watched    = "lookup-watched"
@@ -48,7 +54,7 @@ const (
 const NotifyPace = 50 * time.Millisecond
 
 // Workloads lists every workload.
-var Workloads = []string{Ephemeral, Persistent, Lookup, Watched, Notify, Removal}
+var Workloads = []string{Ephemeral, Shared, Persistent, Lookup, Watched, Notify, Removal}
 
 // Options of Run.
 type Options struct {
@@ -142,10 +148,11 @@ var targets = map[string]struct {
 	Removal:    {0.2, true},
 }
 
-// Met reports whether the row's ratio meets its target.
+// Met reports whether the row's ratio meets its target (false for a
+// workload without one).
 func (r Row) Met() bool {
-	t := targets[r.Workload]
-	if r.Regent.Ops == 0 || r.Etcd.Ops == 0 {
+	t, ok := targets[r.Workload]
+	if !ok || r.Regent.Ops == 0 || r.Etcd.Ops == 0 {
 		return false
 	}
 	if t.atMost {

@@ -41,6 +41,8 @@ func TestRatioAndTarget(t *testing.T) {
 		// Latency workloads compare p99, lower is better.
 		{Row{Workload: Notify, Regent: sample(2, 1, 2*time.Millisecond, 4*time.Millisecond), Etcd: sample(2, 1, 5*time.Millisecond, 10*time.Millisecond)}, 0.4, true},
 		{Row{Workload: Removal, Regent: sample(1, 1, 500*time.Millisecond), Etcd: sample(1, 1, 2*time.Second)}, 0.25, false},
+		// A workload without a target never meets one.
+		{Row{Workload: Shared, Regent: sample(9000, 1, 1), Etcd: sample(1000, 1, 1)}, 9, false},
 		// No successful operation on one side is never a met target.
 		{Row{Workload: Removal, Regent: sample(0, 1), Etcd: sample(1, 1, 2*time.Second)}, 0, false},
 	} {

@@ -55,6 +55,8 @@ func (s *etcdSystem) measure(ctx context.Context, w string, clients, round int, 
 	switch w {
 	case Ephemeral:
 		return s.ephemeral(ctx, clients, round, d)
+	case Shared:
+		return s.sharedLease(ctx, clients, round, d)
 	case Persistent:
 		cs, err := s.clients(clients, 0)
 		if err != nil {
@@ -115,6 +117,40 @@ func (s *etcdSystem) ephemeral(ctx context.Context, clients, round int, d time.D
 		})
 	}
 	wg.Wait()
+	return sample, nil
+}
+
+// sharedLease: each client grants one lease and keeps it alive; an
+// operation puts one more key with it.
+func (s *etcdSystem) sharedLease(ctx context.Context, clients, round int, d time.Duration) (load.Sample, error) {
+	cs, err := s.clients(clients, 0)
+	if err != nil {
+		return load.Sample{}, err
+	}
+	defer closeEtcd(cs)
+	kctx, stopKeepAlive := context.WithCancel(ctx)
+	defer stopKeepAlive()
+	leases := make([]clientv3.LeaseID, clients)
+	for i, c := range cs {
+		l, err := c.Grant(ctx, ephemeralTTL)
+		if err != nil {
+			return load.Sample{}, err
+		}
+		if _, err := c.KeepAlive(kctx, l.ID); err != nil {
+			return load.Sample{}, err
+		}
+		leases[i] = l.ID
+	}
+	sample := load.Run(ctx, clients, d, func(ctx context.Context, worker, seq int) error {
+		_, err := cs[worker].Put(ctx, prefixOf(Shared, clients, round, worker)+ipOf(seq)+":8080", instanceValue(ipOf(seq)), clientv3.WithLease(leases[worker]))
+		return err
+	})
+	stopKeepAlive()
+	for i, c := range cs { // not timed
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		c.Revoke(rctx, leases[i])
+		cancel()
+	}
 	return sample, nil
 }
 

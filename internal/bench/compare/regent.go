@@ -7,9 +7,13 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
 	"github.com/regent-registry/regent/chaos"
 	"github.com/regent-registry/regent/client"
 	"github.com/regent-registry/regent/internal/bench/load"
+	regentv1 "github.com/regent-registry/regent/proto/regent/v1"
 )
 
 // regentSystem is a 3-node Regent cluster of real `regent server`
@@ -78,7 +82,9 @@ func svcName(workload string, clients, round, worker int) string {
 
 func (s *regentSystem) measure(ctx context.Context, w string, clients, round int, d time.Duration) (load.Sample, error) {
 	switch w {
-	case Ephemeral, Persistent:
+	case Ephemeral:
+		return s.sessionPerInstance(ctx, clients, round, d)
+	case Shared, Persistent:
 		cs, err := s.clients(ctx, clients, 0)
 		if err != nil {
 			return load.Sample{}, err
@@ -87,7 +93,7 @@ func (s *regentSystem) measure(ctx context.Context, w string, clients, round int
 		return load.Run(ctx, clients, d, func(ctx context.Context, worker, seq int) error {
 			svc := client.Service{Name: svcName(w, clients, round, worker)}
 			in := client.Instance{IP: ipOf(seq), Port: 8080, Metadata: map[string]string{"version": "1.0.0"}}
-			if w == Ephemeral {
+			if w == Shared {
 				return cs[worker].Register(ctx, svc, in)
 			}
 			_, err := cs[worker].RegisterPersistent(ctx, svc, in)
@@ -101,6 +107,71 @@ func (s *regentSystem) measure(ctx context.Context, w string, clients, round int
 		return s.removal(ctx, clients, round)
 	}
 	return load.Sample{}, fmt.Errorf("unknown workload %q", w)
+}
+
+// sessionPerInstance: each operation opens a new session on the worker's
+// connection (a Session stream and its Hello) and registers one instance
+// on it; the sessions stay open, each holding its instance, until the
+// measurement ends, as etcd's leases are kept alive.
+func (s *regentSystem) sessionPerInstance(ctx context.Context, clients, round int, d time.Duration) (load.Sample, error) {
+	conns := make([]*grpc.ClientConn, clients)
+	defer func() {
+		for _, c := range conns {
+			if c != nil {
+				c.Close()
+			}
+		}
+	}()
+	for i := range conns {
+		c, err := grpc.NewClient("passthrough:///"+s.servers[i%len(s.servers)], grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return load.Sample{}, err
+		}
+		conns[i] = c
+	}
+	var mu sync.Mutex
+	var open []context.CancelFunc
+	defer func() {
+		for _, cancel := range open {
+			cancel()
+		}
+	}()
+	return load.Run(ctx, clients, d, func(ctx context.Context, worker, seq int) error {
+		sctx, cancel := context.WithCancel(context.Background())
+		mu.Lock()
+		open = append(open, cancel)
+		mu.Unlock()
+		st, err := regentv1.NewRegistryClient(conns[worker]).Session(sctx)
+		if err != nil {
+			return err
+		}
+		id := fmt.Sprintf("cmp-r%d-c%d-w%d-%d", round, clients, worker, seq)
+		if err := st.Send(&regentv1.ClientMessage{Body: &regentv1.ClientMessage_Hello{Hello: &regentv1.Hello{ClientId: id, ClientName: "regent-compare"}}}); err != nil {
+			return err
+		}
+		if m, err := st.Recv(); err != nil || m.GetHelloReply() == nil {
+			return fmt.Errorf("no HelloReply: %v", err)
+		}
+		reg := &regentv1.ClientMessage{RequestId: 1, Body: &regentv1.ClientMessage_Register{Register: &regentv1.RegisterEphemeral{
+			Service:   &regentv1.ServiceRef{Service: svcName(Ephemeral, clients, round, worker)},
+			Instances: []*regentv1.Instance{{Ip: ipOf(seq), Port: 8080, Metadata: map[string]string{"version": "1.0.0"}}},
+		}}}
+		if err := st.Send(reg); err != nil {
+			return err
+		}
+		for {
+			m, err := st.Recv()
+			if err != nil {
+				return err
+			}
+			if a := m.GetAck(); a != nil && a.GetRequestId() == 1 {
+				if a.GetCode() != 0 {
+					return fmt.Errorf("register refused: code %d: %s", a.GetCode(), a.GetMessage())
+				}
+				return nil
+			}
+		}
+	}), nil
 }
 
 const lookupInstances = 10
