@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -96,7 +97,17 @@ Stop with Ctrl-C (or SIGTERM): clients are told to reconnect elsewhere.
 			<-cmd.Context().Done()
 			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 			defer cancel()
-			d.Shutdown(ctx)
+			done := make(chan struct{})
+			go func() { d.Shutdown(ctx); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(shutdownGrace):
+				// Every acknowledged write is in the fsynced Raft log and
+				// the state is rebuilt from it, so exiting now loses
+				// nothing; a SIGTERM must end the process.
+				logger.Error("shutdown did not finish; exiting anyway", "after", shutdownGrace)
+				return errShutdownHung
+			}
 			return nil
 		},
 	}
@@ -133,6 +144,12 @@ Stop with Ctrl-C (or SIGTERM): clients are told to reconnect elsewhere.
 
 // applyEnvAndFile sets every flag not given on the command line from
 // REGENT_<FLAG> in the environment, or else from the config file.
+// shutdownGrace bounds a graceful stop: the drain's own deadline (15 s)
+// plus time for the stores to close.
+const shutdownGrace = 25 * time.Second
+
+var errShutdownHung = errors.New("shutdown did not finish within 25 s")
+
 func applyEnvAndFile(fs *pflag.FlagSet, file string) error {
 	fileVals := map[string]any{}
 	if file == "" {
