@@ -885,10 +885,14 @@ func (d *Distro) nextAction(p *peer) (int, time.Duration) {
 	}
 	// Verify is not held back by a sync backing off: it is the lease of
 	// this node's clients on the peer, and its repair path. Changes still
-	// pending go first (unless syncs are failing), or the digest would
-	// differ only by them and the peer ask for the whole client list.
+	// pending go first (unless syncs are failing), when the spacing of
+	// batches allows, or the digest would differ only by them and the peer
+	// ask for the whole client list.
 	if p.verifyNow || !now.Before(p.nextVerify) {
 		if len(p.pending) > 0 && !now.Before(p.retryAt) {
+			if due := p.lastSync.Add(d.cfg.SyncDelay); now.Before(due) {
+				return actWait, due.Sub(now)
+			}
 			return actSync, 0
 		}
 		return actVerify, 0

@@ -213,8 +213,9 @@ func TestSyncBatchesManyClientsIntoOneMessagePerPeer(t *testing.T) {
 			}
 		}
 		// The window was quiet, so the sender may take the first
-		// registrations at once; all later ones wait for the window and
-		// go in one batch: one or two messages per peer.
+		// registrations at once; all later ones wait for the window (the
+		// verify at peer-up waits for it too) and go in one batch: one or
+		// two messages per peer.
 		if got := c.net.Counts().Sync; got < 2 || got > 4 {
 			t.Fatalf("100 registrations in one merge window took %d sync messages, want 2 to 4 (one or two per peer)", got)
 		}

@@ -149,6 +149,13 @@ func TestStepSyncsPendingChangesBeforeVerify(t *testing.T) {
 	ds[0].Register("c1", svc, []naming.Instance{in}) // within the window: pending
 	clock.advance(time.Millisecond)                  // the verify is due, the window not over
 	before := net.Counts()
+	// The verify waits for the window to end rather than send a second
+	// batch inside it, or a digest that cannot match.
+	wait := ds[0].Step(ctx)
+	if c := net.Counts(); c != before || wait != cfgSyncDelay()-time.Millisecond {
+		t.Fatalf("inside the window: sent %+v (before %+v), next in %v; want nothing sent, next in %v", c, before, wait, cfgSyncDelay()-time.Millisecond)
+	}
+	clock.advance(wait)
 	ds[0].Step(ctx)
 	c := net.Counts()
 	if c.Sync != before.Sync+1 || c.Verify != before.Verify+1 || c.VerifyList != 0 {
@@ -167,3 +174,5 @@ func TestStepDoesNothingOnAStartedEngine(t *testing.T) {
 		t.Fatalf("Step on a started engine returned %v, want an hour", got)
 	}
 }
+
+func cfgSyncDelay() time.Duration { return DefaultConfig().SyncDelay }
