@@ -282,7 +282,12 @@ func startBareCluster(tb testing.TB, dir string, n int, cfg RaftConfig, newFSM f
 		if err := os.MkdirAll(ndir, 0o700); err != nil {
 			tb.Fatal(err)
 		}
-		logs, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(ndir, "raft.db")})
+		// The same log store and cache as OpenRaft's.
+		logs, err := openLogStore(ndir, false)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		cached, err := raft.NewLogCache(logCacheEntries, logs)
 		if err != nil {
 			tb.Fatal(err)
 		}
@@ -301,7 +306,7 @@ func startBareCluster(tb testing.TB, dir string, n int, cfg RaftConfig, newFSM f
 		if newFSM != nil {
 			fsm, state = newFSM(ndir)
 		}
-		r, err := raft.NewRaft(benchRaftConfig(cfg, id), fsm, logs, logs, snaps, trans)
+		r, err := raft.NewRaft(benchRaftConfig(cfg, id), fsm, cached, logs, snaps, trans)
 		if err != nil {
 			trans.Close()
 			logs.Close()

@@ -259,13 +259,12 @@ func OpenRaft(cfg RaftConfig, db *storage.DB) (*Store, error) {
 		return nil, fmt.Errorf("persistent: raft dir: %w", err)
 	}
 	var err error
-	s.logs, err = raftboltdb.New(raftboltdb.Options{
-		Path:        filepath.Join(cfg.Dir, "raft.db"),
-		NoSync:      cfg.NoSync,
-		BoltOptions: &bolt.Options{Timeout: time.Second, NoSync: cfg.NoSync},
-	})
+	if s.logs, err = openLogStore(cfg.Dir, cfg.NoSync); err != nil {
+		return nil, err
+	}
+	cached, err := raft.NewLogCache(logCacheEntries, s.logs)
 	if err != nil {
-		return nil, fmt.Errorf("persistent: open raft log %s: %w", filepath.Join(cfg.Dir, "raft.db"), err)
+		return nil, fmt.Errorf("persistent: raft log cache: %w", err)
 	}
 	hlog := newHCLogger(logger)
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.Dir, 2, hlog)
@@ -291,7 +290,7 @@ func OpenRaft(cfg RaftConfig, db *storage.DB) (*Store, error) {
 	rc.SnapshotInterval, rc.SnapshotThreshold, rc.TrailingLogs = cfg.SnapshotInterval, cfg.SnapshotThreshold, cfg.TrailingLogs
 	rc.NoSnapshotRestoreOnStart = true
 	rc.MaxAppendEntries = 256
-	if s.raft, err = raft.NewRaft(rc, s.fsm, s.logs, s.logs, snaps, s.trans); err != nil {
+	if s.raft, err = raft.NewRaft(rc, s.fsm, cached, s.logs, snaps, s.trans); err != nil {
 		return nil, fmt.Errorf("persistent: start raft: %w", err)
 	}
 	ok = true
@@ -847,6 +846,29 @@ func (s *Store) closeStores() {
 	if s.logs != nil {
 		_ = s.logs.Close()
 	}
+}
+
+// logCacheEntries is how many recent log entries stay in memory, so that
+// the leader replicates them without reading them back from bbolt (and
+// decoding them), as Consul and Nomad configure raft.
+const logCacheEntries = 512
+
+// openLogStore opens raft-boltdb in dir: the Raft log and stable store,
+// fsynced on every append unless noSync. Its freelist is not written on
+// each commit (rebuilt by a scan on open; the file stays small, as the log
+// is compacted behind snapshots), so an append writes fewer pages.
+func openLogStore(dir string, noSync bool) (*raftboltdb.BoltStore, error) {
+	path := filepath.Join(dir, "raft.db")
+	logs, err := raftboltdb.New(raftboltdb.Options{
+		Path:   path,
+		NoSync: noSync,
+		BoltOptions: &bolt.Options{Timeout: time.Second, NoSync: noSync,
+			NoFreelistSync: true, FreelistType: bolt.FreelistMapType},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("persistent: open raft log %s: %w", path, err)
+	}
+	return logs, nil
 }
 
 // EncodeResult encodes a result for a forwarded write's reply.
