@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
-	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
@@ -107,7 +105,6 @@ func replySeeds() map[string]struct {
 // step with replySeeds (REGENT_WRITE_CORPUS=1 rewrites it) and checks that
 // each seed has the outcome its name says.
 func TestPeerReplyFuzzSeeds(t *testing.T) {
-	dir := filepath.Join("testdata", "fuzz", "FuzzPeerReplies")
 	env := newReplyEnv(t)
 	for name, s := range replySeeds() {
 		b, err := proto.MarshalOptions{Deterministic: true}.Marshal(s.msg)
@@ -115,18 +112,7 @@ func TestPeerReplyFuzzSeeds(t *testing.T) {
 			t.Fatal(err)
 		}
 		want := fmt.Sprintf("go test fuzz v1\nbyte(%q)\n[]byte(%q)\n", rune(s.kind), b)
-		file := filepath.Join(dir, name)
-		if os.Getenv("REGENT_WRITE_CORPUS") != "" {
-			if err := os.MkdirAll(dir, 0o755); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(file, []byte(want), 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if got, err := os.ReadFile(file); err != nil || string(got) != want {
-			t.Fatalf("corpus file %s is missing or stale (REGENT_WRITE_CORPUS=1 rewrites it): %v", file, err)
-		}
+		checkCorpusFile(t, "FuzzPeerReplies", name, want)
 		t.Run(name, func(t *testing.T) {
 			if accepted := env.check(t, s.kind, b); accepted != strings.HasPrefix(name, "valid-") {
 				t.Fatalf("accepted = %v", accepted)

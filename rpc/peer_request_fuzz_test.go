@@ -3,8 +3,6 @@ package rpc
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -50,7 +48,6 @@ func requestSeeds() map[string]struct {
 // in step with requestSeeds (REGENT_WRITE_CORPUS=1 rewrites it) and checks
 // each seed's outcome.
 func TestPeerRequestFuzzSeeds(t *testing.T) {
-	dir := filepath.Join("testdata", "fuzz", "FuzzPeerRequests")
 	env := newRequestEnv(t)
 	for name, s := range requestSeeds() {
 		b, err := proto.MarshalOptions{Deterministic: true}.Marshal(s.msg)
@@ -58,18 +55,7 @@ func TestPeerRequestFuzzSeeds(t *testing.T) {
 			t.Fatal(err)
 		}
 		want := fmt.Sprintf("go test fuzz v1\nbyte(%q)\n[]byte(%q)\n", rune(s.kind), b)
-		file := filepath.Join(dir, name)
-		if os.Getenv("REGENT_WRITE_CORPUS") != "" {
-			if err := os.MkdirAll(dir, 0o755); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(file, []byte(want), 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if got, err := os.ReadFile(file); err != nil || string(got) != want {
-			t.Fatalf("corpus file %s is missing or stale (REGENT_WRITE_CORPUS=1 rewrites it): %v", file, err)
-		}
+		checkCorpusFile(t, "FuzzPeerRequests", name, want)
 		t.Run(name, func(t *testing.T) {
 			if served := env.check(t, s.kind, b); served != strings.HasPrefix(name, "valid-") {
 				t.Fatalf("served = %v", served)

@@ -2,8 +2,6 @@ package rpc
 
 import (
 	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -69,7 +67,6 @@ func sessionSeeds() map[string]sessionSeed {
 // in step with sessionSeeds (REGENT_WRITE_CORPUS=1 rewrites it) and checks
 // that each seed has the outcome its name says.
 func TestSessionFuzzSeeds(t *testing.T) {
-	dir := filepath.Join("testdata", "fuzz", "FuzzSessionMessages")
 	e := newEnv(t, envOptions{})
 	var n atomic.Uint64
 	for name, s := range sessionSeeds() {
@@ -78,18 +75,7 @@ func TestSessionFuzzSeeds(t *testing.T) {
 			t.Fatal(err)
 		}
 		want := fmt.Sprintf("go test fuzz v1\nbool(%v)\n[]byte(%q)\n", s.first, b)
-		file := filepath.Join(dir, name)
-		if os.Getenv("REGENT_WRITE_CORPUS") != "" {
-			if err := os.MkdirAll(dir, 0o755); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(file, []byte(want), 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if got, err := os.ReadFile(file); err != nil || string(got) != want {
-			t.Fatalf("corpus file %s is missing or stale (REGENT_WRITE_CORPUS=1 rewrites it): %v", file, err)
-		}
+		checkCorpusFile(t, "FuzzSessionMessages", name, want)
 		t.Run(name, func(t *testing.T) {
 			accepted := checkSessionInput(t, e, &n, s.first, b)
 			if valid := strings.HasPrefix(name, "valid-"); valid != accepted {

@@ -3,8 +3,6 @@ package rpc
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"testing"
 
 	"google.golang.org/grpc/codes"
@@ -57,25 +55,13 @@ func unarySeeds() map[string]struct {
 // TestUnaryFuzzSeeds keeps the checked-in corpus of FuzzUnaryRequests in
 // step with unarySeeds (REGENT_WRITE_CORPUS=1 rewrites it).
 func TestUnaryFuzzSeeds(t *testing.T) {
-	dir := filepath.Join("testdata", "fuzz", "FuzzUnaryRequests")
 	for name, s := range unarySeeds() {
 		b, err := proto.Marshal(s.msg)
 		if err != nil {
 			t.Fatal(err)
 		}
 		want := fmt.Sprintf("go test fuzz v1\nbyte(%q)\n[]byte(%q)\n", rune(s.kind), b)
-		file := filepath.Join(dir, name)
-		if os.Getenv("REGENT_WRITE_CORPUS") != "" {
-			if err := os.MkdirAll(dir, 0o755); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(file, []byte(want), 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if got, err := os.ReadFile(file); err != nil || string(got) != want {
-			t.Fatalf("corpus file %s is missing or stale (REGENT_WRITE_CORPUS=1 rewrites it): %v", file, err)
-		}
+		checkCorpusFile(t, "FuzzUnaryRequests", name, want)
 	}
 }
 
