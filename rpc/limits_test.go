@@ -617,3 +617,43 @@ func FuzzParseLimitRules(f *testing.F) {
 		limitCheckHolds(t, r, limitRemaining(live, r.Excess(live)))
 	})
 }
+
+// BenchmarkLimitAdmit: admitting one session against n live ones, from the
+// list of them (Admit counts the list first, parsing each session's IP, as
+// the manager did on every new session before it kept counts) and from the
+// counts the manager keeps (AdmitCounts). The counts' cost stays flat in
+// n; the ratio is printed.
+func BenchmarkLimitAdmit(b *testing.B) {
+	r, err := ParseLimitRules([]byte(`{"countLimit":1000000,"countLimitPerClientIpDefault":1000000}`))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, n := range []int{100, 10000} {
+		var live []SessionInfo
+		var counts SessionCounts
+		for i := range n {
+			s := limitSess(fmt.Sprintf("s%d", i), fmt.Sprintf("10.0.%d.%d", i/250, i%250), "web", i)
+			live = append(live, s)
+			counts.Add(s, 1)
+		}
+		next := limitSess("new", "10.9.9.9", "web", n)
+		var scan, kept float64
+		b.Run(fmt.Sprintf("sessions=%d/scan", n), func(b *testing.B) {
+			for b.Loop() {
+				if err := r.Admit(live, next); err != nil {
+					b.Fatal(err)
+				}
+			}
+			scan = float64(b.Elapsed().Nanoseconds()) / float64(b.N)
+		})
+		b.Run(fmt.Sprintf("sessions=%d/counts", n), func(b *testing.B) {
+			for b.Loop() {
+				if err := r.AdmitCounts(counts, next); err != nil {
+					b.Fatal(err)
+				}
+			}
+			kept = float64(b.Elapsed().Nanoseconds()) / float64(b.N)
+			b.ReportMetric(scan/kept, "scan/counts")
+		})
+	}
+}
