@@ -46,6 +46,14 @@ func prefixOf(workload string, clients, round, worker int) string {
 	return "/registry/" + svcName(workload, clients, round, worker) + "/"
 }
 
+// instanceID is the key of the seq-th instance under its service's prefix.
+func instanceID(seq int) string { return ipOf(seq) + ":8080" }
+
+// keyOf is the etcd key of a worker's seq-th instance.
+func keyOf(workload string, clients, round, worker, seq int) string {
+	return prefixOf(workload, clients, round, worker) + instanceID(seq)
+}
+
 // ephemeralTTL is the lease TTL of the ephemeral registration workload:
 // a registry's usual order of magnitude; the leases are revoked after the
 // measurement.
@@ -64,7 +72,7 @@ func (s *etcdSystem) measure(ctx context.Context, w string, clients, round int, 
 		}
 		defer closeEtcd(cs)
 		return load.Run(ctx, clients, d, func(ctx context.Context, worker, seq int) error {
-			_, err := cs[worker].Put(ctx, prefixOf(w, clients, round, worker)+ipOf(seq)+":8080", instanceValue(ipOf(seq)))
+			_, err := cs[worker].Put(ctx, keyOf(w, clients, round, worker, seq), instanceValue(ipOf(seq)))
 			return err
 		}), nil
 	case Lookup, Watched:
@@ -93,7 +101,7 @@ func (s *etcdSystem) ephemeral(ctx context.Context, clients, round int, d time.D
 		if err != nil {
 			return err
 		}
-		if _, err := c.Put(ctx, prefixOf(Ephemeral, clients, round, worker)+ipOf(seq)+":8080", instanceValue(ipOf(seq)), clientv3.WithLease(l.ID)); err != nil {
+		if _, err := c.Put(ctx, keyOf(Ephemeral, clients, round, worker, seq), instanceValue(ipOf(seq)), clientv3.WithLease(l.ID)); err != nil {
 			return err
 		}
 		if _, err := c.KeepAlive(kctx, l.ID); err != nil { // responses are dropped by the client when unread
@@ -142,7 +150,7 @@ func (s *etcdSystem) sharedLease(ctx context.Context, clients, round int, d time
 		leases[i] = l.ID
 	}
 	sample := load.Run(ctx, clients, d, func(ctx context.Context, worker, seq int) error {
-		_, err := cs[worker].Put(ctx, prefixOf(Shared, clients, round, worker)+ipOf(seq)+":8080", instanceValue(ipOf(seq)), clientv3.WithLease(leases[worker]))
+		_, err := cs[worker].Put(ctx, keyOf(Shared, clients, round, worker, seq), instanceValue(ipOf(seq)), clientv3.WithLease(leases[worker]))
 		return err
 	})
 	stopKeepAlive()
@@ -164,7 +172,7 @@ func (s *etcdSystem) lookup(ctx context.Context, clients, round int, d time.Dura
 	defer closeEtcd(cs)
 	prefix := prefixOf(Lookup, clients, round, 0)
 	for i := range lookupInstances {
-		if _, err := cs[0].Put(ctx, prefix+ipOf(i)+":8080", instanceValue(ipOf(i))); err != nil {
+		if _, err := cs[0].Put(ctx, prefix+instanceID(i), instanceValue(ipOf(i))); err != nil {
 			return load.Sample{}, err
 		}
 	}
@@ -244,7 +252,7 @@ func (s *etcdSystem) notify(ctx context.Context, clients, round int, d time.Dura
 		}
 	}
 	return load.RunPaced(ctx, clients, d, NotifyPace, func(ctx context.Context, worker, seq int) error {
-		key := prefixOf(Notify, clients, round, worker) + ipOf(seq) + ":8080"
+		key := keyOf(Notify, clients, round, worker, seq)
 		if _, err := writers[worker].Put(ctx, key, instanceValue(ipOf(seq))); err != nil {
 			return err
 		}
@@ -275,7 +283,7 @@ func (s *etcdSystem) removal(ctx context.Context, clients, round int) (load.Samp
 	}()
 	for i := range clients {
 		prefix := prefixOf(Removal, clients, round, i)
-		keys[i] = prefix + ipOf(i) + ":8080"
+		keys[i] = prefix + instanceID(i)
 		if chans[i], err = watch(wctx, readers[i], prefix); err != nil {
 			return load.Sample{}, err
 		}
