@@ -128,11 +128,18 @@ func NewCluster(cfg ClusterConfig) (*Cluster, error) {
 				addrs[j] = net.JoinHostPort(ip, fmt.Sprint(7400+j))
 				continue
 			}
-			a, err := freeOn(ip)
-			if err != nil {
-				return nil, err
+			// The kernel may hand out a port just released again: a node
+			// once got the same port for gRPC and HTTP and could not start.
+			for {
+				a, err := freeOn(ip)
+				if err != nil {
+					return nil, err
+				}
+				if !slices.Contains(addrs[:j], a) {
+					addrs[j] = a
+					break
+				}
 			}
-			addrs[j] = a
 		}
 		n.GRPC, n.HTTP, n.Peer, n.Gossip, n.RaftAd = addrs[0], addrs[1], addrs[2], addrs[3], addrs[4]
 		n.DataDir = filepath.Join(cfg.Dir, n.Name, "data")
