@@ -130,14 +130,15 @@ func NewCluster(cfg ClusterConfig) (*Cluster, error) {
 			}
 			// The kernel may hand out a port just released again: a node
 			// once got the same port for gRPC and HTTP and could not start.
-			for {
+			for try := 0; addrs[j] == ""; try++ {
 				a, err := freeOn(ip)
 				if err != nil {
 					return nil, err
 				}
 				if !slices.Contains(addrs[:j], a) {
 					addrs[j] = a
-					break
+				} else if try == 50 {
+					return nil, fmt.Errorf("chaos: no five distinct free ports on %s", ip)
 				}
 			}
 		}
