@@ -27,26 +27,31 @@ type recvResult struct {
 // Session implements the Session stream: Hello first, then requests until
 // the stream ends, the session is superseded, a probe goes unanswered or the
 // node shuts down. Whatever ends it, its instances and subscriptions go.
+//
+// A session costs two goroutines: gRPC's handler goroutine, which runs the
+// session's control and sends (acks, pushes, probes), and a receiver that
+// reads the client's messages and serves each one as it arrives.
 func (s *Server) Session(stream regentv1.Registry_SessionServer) error {
 	ctx := stream.Context()
-	recv := make(chan recvResult, 1)
-	// The receiver goroutine ends when the handler returns, because grpc
-	// then cancels the stream and Recv fails.
+	first := make(chan recvResult, 1)
+	opened := make(chan *session, 1)
+	recvErr := make(chan error, 1)
+	// The receiver ends when the handler returns, because grpc then
+	// cancels the stream and Recv fails.
 	go func() {
-		for {
-			m, err := stream.Recv()
-			select {
-			case recv <- recvResult{m, err}:
-			case <-ctx.Done():
-				return
-			}
-			if err != nil {
-				return
-			}
+		m, err := stream.Recv()
+		first <- recvResult{m, err}
+		if err != nil {
+			return
+		}
+		select {
+		case sess := <-opened:
+			recvErr <- s.receiveLoop(stream, sess)
+		case <-ctx.Done():
 		}
 	}()
 
-	hello, err := s.awaitHello(ctx, recv)
+	hello, err := s.awaitHello(ctx, first)
 	if err != nil {
 		return err
 	}
@@ -64,15 +69,22 @@ func (s *Server) Session(stream regentv1.Registry_SessionServer) error {
 	}}}
 	sessCtx, cancel := context.WithCancelCause(ctx)
 	sess.cancel = cancel
+	sess.ctx = sessCtx
 	if err := s.sessions.add(sess); err != nil {
 		cancel(err)
 		return toStatus(err)
 	}
 	// Take the client over (and fetch its state from its previous node if
-	// this node has none) before the client sees the HelloReply and redoes.
+	// this node has none) before the client sees the HelloReply and redoes,
+	// and before the receiver serves its first request.
 	s.eph.Connect(sessCtx, sess.clientID, hello.GetHello().GetPreviousNode())
-	cause := s.serveSession(sessCtx, stream, sess, recv)
+	opened <- sess
+	cause := s.sendLoop(sessCtx, stream, sess, recvErr)
 	cancel(cause)
+	// A request being served finishes first; none is served after.
+	sess.handleMu.Lock()
+	sess.ended = true
+	sess.handleMu.Unlock()
 	s.sessions.remove(sess, cause)
 	if errors.Is(cause, io.EOF) || errors.Is(cause, context.Canceled) {
 		return nil
@@ -80,7 +92,7 @@ func (s *Server) Session(stream regentv1.Registry_SessionServer) error {
 	return toStatus(cause)
 }
 
-func (s *Server) awaitHello(ctx context.Context, recv <-chan recvResult) (*regentv1.ClientMessage, error) {
+func (s *Server) awaitHello(ctx context.Context, first <-chan recvResult) (*regentv1.ClientMessage, error) {
 	timer := time.NewTimer(s.cfg.Session.HelloTimeout)
 	defer timer.Stop()
 	select {
@@ -88,7 +100,7 @@ func (s *Server) awaitHello(ctx context.Context, recv <-chan recvResult) (*regen
 		return nil, ctx.Err()
 	case <-timer.C:
 		return nil, status.Errorf(codes.DeadlineExceeded, "no Hello within %v", s.cfg.Session.HelloTimeout)
-	case r := <-recv:
+	case r := <-first:
 		if r.err != nil {
 			return nil, r.err
 		}
@@ -132,52 +144,50 @@ func (s *Server) openSession(ctx context.Context, m *regentv1.ClientMessage) (*s
 	}, nil
 }
 
-// serveSession runs the session until it ends and returns why.
-func (s *Server) serveSession(ctx context.Context, stream regentv1.Registry_SessionServer, sess *session, recv <-chan recvResult) error {
-	sendErr := make(chan error, 1)
-	sendDone := make(chan struct{})
-	// The sender has its own context: when the session ends from the
-	// receive side (the client half-closed, Recv failed), ctx is still
-	// live, and waiting for the sender without stopping it would hang.
-	sendCtx, stopSend := context.WithCancel(ctx)
-	go func() {
-		defer close(sendDone)
-		sendErr <- s.sendLoop(sendCtx, stream, sess)
-	}()
-	defer func() {
-		stopSend()
-		<-sendDone
-	}()
-
+// receiveLoop reads and serves the session's requests, queueing their acks
+// for the sender, until Recv fails or the session ends; it returns why.
+func (s *Server) receiveLoop(stream regentv1.Registry_SessionServer, sess *session) error {
 	for {
-		select {
-		case <-ctx.Done():
-			return context.Cause(ctx)
-		case err := <-sendErr:
+		m, err := stream.Recv()
+		if err != nil {
 			return err
-		case r := <-recv:
-			if r.err != nil {
-				return r.err
-			}
-			s.sessions.touch(sess)
-			ack := s.handle(sess, r.msg)
-			if ack == nil {
-				continue
-			}
-			select {
-			case sess.out <- ack:
-			case <-ctx.Done():
-				return context.Cause(ctx)
-			}
+		}
+		s.sessions.touch(sess)
+		ack, live := s.serve(sess, m)
+		if !live {
+			return context.Cause(sess.ctx)
+		}
+		if ack == nil {
+			continue
+		}
+		select {
+		case sess.out <- ack:
+		case <-sess.ctx.Done():
+			return context.Cause(sess.ctx)
 		}
 	}
 }
 
-func (s *Server) sendLoop(ctx context.Context, stream regentv1.Registry_SessionServer, sess *session) error {
+// serve handles m unless the session has ended (live is then false): a
+// request is either served before the session's clean-up or not at all.
+func (s *Server) serve(sess *session, m *regentv1.ClientMessage) (ack *regentv1.ServerMessage, live bool) {
+	sess.handleMu.Lock()
+	defer sess.handleMu.Unlock()
+	if sess.ended || sess.ctx.Err() != nil {
+		return nil, false
+	}
+	return s.handle(sess, m), true
+}
+
+// sendLoop sends the session's acks, control messages and pushes until the
+// session ends or the receiver stops, and returns why.
+func (s *Server) sendLoop(ctx context.Context, stream regentv1.Registry_SessionServer, sess *session, recvErr <-chan error) error {
 	for {
 		select {
 		case <-ctx.Done():
 			return context.Cause(ctx)
+		case err := <-recvErr:
+			return err
 		case m := <-sess.out:
 			if err := stream.Send(m); err != nil {
 				return err

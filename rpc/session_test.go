@@ -1299,3 +1299,34 @@ func TestSessionRegisterAllReplacesEverything(t *testing.T) {
 	wantAddrs(t, "svc-a after empty", e.listed(t, "svc-a"))
 	wantAddrs(t, "svc-c after empty", e.listed(t, "svc-c"))
 }
+
+// TestSessionNothingAppliedAfterItsEnd: a client flooding registers while
+// the node ends its session (here as if it had moved) has nothing listed
+// once the session is gone: the receiver serves a request either before
+// the session's clean-up or not at all.
+func TestSessionNothingAppliedAfterItsEnd(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	for round := range 20 {
+		c, _ := e.open(t, fmt.Sprintf("flood-%d", round), nil)
+		svc := fmt.Sprintf("flood-%d", round)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for i := 0; ; i++ {
+				m := registerMsg(svc, inst(fmt.Sprintf("10.1.%d.%d", i>>8&255, i&255), 80))
+				m.RequestId = 0 // no ack: the flood does not wait
+				if c.send(m) != nil {
+					return
+				}
+			}
+		}()
+		waitFor(t, "flood registered", func() bool { return len(e.listed(t, svc)) > 0 })
+		e.srv.Sessions().Moved(fmt.Sprintf("flood-%d", round))
+		c.waitEnd()
+		<-done
+		waitFor(t, "session removed", func() bool { return e.srv.Sessions().Count() == 0 })
+		if got := e.listed(t, svc); len(got) != 0 {
+			t.Fatalf("round %d: %d instances listed after the session ended, want none", round, len(got))
+		}
+	}
+}

@@ -86,6 +86,14 @@ type session struct {
 	// lastActive is the clock's UnixNano at the last message from the client.
 	lastActive atomic.Int64
 
+	// ctx ends with the session (its cause says why).
+	ctx context.Context
+	// handleMu is held while a request is served; ended, set under it
+	// when the session ends, refuses any later request, so that nothing a
+	// client sends is applied after its session's clean-up.
+	handleMu sync.Mutex
+	ended    bool
+
 	// out carries acks and control messages to the sender goroutine.
 	out chan *regentv1.ServerMessage
 	// pushMu guards pending: the newest undelivered snapshot per service.
