@@ -38,6 +38,7 @@ func main() {
 	flag.Int64Var(&o.EtcdTTL, "etcd-ttl", o.EtcdTTL, "lease TTL (s) of etcd's removal workload")
 	flag.StringVar(&dir, "dir", "", "folder for both clusters' data and logs (default: a new temporary folder)")
 	flag.BoolVar(&keep, "keep", false, "keep the folder after the run")
+	flag.StringVar(&o.ProfileDir, "regent-profile", "", "write a CPU profile of every Regent node over each Regent measurement to this folder")
 	flag.StringVar(&regentArgs, "regent-args", "", "extra flags for every regent server, space-separated (e.g. --pprof)")
 	flag.Parse()
 	o.Clients = nil

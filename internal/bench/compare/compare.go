@@ -74,6 +74,11 @@ type Options struct {
 	// RegentArgs are added to every `regent server` command line (say
 	// --pprof, to profile a node during the run).
 	RegentArgs []string
+	// ProfileDir, if set, receives a CPU profile of every Regent node
+	// taken over each Regent measurement
+	// (<workload>-c<clients>-r<round>-<node>.pprof); it adds --pprof to
+	// the nodes' command lines.
+	ProfileDir string
 }
 
 // DefaultOptions: 1, 16 and 64 clients, 2 s per measurement, 2 rounds.

@@ -3,6 +3,10 @@ package compare
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"time"
@@ -23,10 +27,19 @@ type regentSystem struct {
 	cluster *chaos.Cluster
 	servers []string
 	self    string
+	// profileDir: see Options.ProfileDir.
+	profileDir string
 }
 
 func startRegent(ctx context.Context, o Options, logf func(string, ...any)) (*regentSystem, error) {
-	c, err := chaos.NewCluster(chaos.ClusterConfig{Nodes: 3, Bin: o.RegentBin, Dir: o.Dir + "/regent", LogLevel: "warn", ExtraArgs: o.RegentArgs})
+	args := o.RegentArgs
+	if o.ProfileDir != "" {
+		if err := os.MkdirAll(o.ProfileDir, 0o755); err != nil {
+			return nil, err
+		}
+		args = append(slices.Clip(args), "--pprof")
+	}
+	c, err := chaos.NewCluster(chaos.ClusterConfig{Nodes: 3, Bin: o.RegentBin, Dir: o.Dir + "/regent", LogLevel: "warn", ExtraArgs: args})
 	if err != nil {
 		return nil, err
 	}
@@ -40,7 +53,7 @@ func startRegent(ctx context.Context, o Options, logf func(string, ...any)) (*re
 		return nil, err
 	}
 	logf("regent up at %v, Raft leader %s", c.Servers(), leader)
-	return &regentSystem{cluster: c, servers: c.Servers(), self: o.Self}, nil
+	return &regentSystem{cluster: c, servers: c.Servers(), self: o.Self, profileDir: o.ProfileDir}, nil
 }
 
 func (s *regentSystem) stop() { s.cluster.Stop() }
@@ -81,6 +94,9 @@ func svcName(workload string, clients, round, worker int) string {
 }
 
 func (s *regentSystem) measure(ctx context.Context, w string, clients, round int, d time.Duration) (load.Sample, error) {
+	if s.profileDir != "" {
+		defer s.profile(ctx, fmt.Sprintf("%s-c%d-r%d", w, clients, round), d)()
+	}
 	switch w {
 	case Ephemeral:
 		return s.sessionPerInstance(ctx, clients, round, d)
@@ -107,6 +123,41 @@ func (s *regentSystem) measure(ctx context.Context, w string, clients, round int
 		return s.removal(ctx, clients, round)
 	}
 	return load.Sample{}, fmt.Errorf("unknown workload %q", w)
+}
+
+// profile starts a CPU profile of every node for about d (the setup of a
+// measurement is short beside it) and returns a func that waits for the
+// profiles and writes them to profileDir; a failed profile is logged in
+// the file's place, not fatal.
+func (s *regentSystem) profile(ctx context.Context, name string, d time.Duration) (wait func()) {
+	var wg sync.WaitGroup
+	secs := max(1, int(d.Round(time.Second)/time.Second))
+	for i := range len(s.servers) {
+		n := s.cluster.Node(fmt.Sprintf("node%d", i+1))
+		if n == nil {
+			continue
+		}
+		wg.Go(func() {
+			path := filepath.Join(s.profileDir, fmt.Sprintf("%s-%s.pprof", name, n.Name))
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", n.HTTP, secs), nil)
+			var body []byte
+			if err == nil {
+				var resp *http.Response
+				if resp, err = http.DefaultClient.Do(req); err == nil {
+					body, err = io.ReadAll(resp.Body)
+					resp.Body.Close()
+					if err == nil && resp.StatusCode != http.StatusOK {
+						err = fmt.Errorf("%s: %s", resp.Status, body)
+					}
+				}
+			}
+			if err != nil {
+				path, body = path+".err", []byte(err.Error()+"\n")
+			}
+			_ = os.WriteFile(path, body, 0o644)
+		})
+	}
+	return wg.Wait
 }
 
 // sessionPerInstance: each operation opens a new session on the worker's

@@ -32,7 +32,9 @@ func Run(ctx context.Context, workers int, d time.Duration, op func(ctx context.
 // RunPaced is Run with each worker starting its calls at most one per
 // pace (a call that takes longer is followed at once): a load of
 // workers/pace calls per second at most, as from clients that each act
-// now and then. The pause is not part of the latencies.
+// now and then. The workers' schedules are offset from each other by
+// pace/workers, so the calls arrive evenly spread rather than all at
+// once. The pause is not part of the latencies.
 func RunPaced(ctx context.Context, workers int, d, pace time.Duration, op func(ctx context.Context, worker, seq int) error) Sample {
 	var wg sync.WaitGroup
 	var ops, errs atomic.Int64
@@ -42,11 +44,15 @@ func RunPaced(ctx context.Context, workers int, d, pace time.Duration, op func(c
 	end := start.Add(d)
 	for w := range workers {
 		wg.Add(1)
+		// Worker w's calls are due at w*pace/workers past each multiple
+		// of pace: the workers' calls are spread evenly over the pace,
+		// as from independent clients, not fired together in bursts.
+		phase := time.Duration(w) * pace / time.Duration(workers)
 		go func() {
 			defer wg.Done()
 			for seq := 0; ctx.Err() == nil; seq++ {
-				if pace > 0 && seq > 0 {
-					if next := start.Add(time.Duration(seq) * pace); next.After(time.Now()) {
+				if pace > 0 && (seq > 0 || w > 0) {
+					if next := start.Add(phase + time.Duration(seq)*pace); next.After(time.Now()) {
 						if !next.Before(end) {
 							return
 						}
