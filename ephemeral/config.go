@@ -20,12 +20,17 @@ func (wallClock) Now() time.Time { return time.Now() }
 type Config struct {
 	// Node is this node's name, the owner recorded on its clients.
 	Node string
-	// SyncDelay is the merge window: the shortest time between two batches
-	// to a peer. A change after a quiet window goes at once; changes that
-	// come sooner after the last batch go together when the window ends.
-	// Nacos waits 1 s before every sync; a few milliseconds already merge
-	// bursts.
+	// SyncDelay and SyncBurst pace the batches to each peer: on average
+	// at most one per SyncDelay, and up to SyncBurst at once after a quiet
+	// spell. A change goes at once while the pace allows; changes that
+	// come while it does not wait for the next batch and go together. So
+	// a lone change, or a moderate stream of them, is never held back,
+	// and a heavy stream is merged into at most one batch per SyncDelay.
+	// (Nacos waits 1 s before every sync; a few milliseconds already
+	// merge bursts.) SyncBurst 0 counts as 1: batches spaced SyncDelay
+	// apart.
 	SyncDelay time.Duration
+	SyncBurst int
 	// SyncTimeout bounds one sync, verify or query call to a peer.
 	SyncTimeout time.Duration
 	// RetryMin and RetryMax bound the backoff after a failed call to a peer.
@@ -71,7 +76,8 @@ type Config struct {
 // DefaultConfig returns production settings.
 func DefaultConfig() Config {
 	return Config{
-		SyncDelay:      5 * time.Millisecond,   // merges bursts, adds little to convergence
+		SyncDelay:      2 * time.Millisecond,   // up to 500 batches/s per peer under heavy churn
+		SyncBurst:      8,                      // jitter in a moderate stream does not delay it
 		SyncTimeout:    3 * time.Second,        // Nacos' sync and verify timeout
 		RetryMin:       100 * time.Millisecond, // a transient error is retried quickly
 		RetryMax:       3 * time.Second,        // Nacos' retry delay
@@ -112,6 +118,9 @@ func (c *Config) Validate() error {
 	}
 	if c.SyncDelay < 0 {
 		errs = append(errs, fmt.Errorf("sync delay must not be negative, got %v", c.SyncDelay))
+	}
+	if c.SyncBurst < 0 || c.SyncBurst > 1024 {
+		errs = append(errs, fmt.Errorf("sync burst must be in [0, 1024], got %d", c.SyncBurst))
 	}
 	pos("sync timeout", c.SyncTimeout)
 	pos("retry min", c.RetryMin)

@@ -52,9 +52,10 @@ type peer struct {
 	purged    bool
 	// pending holds clients whose current state (or tombstone) must be sent.
 	pending map[string]struct{}
-	// lastSync is when the last batch went to the peer: the next goes no
-	// sooner than SyncDelay after it.
-	lastSync   time.Time
+	// syncTAT paces the batches (the generic cell rate algorithm): each
+	// batch moves it SyncDelay past max(it, now), and a batch may go when
+	// now is at least SyncTAT - (SyncBurst-1)*SyncDelay.
+	syncTAT    time.Time
 	retryAt    time.Time
 	backoff    time.Duration
 	nextVerify time.Time
@@ -890,7 +891,7 @@ func (d *Distro) nextAction(p *peer) (int, time.Duration) {
 	// ask for the whole client list.
 	if p.verifyNow || !now.Before(p.nextVerify) {
 		if len(p.pending) > 0 && !now.Before(p.retryAt) {
-			if due := p.lastSync.Add(d.cfg.SyncDelay); now.Before(due) {
+			if due := d.syncDue(p); now.Before(due) {
 				return actWait, due.Sub(now)
 			}
 			return actSync, 0
@@ -902,16 +903,21 @@ func (d *Distro) nextAction(p *peer) (int, time.Duration) {
 		return actWait, min(wait, p.retryAt.Sub(now))
 	}
 	if len(p.pending) > 0 {
-		// A change after a quiet SyncDelay goes at once; changes that
-		// come sooner after the last batch wait for the rest of it and
-		// go together.
-		due := p.lastSync.Add(d.cfg.SyncDelay)
+		// A change goes at once while the pace allows; changes that
+		// come while it does not wait for the next batch and go
+		// together.
+		due := d.syncDue(p)
 		if !now.Before(due) {
 			return actSync, 0
 		}
 		wait = min(wait, due.Sub(now))
 	}
 	return actWait, wait
+}
+
+// syncDue is when the pace next lets a batch go to p.
+func (d *Distro) syncDue(p *peer) time.Time {
+	return p.syncTAT.Add(-time.Duration(max(d.cfg.SyncBurst, 1)-1) * d.cfg.SyncDelay)
 }
 
 func (d *Distro) failLocked(p *peer) {
@@ -948,7 +954,11 @@ func (d *Distro) syncPeer(ctx context.Context, p *peer) {
 		// syncs it.
 	}
 	if len(taken) > 0 {
-		p.lastSync = d.now()
+		now := d.now()
+		if p.syncTAT.Before(now) {
+			p.syncTAT = now
+		}
+		p.syncTAT = p.syncTAT.Add(d.cfg.SyncDelay)
 	}
 	d.mu.Unlock()
 	if len(req.Changes)+len(req.Deletes) == 0 {

@@ -225,7 +225,7 @@ func TestSyncBatchesManyClientsIntoOneMessagePerPeer(t *testing.T) {
 
 func TestChangesToOneClientMergeAndLatestWins(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		c := newTCluster(t, 3, func(cfg *Config) { cfg.SyncDelay = 100 * time.Millisecond })
+		c := newTCluster(t, 3, func(cfg *Config) { cfg.SyncDelay, cfg.SyncBurst = 100*time.Millisecond, 1 })
 		n1 := c.nodes["n1"]
 		for i := range 50 {
 			// The first change goes at once (the window was quiet);

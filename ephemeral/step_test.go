@@ -2,6 +2,7 @@ package ephemeral
 
 import (
 	"context"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -21,12 +22,17 @@ func newManualClock(start time.Time) *manualClock {
 }
 
 // stepCluster builds n engines that are driven by Step, never started.
-func stepCluster(t *testing.T, n int, clock Clock) (*InmemNetwork, []*Distro) {
+// stepCluster builds n engines on the default config (changed by mut, if
+// not nil) over one in-memory network, each told the others are up.
+func stepCluster(t *testing.T, n int, clock Clock, mut func(*Config)) (*InmemNetwork, []*Distro) {
 	t.Helper()
 	net := NewInmemNetwork(1)
 	var ds []*Distro
 	for i := 1; i <= n; i++ {
 		cfg := DefaultConfig()
+		if mut != nil {
+			mut(&cfg)
+		}
 		cfg.Node = nodeName(i)
 		cfg.Clock = clock
 		d, err := New(cfg, NewStore(nil), net.Transport(cfg.Node))
@@ -46,7 +52,7 @@ func stepCluster(t *testing.T, n int, clock Clock) (*InmemNetwork, []*Distro) {
 
 func TestStepSendsWhatIsDueByTheEngineClock(t *testing.T) {
 	clock := newManualClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
-	net, ds := stepCluster(t, 3, clock)
+	net, ds := stepCluster(t, 3, clock, noBurst)
 	ctx := context.Background()
 	// A peer that comes up is verified at once: one digest per peer.
 	for _, d := range ds {
@@ -127,7 +133,7 @@ func TestStepSendsWhatIsDueByTheEngineClock(t *testing.T) {
 // after them: the digest then matches and no client list is sent.
 func TestStepSyncsPendingChangesBeforeVerify(t *testing.T) {
 	clock := newManualClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
-	net, ds := stepCluster(t, 2, clock)
+	net, ds := stepCluster(t, 2, clock, noBurst)
 	ctx := context.Background()
 	for _, d := range ds {
 		d.Step(ctx)
@@ -165,7 +171,7 @@ func TestStepSyncsPendingChangesBeforeVerify(t *testing.T) {
 
 func TestStepDoesNothingOnAStartedEngine(t *testing.T) {
 	clock := newManualClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
-	_, ds := stepCluster(t, 2, clock)
+	_, ds := stepCluster(t, 2, clock, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	ds[0].Start(ctx)
@@ -176,3 +182,63 @@ func TestStepDoesNothingOnAStartedEngine(t *testing.T) {
 }
 
 func cfgSyncDelay() time.Duration { return DefaultConfig().SyncDelay }
+
+// noBurst spaces every batch SyncDelay after the last, for the tests of
+// the merge window itself.
+func noBurst(c *Config) { c.SyncBurst = 1 }
+
+// With the default burst, a moderate stream of changes (one every
+// SyncDelay/2) goes a batch per change while the burst lasts; then the
+// batches are paced one per SyncDelay, each carrying what came meanwhile;
+// after a quiet spell the burst is back.
+func TestStepSyncBurstThenPace(t *testing.T) {
+	clock := newManualClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	net, ds := stepCluster(t, 2, clock, nil)
+	ctx := context.Background()
+	for _, d := range ds {
+		d.Step(ctx)
+	}
+	cfg := DefaultConfig()
+	if cfg.SyncBurst < 2 {
+		t.Fatalf("default SyncBurst %d: this test wants a burst", cfg.SyncBurst)
+	}
+	svc := naming.ServiceKey{Namespace: "public", Group: "DEFAULT_GROUP", Service: "s"}
+	change := func(port int) {
+		ds[0].Register("c1", svc, []naming.Instance{{IP: "10.0.0.1", Port: port, Weight: 1, Healthy: true, Enabled: true, Ephemeral: true}})
+		ds[0].Step(ctx)
+		clock.advance(cfg.SyncDelay / 2)
+	}
+	// At one change per SyncDelay/2 the credit falls by half a batch per
+	// change: the first 2*SyncBurst-1 go at once.
+	immediate := 2*cfg.SyncBurst - 1
+	for i := range immediate {
+		change(1000 + i)
+		if got := net.Counts().Sync; got != uint64(i+1) {
+			t.Fatalf("change %d of a moderate stream: %d sync messages, want %d (one per change while the burst lasts)", i, got, i+1)
+		}
+	}
+	before := net.Counts().Sync
+	for i := range 20 {
+		change(2000 + i)
+	}
+	// 20 more changes over 10 SyncDelays: paced to about one batch per
+	// SyncDelay.
+	if got := net.Counts().Sync - before; got < 9 || got > 11 {
+		t.Fatalf("20 changes over 10 sync delays took %d batches, want about 10 (one per SyncDelay)", got)
+	}
+	for ds[0].Step(ctx) < time.Second {
+		clock.advance(cfg.SyncDelay)
+	}
+	if got := ds[1].Store().ClientInstances("c1")[svc]; len(got) != immediate+20 || !slices.ContainsFunc(got, func(in naming.Instance) bool { return in.Port == 2019 }) {
+		t.Fatalf("peer holds %d instances of c1, want all %d, the last change's included", len(got), immediate+20)
+	}
+	clock.advance(time.Duration(cfg.SyncBurst) * cfg.SyncDelay) // quiet: the burst is back
+	before = net.Counts().Sync
+	for i := range cfg.SyncBurst {
+		ds[0].Register("c1", svc, []naming.Instance{{IP: "10.0.0.1", Port: 3000 + i, Weight: 1, Healthy: true, Enabled: true, Ephemeral: true}})
+		ds[0].Step(ctx)
+	}
+	if got := net.Counts().Sync - before; got != uint64(cfg.SyncBurst) {
+		t.Fatalf("%d changes at one instant after a quiet spell: %d batches, want %d (the burst)", cfg.SyncBurst, got, cfg.SyncBurst)
+	}
+}
