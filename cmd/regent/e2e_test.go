@@ -281,3 +281,19 @@ func TestEndToEndBadInputExitsNonZero(t *testing.T) {
 		t.Fatalf("services after refused writes: %v %s", err, out)
 	}
 }
+
+// A node with the operator endpoint turned off says so, instead of an
+// address it does not serve.
+func TestServerWithoutHTTPSaysOperatorsOff(t *testing.T) {
+	grpcAddr := freeAddr(t)
+	p := startProc(t, "server", "--name", "nohttp", "--data-dir", t.TempDir(), "--grpc-addr", grpcAddr, "--http-addr", "",
+		"--peer-addr", "127.0.0.1:0", "--gossip-addr", "127.0.0.1:0", "--raft-addr", "127.0.0.1:0")
+	waitFor(t, "the serving banner", 20*time.Second, func() bool { return strings.Contains(p.out.String(), "is serving") })
+	out := p.out.String()
+	if !strings.Contains(out, "operators:  off") || strings.Contains(out, "http:///") {
+		t.Fatalf("banner of a node without --http-addr:\n%s", out)
+	}
+	if out, err := runCLI(t, "register", "--persistent", "--server", grpcAddr, "--service", "nohttp", "--ip", "10.1.1.3", "--port", "80"); err != nil {
+		t.Fatalf("persistent register on a node without HTTP: %v %s", err, out)
+	}
+}

@@ -84,16 +84,20 @@ node (clients are told to reconnect elsewhere) and exits cleanly.`,
 			if err != nil {
 				return err
 			}
+			ops := "off (--http-addr \"\")"
+			if a := d.HTTPAddr(); a != "" {
+				ops = "http://" + a + "/metrics  /healthz  /readyz"
+			}
 			fmt.Fprintf(cmd.OutOrStdout(), `Regent node %q is serving.
   gRPC API:   %s
-  operators:  http://%s/metrics  /healthz  /readyz
+  operators:  %s
   data:       %s
 Try, in another terminal:
   regent register --server %[2]s --service demo --ip 127.0.0.1 --port 8080
   regent list --server %[2]s --service demo
   regent watch --server %[2]s --service demo
 Stop with Ctrl-C (or SIGTERM): clients are told to reconnect elsewhere.
-`, cfg.Name, d.GRPCAddr(), d.HTTPAddr(), cfg.DataDir)
+`, cfg.Name, d.GRPCAddr(), ops, cfg.DataDir)
 			<-cmd.Context().Done()
 			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 			defer cancel()
