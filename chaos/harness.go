@@ -295,6 +295,17 @@ func (n *Node) Running() bool {
 	}
 }
 
+// PID is the process ID of the node's current process (0 if it never
+// started).
+func (n *Node) PID() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.cmd == nil || n.cmd.Process == nil {
+		return 0
+	}
+	return n.cmd.Process.Pid
+}
+
 // Paused reports whether the node is stopped with SIGSTOP.
 func (n *Node) Paused() bool {
 	n.mu.Lock()

@@ -114,6 +114,8 @@ func (o Options) Validate() error {
 type system interface {
 	name() string
 	measure(ctx context.Context, workload string, clients, round int, d time.Duration) (load.Sample, error)
+	// pids are the system's server processes.
+	pids() []int
 }
 
 // Row is one workload at one concurrency.
@@ -121,6 +123,9 @@ type Row struct {
 	Workload     string
 	Clients      int
 	Regent, Etcd load.Sample
+	// RegentCPU and EtcdCPU: CPU time over the timed windows (not for
+	// removal, whose clients are processes of their own).
+	RegentCPU, EtcdCPU CPU
 }
 
 // Ratio is Regent/etcd: of throughput for the throughput workloads, of p99
@@ -207,7 +212,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	}
 	defer ec.stop()
 	logf("etcd up at %v", ec.Endpoints)
-	et := &etcdSystem{endpoints: ec.Endpoints, self: o.Self, ttl: o.EtcdTTL}
+	et := &etcdSystem{endpoints: ec.Endpoints, self: o.Self, ttl: o.EtcdTTL, procs: ec.pids()}
 	if res.EtcdTermsBefore, _, err = ec.terms(ctx); err != nil {
 		return nil, err
 	}
@@ -220,15 +225,18 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 					slices.Reverse(order)
 				}
 				for _, sys := range order {
-					s, err := sys.measure(ctx, w, c, r, o.Duration)
+					meter := &cpuMeter{pids: sys.pids()}
+					s, err := sys.measure(load.WithWindow(ctx, meter.window), w, c, r, o.Duration)
 					if err != nil {
 						return nil, fmt.Errorf("%s %s at %d clients, round %d: %w", sys.name(), w, c, r, err)
 					}
 					logf("%-10s %2d clients round %d %-6s %s", w, c, r, sys.name(), summary(w, s))
 					if sys == system(reg) {
 						row.Regent.Add(s)
+						meter.add(&row.RegentCPU, s.Ops)
 					} else {
 						row.Etcd.Add(s)
+						meter.add(&row.EtcdCPU, s.Ops)
 					}
 				}
 			}

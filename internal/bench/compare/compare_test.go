@@ -73,12 +73,16 @@ func TestValidate(t *testing.T) {
 }
 
 func TestTable(t *testing.T) {
-	r := &Result{Rows: []Row{{Workload: Lookup, Clients: 16, Regent: sample(6000, 1, time.Millisecond), Etcd: sample(1000, 1, 2*time.Millisecond)}},
+	r := &Result{Rows: []Row{{Workload: Lookup, Clients: 16, Regent: sample(6000, 1, time.Millisecond), Etcd: sample(1000, 1, 2*time.Millisecond),
+		RegentCPU: CPU{Server: 600 * time.Millisecond, Generator: 300 * time.Millisecond, Ops: 6000},
+		EtcdCPU:   CPU{Server: 200 * time.Millisecond, Generator: 50 * time.Millisecond, Ops: 1000}}},
 		EtcdTermsBefore: []uint64{2, 2, 2}, EtcdTermsAfter: []uint64{2, 3, 3}}
 	var b strings.Builder
 	r.Table(&b, "regent-compare")
 	out := b.String()
-	for _, want := range []string{"| lookup | 16 | 6000 | 1.00 ms | 1.00 ms | 1000 | 2.00 ms | 2.00 ms | 6.00 (throughput) | ≥ 5.0× | yes |", "etcd changed leader"} {
+	for _, want := range []string{"| lookup | 16 | 6000 | 1.00 ms | 1.00 ms | 1000 | 2.00 ms | 2.00 ms | 6.00 (throughput) | ≥ 5.0× | yes |", "etcd changed leader",
+		// 100 µs and 50 µs per op for Regent, 200 and 50 for etcd.
+		"| lookup | 16 | 100 µs | 200 µs | 2.00 | 50 µs | 50 µs | 1.67 |"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("table lacks %q:\n%s", want, out)
 		}
@@ -109,5 +113,34 @@ func TestRegentWorkloads(t *testing.T) {
 			t.Fatalf("removal timed %d of 2 killed clients", s.Ops)
 		}
 		t.Logf("%s: %d ops, p50 %v p99 %v", w, s.Ops, s.Pct(0.5), s.Pct(0.99))
+	}
+}
+
+// procCPU reads this very process' times from /proc as getrusage does,
+// and the meter counts CPU burnt inside its window only.
+func TestCPUMeter(t *testing.T) {
+	burn := func(d time.Duration) {
+		for start := selfCPU(); selfCPU()-start < d; {
+		}
+	}
+	burn(50 * time.Millisecond)
+	proc, err := procCPU(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if self := selfCPU(); proc > self+20*time.Millisecond || proc < self-50*time.Millisecond {
+		t.Fatalf("/proc says %v, getrusage %v", proc, self)
+	}
+	m := &cpuMeter{pids: []int{os.Getpid()}}
+	ctx := load.WithWindow(context.Background(), m.window)
+	burn(100 * time.Millisecond) // before the window: not counted
+	s := load.Run(ctx, 1, 150*time.Millisecond, func(context.Context, int, int) error {
+		burn(10 * time.Millisecond)
+		return nil
+	})
+	var c CPU
+	m.add(&c, s.Ops)
+	if c.Err != "" || c.Server < 100*time.Millisecond || c.Server > 250*time.Millisecond || c.Generator < 100*time.Millisecond || c.Ops != s.Ops {
+		t.Fatalf("window of ~150 ms of burning: server %v generator %v ops %d (err %q)", c.Server, c.Generator, c.Ops, c.Err)
 	}
 }

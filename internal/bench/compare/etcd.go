@@ -147,3 +147,14 @@ func newEtcdClient(endpoints []string) (*clientv3.Client, error) {
 }
 
 var errNotSeen = errors.New("not seen in time")
+
+// pids are the members' process IDs.
+func (c *etcdCluster) pids() []int {
+	var out []int
+	for _, p := range c.procs {
+		if p.Process != nil {
+			out = append(out, p.Process.Pid)
+		}
+	}
+	return out
+}

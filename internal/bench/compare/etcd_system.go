@@ -18,9 +18,12 @@ type etcdSystem struct {
 	endpoints []string
 	self      string
 	ttl       int64 // removal lease TTL, seconds
+	procs     []int
 }
 
 func (s *etcdSystem) name() string { return "etcd" }
+
+func (s *etcdSystem) pids() []int { return s.procs }
 
 // clients opens n clients, client i on member (i+node)%3 only.
 func (s *etcdSystem) clients(n, node int) ([]*clientv3.Client, error) {

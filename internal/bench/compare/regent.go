@@ -60,6 +60,19 @@ func (s *regentSystem) stop() { s.cluster.Stop() }
 
 func (s *regentSystem) name() string { return "regent" }
 
+func (s *regentSystem) pids() []int {
+	if s.cluster == nil {
+		return nil
+	}
+	var out []int
+	for i := range len(s.servers) {
+		if n := s.cluster.Node(fmt.Sprintf("node%d", i+1)); n != nil && n.PID() != 0 {
+			out = append(out, n.PID())
+		}
+	}
+	return out
+}
+
 // clients opens n SDK clients, client i on node i%3 (shifted by node).
 func (s *regentSystem) clients(ctx context.Context, n, node int) ([]*client.Client, error) {
 	out := make([]*client.Client, 0, n)

@@ -54,6 +54,7 @@ func (r *Result) Table(w io.Writer, cmdline string) {
 			row.Ratio(), kind, targetText(row.Workload), met)
 	}
 	fmt.Fprintln(w)
+	r.cpuTable(w)
 	for _, wl := range Workloads {
 		fmt.Fprintf(w, "- **%s**: %s.\n", wl, workloadTitles[wl])
 	}
@@ -72,4 +73,36 @@ func (r *Result) Table(w io.Writer, cmdline string) {
 	for _, e := range errs {
 		fmt.Fprintf(w, "- errors: %s\n", e)
 	}
+}
+
+func us(d time.Duration) string { return fmt.Sprintf("%.0f µs", float64(d)/float64(time.Microsecond)) }
+
+// cpuTable writes the CPU each system's three server processes used per
+// operation over the timed windows, and the load generator's, which the
+// two systems share with the servers on the same cores: a throughput
+// ratio can be no larger than the ratio of the whole CPU per operation,
+// servers and generator together.
+func (r *Result) cpuTable(w io.Writer) {
+	var rows []Row
+	for _, row := range r.Rows {
+		if rs, _ := row.RegentCPU.PerOp(); rs > 0 {
+			if es, _ := row.EtcdCPU.PerOp(); es > 0 {
+				rows = append(rows, row)
+			}
+		}
+	}
+	if len(rows) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "CPU per operation over the timed windows (user+system, from /proc): the three server processes of each system, and the load generator while it drove each:")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| workload | clients | Regent servers | etcd servers | etcd/Regent (servers) | generator, Regent | generator, etcd | etcd/Regent (all) |")
+	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|")
+	for _, row := range rows {
+		rs, rg := row.RegentCPU.PerOp()
+		es, eg := row.EtcdCPU.PerOp()
+		fmt.Fprintf(w, "| %s | %d | %s | %s | %.2f | %s | %s | %.2f |\n", row.Workload, row.Clients, us(rs), us(es), float64(es)/float64(rs),
+			us(rg), us(eg), float64(es+eg)/float64(rs+rg))
+	}
+	fmt.Fprintln(w)
 }

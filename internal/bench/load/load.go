@@ -36,6 +36,10 @@ func Run(ctx context.Context, workers int, d time.Duration, op func(ctx context.
 // pace/workers, so the calls arrive evenly spread rather than all at
 // once. The pause is not part of the latencies.
 func RunPaced(ctx context.Context, workers int, d, pace time.Duration, op func(ctx context.Context, worker, seq int) error) Sample {
+	if w, ok := ctx.Value(windowKey{}).(func(start bool)); ok {
+		w(true)
+		defer w(false)
+	}
 	var wg sync.WaitGroup
 	var ops, errs atomic.Int64
 	var firstErr atomic.Value
@@ -88,6 +92,16 @@ func RunPaced(ctx context.Context, workers int, d, pace time.Duration, op func(c
 	}
 	slices.Sort(s.Latencies)
 	return s
+}
+
+type windowKey struct{}
+
+// WithWindow returns a context that makes Run and RunPaced call f(true)
+// as their timed window opens and f(false) once its calls have returned:
+// a caller measuring something over the window alone (CPU time, say)
+// hooks it here, without the set-up and tear-down around it.
+func WithWindow(ctx context.Context, f func(start bool)) context.Context {
+	return context.WithValue(ctx, windowKey{}, f)
 }
 
 // Add merges o into s (rounds of one measurement).

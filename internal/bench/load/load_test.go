@@ -91,3 +91,31 @@ func TestRunPacedSpacesCalls(t *testing.T) {
 		}
 	}
 }
+
+func TestWithWindowBracketsTheCalls(t *testing.T) {
+	var mu sync.Mutex
+	var events []string
+	ctx := WithWindow(context.Background(), func(start bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		events = append(events, map[bool]string{true: "open", false: "close"}[start])
+	})
+	s := Run(ctx, 2, 30*time.Millisecond, func(context.Context, int, int) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(events) == 0 || events[len(events)-1] != "open" && events[len(events)-1] != "call" {
+			events = append(events, "call outside the window")
+		} else {
+			events = append(events, "call")
+		}
+		return nil
+	})
+	if s.Ops == 0 || len(events) < 3 || events[0] != "open" || events[len(events)-1] != "close" {
+		t.Fatalf("events %v (ops %d), want open, calls, close", events[:min(len(events), 5)], s.Ops)
+	}
+	for _, e := range events[1 : len(events)-1] {
+		if e != "call" {
+			t.Fatalf("event %q inside the window", e)
+		}
+	}
+}
