@@ -38,6 +38,20 @@ func (l reader) ServiceKeys(namespace, group, after string, limit int) ([]naming
 	return keys, err
 }
 
+// ServiceRevisions lists every service with persistent state, in every
+// namespace, with its revision, in one read transaction that decodes no
+// instance.
+func (l reader) ServiceRevisions() (map[naming.ServiceKey]uint64, error) {
+	revs := make(map[naming.ServiceKey]uint64)
+	err := l.db.View(func(tx *storage.Tx) error {
+		return tx.ForEachServiceRevision(func(k naming.ServiceKey, rev uint64) error {
+			revs[k] = rev
+			return nil
+		})
+	})
+	return revs, err
+}
+
 // Services lists every service with persistent state, in every namespace.
 func (l reader) Services() ([]naming.ServiceKey, error) {
 	var keys []naming.ServiceKey

@@ -319,8 +319,62 @@ func TestServicesPaging(t *testing.T) {
 		if err := tx.ForEachService(func(naming.ServiceKey) error { n++; return stop }); err != stop || n != 1 {
 			t.Fatalf("ForEachService stop: %v after %d", err, n)
 		}
+		// The same services with the revisions Revision reads, each
+		// positive (every service here was written at least once).
+		var withRev []string
+		if err := tx.ForEachServiceRevision(func(k naming.ServiceKey, rev uint64) error {
+			if rev == 0 || rev != tx.Revision(k) {
+				t.Fatalf("ForEachServiceRevision: %s at %d, Revision says %d", k, rev, tx.Revision(k))
+			}
+			withRev = append(withRev, k.String())
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.Join(withRev, ","); got != strings.Join(each, ",") {
+			t.Fatalf("ForEachServiceRevision: %s, want %s", got, strings.Join(each, ","))
+		}
 		return nil
 	})
+}
+
+// Every kind of change moves a service's revision, which is what lets the
+// health checker skip the services whose revision has not moved.
+func TestRevisionMovesOnEveryChange(t *testing.T) {
+	db := OpenTest(t)
+	svc := naming.ServiceKey{Namespace: "public", Group: "DEFAULT_GROUP", Service: "rev"}
+	in := naming.Instance{IP: "10.0.0.1", Port: 80, Cluster: "DEFAULT", Weight: 1, Healthy: true, Enabled: true}
+	rev := func() (r uint64) {
+		db.View(func(tx *Tx) error {
+			return tx.ForEachServiceRevision(func(k naming.ServiceKey, v uint64) error {
+				if k == svc {
+					r = v
+				}
+				return nil
+			})
+		})
+		return r
+	}
+	last := rev()
+	for _, step := range []struct {
+		name   string
+		change func(tx *Tx) error
+	}{
+		{"put", func(tx *Tx) error { _, err := tx.PutInstance(svc, in); return err }},
+		{"health", func(tx *Tx) error { in.Healthy = false; _, err := tx.PutInstance(svc, in); return err }},
+		{"meta", func(tx *Tx) error { return tx.PutMeta(svc, naming.ServiceMeta{ProtectThreshold: 0.5}) }},
+		{"delete", func(tx *Tx) error { _, err := tx.DeleteInstance(svc, in.ID()); return err }},
+	} {
+		name, change := step.name, step.change
+		if err := db.Update(change); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if r := rev(); r <= last {
+			t.Fatalf("%s: revision %d, was %d: want it to grow", name, r, last)
+		} else {
+			last = r
+		}
+	}
 }
 
 func TestMetaRoundTrip(t *testing.T) {

@@ -304,6 +304,25 @@ func (tx *Tx) ForEachService(fn func(naming.ServiceKey) error) error {
 	})
 }
 
+// ForEachServiceRevision calls fn with every service of every namespace
+// and its revision, in key-string order, reading the revisions bucket
+// alone (no instance is decoded); it stops at fn's first error, which it
+// returns. Like ForEachService it includes services kept only for their
+// revision.
+func (tx *Tx) ForEachServiceRevision(fn func(naming.ServiceKey, uint64) error) error {
+	return tx.btx.Bucket(bucketRevisions).ForEach(func(k, v []byte) error {
+		svc, err := serviceAt(k)
+		if err != nil {
+			return err
+		}
+		rev, err := readRevision(v)
+		if err != nil {
+			return fmt.Errorf("storage: %s: %w", svc, err)
+		}
+		return fn(svc, rev)
+	})
+}
+
 // AppliedIndex returns the last index stored by SetAppliedIndex, 0 if none.
 func (tx *Tx) AppliedIndex() uint64 {
 	v := tx.btx.Bucket(bucketMeta).Get(keyAppliedIndex)

@@ -726,7 +726,9 @@ func (r *raftMembers) aliveNames() []string {
 // service's check settings.
 type healthSource struct{ st *persistent.Store }
 
-func (h healthSource) Services() ([]naming.ServiceKey, error) { return h.st.Services() }
+func (h healthSource) Services() (map[naming.ServiceKey]uint64, error) {
+	return h.st.ServiceRevisions()
+}
 
 func (h healthSource) Service(key naming.ServiceKey) ([]naming.Instance, naming.HealthCheck, error) {
 	ps, err := h.st.Service(key)

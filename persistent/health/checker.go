@@ -15,8 +15,14 @@ import (
 // Source reads the persistent state the checker works on. The Checker calls
 // it from the goroutine running a round, one call at a time.
 type Source interface {
-	// Services returns every service with persistent state.
-	Services() ([]naming.ServiceKey, error)
+	// Services returns every service with persistent state and its
+	// revision, a number that grows with every change to the service's
+	// instances (their stored health included) or settings. The checker
+	// reads a service with Service again only when its revision differs
+	// from the one it last read it at, so a round costs O(services), not
+	// O(instances), while nothing changes. A Source without revisions
+	// returns 0 for all: every service is then read every round.
+	Services() (map[naming.ServiceKey]uint64, error)
 	// Service returns the persistent instances of a service, with their
 	// stored Healthy flag, and the service's check settings (zero fields
 	// are filled by HealthCheck.WithDefaults). A service that has gone
@@ -81,13 +87,16 @@ type serviceState struct {
 	name      string             // key.WithDefaults().String(), for logs and ordering
 	check     naming.HealthCheck // normalized
 	instances map[naming.InstanceID]*instanceState
+	// rev is the service's revision when it was last read (0: read it
+	// every round).
+	rev uint64
 }
 
 // instanceState is one checked instance. During a round's probe phase it
 // belongs to the one worker probing it.
 type instanceState struct {
 	id        naming.InstanceID
-	healthy   bool // as stored, read at every rescan
+	healthy   bool // as stored, read whenever the service's revision moves
 	probed    bool
 	lastProbe time.Time
 	failures  int // consecutive failed probes
@@ -193,14 +202,14 @@ func (c *Checker) Stats() Stats {
 // reports false when the services could not be listed: the round is then
 // skipped and the state kept.
 func (c *Checker) rescan() bool {
-	keys, err := c.cfg.Source.Services()
+	revs, err := c.cfg.Source.Services()
 	if err != nil {
 		c.log.Warn("cannot list persistent services", "error", err)
 		return false
 	}
 	members := c.cfg.Members()
 	owned := make(map[string]naming.ServiceKey)
-	for _, k := range keys {
+	for k := range revs {
 		name := k.WithDefaults().String()
 		if ownerOf(name, members) == c.cfg.Self {
 			owned[name] = k
@@ -217,6 +226,13 @@ func (c *Checker) rescan() bool {
 	checked := 0
 	for name, key := range owned {
 		st := c.services[name]
+		rev := revs[key]
+		if st != nil && rev != 0 && st.rev == rev {
+			// Unchanged since it was last read: instances, stored
+			// health and settings are as this state holds them.
+			checked += len(st.instances)
+			continue
+		}
 		ins, check, err := c.cfg.Source.Service(key)
 		if err != nil {
 			c.log.Warn("cannot read persistent service", "service", name, "error", err)
@@ -237,7 +253,9 @@ func (c *Checker) rescan() bool {
 			clear(st.instances)
 			c.logCheck("service check changed", name, check)
 		}
-		st.key, st.check = key, check
+		// The revision listed before this read: a change in between
+		// moves it again, and the next round reads the service again.
+		st.key, st.check, st.rev = key, check, rev
 		if !probed(check.Type) {
 			clear(st.instances)
 			continue

@@ -732,3 +732,62 @@ func TestConfigValidate(t *testing.T) {
 		t.Errorf("DefaultConfig = %+v", d)
 	}
 }
+
+func (s *memStore) readCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.reads
+}
+
+// A round reads a service's instances only when its revision moved: the
+// cost of a quiet round is O(services), not O(instances). A change, and
+// the checker's own verdict (a write moves the revision), are read at the
+// next round; a Source without revisions is read every round.
+func TestRescanReadsOnlyChangedServices(t *testing.T) {
+	h := newHarness(t, nil)
+	payments := naming.ServiceKey{Service: "payments"}
+	a, b := instance("10.0.0.1", 80, true), instance("10.0.0.2", 80, true)
+	h.store.put(orders, naming.HealthCheck{}, a)
+	h.store.put(payments, naming.HealthCheck{}, b)
+	h.prober.set(addrOf(a), errRefused)
+
+	h.tick()
+	if n := h.store.readCount(); n != 2 {
+		t.Fatalf("first round read %d services, want 2", n)
+	}
+	h.tickEvery(time.Second, 3) // quiet rounds: nothing changed
+	if n := h.store.readCount(); n != 2 {
+		t.Fatalf("after 3 quiet rounds %d reads, want still 2", n)
+	}
+	// A change to one service: only it is read again, and its new
+	// instance is checked.
+	c := instance("10.0.0.3", 80, true)
+	h.store.put(payments, naming.HealthCheck{}, b, c)
+	h.tick()
+	if n := h.store.readCount(); n != 3 {
+		t.Fatalf("after a change to payments %d reads, want 3", n)
+	}
+	if st := h.c.Stats(); st.CheckedInstances != 3 {
+		t.Fatalf("checked %d instances, want 3", st.CheckedInstances)
+	}
+	// a fails its third probe: the verdict is written, which moves the
+	// revision of orders; the next round reads it (seeing the stored
+	// verdict) and writes nothing more while a keeps failing.
+	h.tickEvery(defaultInterval, 2)
+	h.wantWrites(false)
+	before := h.store.readCount()
+	h.tickEvery(defaultInterval, 3)
+	if n := h.store.readCount() - before; n != 1 {
+		t.Fatalf("after the verdict %d reads, want 1 (orders, once)", n)
+	}
+	h.wantWrites(false)
+
+	h.store.mu.Lock()
+	h.store.noRevisions = true
+	h.store.mu.Unlock()
+	before = h.store.readCount()
+	h.tickEvery(time.Second, 2)
+	if n := h.store.readCount() - before; n != 4 {
+		t.Fatalf("without revisions 2 rounds read %d services, want 4 (both, each round)", n)
+	}
+}

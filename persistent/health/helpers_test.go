@@ -225,11 +225,15 @@ type memStore struct {
 	attempts    int        // SetHealthy calls
 	failWrites  int        // fail this many more SetHealthy calls
 	servicesErr error
+	rev         uint64 // the last revision handed out
+	noRevisions bool   // Services reports 0 for all (a Source without revisions)
+	reads       int    // Service calls
 }
 
 type memService struct {
 	check     naming.HealthCheck
 	instances []naming.Instance
+	rev       uint64 // bumped by every change, as storage does
 }
 
 type writeRec struct {
@@ -247,31 +251,38 @@ func newMemStore() *memStore {
 func (s *memStore) put(key naming.ServiceKey, check naming.HealthCheck, ins ...naming.Instance) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.services[key.WithDefaults()] = &memService{check: check, instances: slices.Clone(ins)}
+	s.rev++
+	s.services[key.WithDefaults()] = &memService{check: check, instances: slices.Clone(ins), rev: s.rev}
 }
 
 func (s *memStore) setCheck(key naming.ServiceKey, check naming.HealthCheck) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.rev++
 	s.services[key.WithDefaults()].check = check
+	s.services[key.WithDefaults()].rev = s.rev
 }
 
-func (s *memStore) Services() ([]naming.ServiceKey, error) {
+func (s *memStore) Services() (map[naming.ServiceKey]uint64, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.servicesErr != nil {
 		return nil, s.servicesErr
 	}
-	keys := make([]naming.ServiceKey, 0, len(s.services))
-	for k := range s.services {
-		keys = append(keys, k)
+	revs := make(map[naming.ServiceKey]uint64, len(s.services))
+	for k, svc := range s.services {
+		revs[k] = svc.rev
+		if s.noRevisions {
+			revs[k] = 0
+		}
 	}
-	return keys, nil
+	return revs, nil
 }
 
 func (s *memStore) Service(key naming.ServiceKey) ([]naming.Instance, naming.HealthCheck, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.reads++
 	svc := s.services[key.WithDefaults()]
 	if svc == nil {
 		return nil, naming.HealthCheck{}, nil
@@ -314,6 +325,8 @@ func (w storeWriter) SetHealthy(ctx context.Context, key naming.ServiceKey, id n
 	for i := range svc.instances {
 		if svc.instances[i].ID() == id {
 			svc.instances[i].Healthy = healthy
+			s.rev++
+			svc.rev = s.rev
 			s.writes = append(s.writes, writeRec{by: w.by, key: key, id: id, healthy: healthy})
 			return nil
 		}
