@@ -103,6 +103,12 @@ type Distro struct {
 	mu       sync.Mutex
 	clients  map[string]*clientMeta
 	tombs    map[string]tomb
+	// tombQ lists the tombstones in the order they were made (so by
+	// their at), from tombHead on: Sweep forgets the expired ones from
+	// the head, in O(expired) rather than a scan of them all under mu.
+	// An entry whose tombstone was replaced or deleted since is skipped.
+	tombQ    []tombRef
+	tombHead int
 	buckets  [numBuckets]map[string]struct{}
 	owners   map[string]*ownerSet
 	peers    map[string]*peer
@@ -417,7 +423,7 @@ func (d *Distro) Disconnect(clientID string) {
 		return
 	}
 	d.unlinkLocked(m)
-	d.tombs[clientID] = tomb{owner: d.self, ver: Version{Epoch: m.ver.Epoch, Seq: m.ver.Seq + 1}, at: d.now()}
+	d.setTombLocked(clientID, tomb{owner: d.self, ver: Version{Epoch: m.ver.Epoch, Seq: m.ver.Seq + 1}, at: d.now()})
 	d.store.RemoveClient(clientID)
 	woken := d.markLocked(clientID)
 	d.mu.Unlock()
@@ -579,7 +585,7 @@ func (d *Distro) applyLocked(st *ClientState, lost *[]string) bool {
 		if m != nil {
 			d.removeLocked(m)
 		}
-		d.tombs[st.ID] = tomb{owner: d.self, ver: Version{Epoch: st.Version.Epoch, Seq: st.Version.Seq + 1}, at: d.now()}
+		d.setTombLocked(st.ID, tomb{owner: d.self, ver: Version{Epoch: st.Version.Epoch, Seq: st.Version.Seq + 1}, at: d.now()})
 		wakeAll(d.markLocked(st.ID))
 		return false
 	}
@@ -624,7 +630,7 @@ func (d *Distro) deleteLocked(t *Tombstone, lost *[]string) bool {
 	if m != nil && !m.ver.Less(t.Version) {
 		return false // a newer state exists (the client moved or came back)
 	}
-	d.tombs[t.ID] = tomb{owner: t.Owner, ver: t.Version, at: d.now()}
+	d.setTombLocked(t.ID, tomb{owner: t.Owner, ver: t.Version, at: d.now()})
 	if m == nil {
 		return false
 	}
@@ -1124,11 +1130,35 @@ func (d *Distro) Sweep() {
 			}
 		}
 	}
-	for id, t := range d.tombs {
-		if now.Sub(t.at) > d.cfg.TombstoneTTL {
-			delete(d.tombs, id)
+	for d.tombHead < len(d.tombQ) {
+		r := d.tombQ[d.tombHead]
+		if now.Sub(r.at) <= d.cfg.TombstoneTTL {
+			break // the rest are younger
 		}
+		if t, ok := d.tombs[r.id]; ok && t.at.Equal(r.at) {
+			delete(d.tombs, r.id)
+		}
+		d.tombQ[d.tombHead] = tombRef{}
+		d.tombHead++
 	}
+	if d.tombHead > 1024 && d.tombHead*2 >= len(d.tombQ) {
+		// Most of the queue is spent: move the rest to the front.
+		d.tombQ = append(d.tombQ[:0], d.tombQ[d.tombHead:]...)
+		d.tombHead = 0
+	}
+}
+
+// tombRef is an entry of the tombstone queue.
+type tombRef struct {
+	id string
+	at time.Time
+}
+
+// setTombLocked records a tombstone (made now: t.at is the engine clock's
+// now) and queues it for Sweep.
+func (d *Distro) setTombLocked(id string, t tomb) {
+	d.tombs[id] = t
+	d.tombQ = append(d.tombQ, tombRef{id: id, at: t.at})
 }
 
 // ---------------------------------------------------------------------------

@@ -2,6 +2,7 @@ package ephemeral
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"sync/atomic"
 	"testing"
@@ -240,5 +241,92 @@ func TestStepSyncBurstThenPace(t *testing.T) {
 	}
 	if got := net.Counts().Sync - before; got != uint64(cfg.SyncBurst) {
 		t.Fatalf("%d changes at one instant after a quiet spell: %d batches, want %d (the burst)", cfg.SyncBurst, got, cfg.SyncBurst)
+	}
+}
+
+// Sweep forgets each tombstone TombstoneTTL after it was made, oldest
+// first, and a tombstone made again for the same client (it came back and
+// left again) lives its own TTL, not the one of the tombstone it replaced.
+func TestSweepForgetsTombstonesInOrder(t *testing.T) {
+	clock := newManualClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	_, ds := stepCluster(t, 2, clock, nil)
+	d := ds[0]
+	ttl := DefaultConfig().TombstoneTTL
+	svc := naming.ServiceKey{Namespace: "public", Group: "DEFAULT_GROUP", Service: "s"}
+	in := naming.Instance{IP: "10.0.0.1", Port: 80, Weight: 1, Healthy: true, Enabled: true, Ephemeral: true}
+	leave := func(id string) {
+		d.Register(id, svc, []naming.Instance{in})
+		d.Disconnect(id)
+	}
+	leave("c1") // at 0
+	clock.advance(time.Second)
+	leave("c2") // at 1 s
+	clock.advance(time.Second)
+	leave("c3") // at 2 s
+	clock.advance(time.Second)
+	leave("c1") // at 3 s: c1's tombstone is made again
+	if n := d.Stats().Tombstones; n != 3 {
+		t.Fatalf("%d tombstones, want 3", n)
+	}
+	clock.advance(ttl - 3*time.Second + 1500*time.Millisecond) // TTL + 1.5 s after the start
+	d.Sweep()
+	// c1's first tombstone (0) and c2's (1 s) are past the TTL, c3's (2 s)
+	// and c1's second (3 s) are not.
+	if n := d.Stats().Tombstones; n != 2 {
+		t.Fatalf("at TTL+1.5s: %d tombstones, want 2 (c3 and c1's second)", n)
+	}
+	if _, ok := d.tombs["c1"]; !ok {
+		t.Fatal("c1's second tombstone went with the first's TTL")
+	}
+	clock.advance(time.Second) // TTL + 2.5 s: c3's is past too
+	d.Sweep()
+	if _, ok := d.tombs["c3"]; ok || d.Stats().Tombstones != 1 {
+		t.Fatalf("at TTL+2.5s: %d tombstones (c3 kept: %v), want c1's alone", d.Stats().Tombstones, ok)
+	}
+	clock.advance(time.Second)
+	d.Sweep()
+	if n := d.Stats().Tombstones; n != 0 || d.tombHead != len(d.tombQ) {
+		t.Fatalf("at TTL+3.5s: %d tombstones, queue head %d of %d; want none left", n, d.tombHead, len(d.tombQ))
+	}
+}
+
+// BenchmarkSweepTombstones: a Sweep with 100,000 young tombstones (as
+// after 100k sessions ended in the last TombstoneTTL), which holds the
+// engine's lock; beside it, the scan of every tombstone that Sweep did
+// before it kept them in order (its baseline, in the same run).
+func BenchmarkSweepTombstones(b *testing.B) {
+	clock := newManualClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	net := NewInmemNetwork(1)
+	cfg := DefaultConfig()
+	cfg.Node, cfg.Clock = "n1", clock
+	d, err := New(cfg, NewStore(nil), net.Transport(cfg.Node))
+	if err != nil {
+		b.Fatal(err)
+	}
+	svc := naming.ServiceKey{Namespace: "public", Group: "DEFAULT_GROUP", Service: "s"}
+	for i := range 100000 {
+		id := fmt.Sprintf("c%d", i)
+		d.Register(id, svc, []naming.Instance{{IP: "10.0.0.1", Port: 80 + i%1000, Weight: 1, Healthy: true, Enabled: true, Ephemeral: true}})
+		d.Disconnect(id)
+	}
+	b.Run("queue", func(b *testing.B) {
+		for range b.N {
+			d.Sweep()
+		}
+	})
+	b.Run("scan-all", func(b *testing.B) {
+		now := clock.Now()
+		for range b.N {
+			d.mu.Lock()
+			for id, t := range d.tombs {
+				if now.Sub(t.at) > cfg.TombstoneTTL {
+					delete(d.tombs, id)
+				}
+			}
+			d.mu.Unlock()
+		}
+	})
+	if n := d.Stats().Tombstones; n != 100000 {
+		b.Fatalf("%d tombstones left, want all 100000 (none expired)", n)
 	}
 }
