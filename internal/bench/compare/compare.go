@@ -23,7 +23,11 @@
 //     beside a put seen by a watch on another member (latency); each
 //     client changes its own service at most every NotifyPace, as
 //     services change now and then (Regent merges a burst of changes to
-//     one service into a push per merge window);
+//     one service into a push per merge window), and before each change,
+//     untimed, removes its previous instance (key) and waits until the
+//     subscriber saw it go, so that the service holds one instance
+//     however long the run (else Regent's cost per change, which grows
+//     with a client's and a service's instances, would grow with it);
 //   - removal: a client process is killed; time until its instance is gone
 //     for a subscriber on another node, beside lease expiry seen by a watch.
 package compare

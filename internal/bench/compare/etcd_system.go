@@ -254,7 +254,19 @@ func (s *etcdSystem) notify(ctx context.Context, clients, round int, d time.Dura
 			return load.Sample{}, err
 		}
 	}
-	return load.RunPaced(ctx, clients, d, NotifyPace, func(ctx context.Context, worker, seq int) error {
+	// Before each put, untimed, the worker's previous key is deleted and
+	// seen gone, as the Regent side deregisters its previous instance.
+	prep := func(ctx context.Context, worker, seq int) error {
+		if seq == 0 {
+			return nil
+		}
+		prev := keyOf(Notify, clients, round, worker, seq-1)
+		if _, err := writers[worker].Delete(ctx, prev); err != nil {
+			return err
+		}
+		return awaitEvent(ctx, chans[worker], prev, mvccpb.DELETE, 10*time.Second)
+	}
+	return load.RunPacedPrep(ctx, clients, d, NotifyPace, prep, func(ctx context.Context, worker, seq int) error {
 		key := keyOf(Notify, clients, round, worker, seq)
 		if _, err := writers[worker].Put(ctx, key, instanceValue(ipOf(seq))); err != nil {
 			return err

@@ -294,7 +294,10 @@ func (s *regentSystem) lookup(ctx context.Context, clients, round int, d time.Du
 }
 
 // notify: worker w registers on node w%3, its subscriber sits on node
-// (w+1)%3; an operation is a register until the subscriber's push lists it.
+// (w+1)%3; an operation is a register of a new instance until the
+// subscriber's push lists it. Before each one, untimed, the worker's
+// previous instance is deregistered and seen gone, so that the service
+// holds one instance whatever the run's length.
 func (s *regentSystem) notify(ctx context.Context, clients, round int, d time.Duration) (load.Sample, error) {
 	writers, err := s.clients(ctx, clients, 0)
 	if err != nil {
@@ -313,9 +316,20 @@ func (s *regentSystem) notify(ctx context.Context, clients, round int, d time.Du
 		}
 		defer watchers[i].Stop()
 	}
-	return load.RunPaced(ctx, clients, d, NotifyPace, func(ctx context.Context, worker, seq int) error {
+	svc := func(worker int) client.Service { return client.Service{Name: svcName(Notify, clients, round, worker)} }
+	prep := func(ctx context.Context, worker, seq int) error {
+		if seq == 0 {
+			return nil
+		}
+		prev := ipOf(seq - 1)
+		if err := writers[worker].Deregister(ctx, svc(worker), client.Instance{IP: prev, Port: 8080}); err != nil {
+			return err
+		}
+		return awaitList(ctx, watchers[worker], prev, false)
+	}
+	return load.RunPacedPrep(ctx, clients, d, NotifyPace, prep, func(ctx context.Context, worker, seq int) error {
 		ip := ipOf(seq)
-		if err := writers[worker].Register(ctx, client.Service{Name: svcName(Notify, clients, round, worker)}, client.Instance{IP: ip, Port: 8080}); err != nil {
+		if err := writers[worker].Register(ctx, svc(worker), client.Instance{IP: ip, Port: 8080}); err != nil {
 			return err
 		}
 		return awaitList(ctx, watchers[worker], ip, true)

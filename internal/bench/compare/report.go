@@ -13,7 +13,7 @@ var workloadTitles = map[string]string{
 	Persistent: "persistent registration (Regent: persistent register through Raft; etcd: put)",
 	Lookup:     "lookup of a 10-instance service from the server (Regent: GetService; etcd: serializable range over the prefix)",
 	Watched:    "the same lookup by a client subscribed to the service (Regent: GetService, answered by the SDK from its push-kept cache; etcd: the same serializable range, its client having no such cache)",
-	Notify:     "change notification on another node (Regent: register → subscriber push; etcd: put → watch event), each client changing its own service at most every 50 ms",
+	Notify:     "change notification on another node (Regent: register → subscriber push; etcd: put → watch event), each client changing its own service at most every 50 ms; before each change, untimed, the client's previous instance (etcd: key) is removed and seen gone, so the service holds one instance",
 	Removal:    "removal after a client process is killed (Regent: session end; etcd: lease expiry), kill → gone for a watcher on another node",
 }
 

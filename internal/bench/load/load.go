@@ -36,6 +36,14 @@ func Run(ctx context.Context, workers int, d time.Duration, op func(ctx context.
 // pace/workers, so the calls arrive evenly spread rather than all at
 // once. The pause is not part of the latencies.
 func RunPaced(ctx context.Context, workers int, d, pace time.Duration, op func(ctx context.Context, worker, seq int) error) Sample {
+	return RunPacedPrep(ctx, workers, d, pace, nil, op)
+}
+
+// RunPacedPrep is RunPaced with prep(worker, seq), if not nil, run before
+// each call and outside its time (before the wait for its slot): set-up
+// the operation needs that is not part of what is measured. A failed prep
+// counts as a failed call, which is then not made.
+func RunPacedPrep(ctx context.Context, workers int, d, pace time.Duration, prep, op func(ctx context.Context, worker, seq int) error) Sample {
 	if w, ok := ctx.Value(windowKey{}).(func(start bool)); ok {
 		w(true)
 		defer w(false)
@@ -54,7 +62,18 @@ func RunPaced(ctx context.Context, workers int, d, pace time.Duration, op func(c
 		phase := time.Duration(w) * pace / time.Duration(workers)
 		go func() {
 			defer wg.Done()
+			fail := func(err error) {
+				if ctx.Err() == nil && errs.Add(1) == 1 {
+					firstErr.Store(err.Error())
+				}
+			}
 			for seq := 0; ctx.Err() == nil; seq++ {
+				if prep != nil && time.Now().Before(end) {
+					if err := prep(ctx, w, seq); err != nil {
+						fail(err)
+						continue
+					}
+				}
 				if pace > 0 && (seq > 0 || w > 0) {
 					if next := start.Add(phase + time.Duration(seq)*pace); next.After(time.Now()) {
 						if !next.Before(end) {
@@ -72,9 +91,7 @@ func RunPaced(ctx context.Context, workers int, d, pace time.Duration, op func(c
 					return
 				}
 				if err := op(ctx, w, seq); err != nil {
-					if ctx.Err() == nil && errs.Add(1) == 1 {
-						firstErr.Store(err.Error())
-					}
+					fail(err)
 					continue
 				}
 				lats[w] = append(lats[w], time.Since(t0))

@@ -119,3 +119,37 @@ func TestWithWindowBracketsTheCalls(t *testing.T) {
 		}
 	}
 }
+
+// prep runs before each call, untimed, and a failed prep skips its call.
+func TestRunPacedPrepIsNotTimed(t *testing.T) {
+	var mu sync.Mutex
+	prepped := map[int]bool{}
+	pace := 20 * time.Millisecond
+	s := RunPacedPrep(context.Background(), 1, 200*time.Millisecond, pace,
+		func(_ context.Context, _, seq int) error {
+			if seq == 3 {
+				return errors.New("prep 3 failed")
+			}
+			time.Sleep(5 * time.Millisecond) // set-up that must not be timed
+			mu.Lock()
+			prepped[seq] = true
+			mu.Unlock()
+			return nil
+		},
+		func(_ context.Context, _, seq int) error {
+			mu.Lock()
+			defer mu.Unlock()
+			if !prepped[seq] {
+				t.Errorf("call %d ran without its prep", seq)
+			}
+			return nil
+		})
+	if s.Errors != 1 || s.FirstErr != "prep 3 failed" || s.Ops < 3 {
+		t.Fatalf("ops %d errors %d (%q), want the failed prep counted once", s.Ops, s.Errors, s.FirstErr)
+	}
+	for _, l := range s.Latencies {
+		if l >= 5*time.Millisecond {
+			t.Fatalf("latency %v includes the prep", l)
+		}
+	}
+}
