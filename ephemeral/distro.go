@@ -100,9 +100,9 @@ type Distro struct {
 	self  string
 
 	// mu guards every field below it.
-	mu       sync.Mutex
-	clients  map[string]*clientMeta
-	tombs    map[string]tomb
+	mu      sync.Mutex
+	clients map[string]*clientMeta
+	tombs   map[string]tomb
 	// tombQ lists the tombstones in the order they were made (so by
 	// their at), from tombHead on: Sweep forgets the expired ones from
 	// the head, in O(expired) rather than a scan of them all under mu.
