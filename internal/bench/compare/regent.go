@@ -65,9 +65,9 @@ func (s *regentSystem) pids() []int {
 		return nil
 	}
 	var out []int
-	for i := range len(s.servers) {
-		if n := s.cluster.Node(fmt.Sprintf("node%d", i+1)); n != nil && n.PID() != 0 {
-			out = append(out, n.PID())
+	for _, n := range s.cluster.Nodes {
+		if pid := n.PID(); pid != 0 {
+			out = append(out, pid)
 		}
 	}
 	return out
@@ -145,11 +145,7 @@ func (s *regentSystem) measure(ctx context.Context, w string, clients, round int
 func (s *regentSystem) profile(ctx context.Context, name string, d time.Duration) (wait func()) {
 	var wg sync.WaitGroup
 	secs := max(1, int(d.Round(time.Second)/time.Second))
-	for i := range len(s.servers) {
-		n := s.cluster.Node(fmt.Sprintf("node%d", i+1))
-		if n == nil {
-			continue
-		}
+	for _, n := range s.cluster.Nodes {
 		wg.Go(func() {
 			path := filepath.Join(s.profileDir, fmt.Sprintf("%s-%s.pprof", name, n.Name))
 			req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", n.HTTP, secs), nil)
