@@ -194,6 +194,35 @@ func (r LimitRules) AdmitCounts(c SessionCounts, s SessionInfo) error {
 	return nil
 }
 
+// WithinCounts reports, from the counts of the live sessions alone, that
+// no session is in excess (Excess would return none), without the O(n
+// log n) pass of Excess over every session: true only when the total is
+// within CountLimit and every client IP's and app's count is within the
+// tightest limit that could govern its sessions (a session is governed by
+// exactly one rule, so a rule's count never exceeds its IP's or app's).
+// False means there may be excess: call Excess.
+func (r LimitRules) WithinCounts(c SessionCounts) bool {
+	x := r.limitCompile()
+	if x.total > 0 && c.Total > x.total {
+		return false
+	}
+	for ip, n := range c.ByIP {
+		limit, ok := x.ip[ip]
+		if !ok {
+			limit = x.ipDefault
+		}
+		if limit > 0 && n > limit {
+			return false
+		}
+	}
+	for app, n := range c.ByApp {
+		if limit := x.app[app]; limit > 0 && n > limit {
+			return false
+		}
+	}
+	return true
+}
+
 // Excess returns the sessions that must be asked to reconnect elsewhere so
 // that every remaining session satisfies the limits again (that is, each
 // remaining session would pass Admit against the others). Within each

@@ -348,6 +348,13 @@ func TestLimitExcessTieBreakAndDeterminism(t *testing.T) {
 // and is independent of input order.
 func TestLimitExcessRandom(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
+	var sawExcess, sawWithin int
+	defer func() {
+		// Both answers of WithinCounts were exercised.
+		if sawExcess == 0 || sawWithin == 0 {
+			t.Errorf("random cases: %d with excess, %d within counts; want both", sawExcess, sawWithin)
+		}
+	}()
 	ips := []string{"10.0.0.1", "10.0.0.2", "::ffff:10.0.0.3", "10.0.0.3", "2001:db8::1"}
 	apps := []string{"", "web", "api", "batch"}
 	limit := func() int { return rng.IntN(6) - 1 }
@@ -365,6 +372,18 @@ func TestLimitExcessRandom(t *testing.T) {
 			live[i] = limitSess(fmt.Sprintf("s%02d", i), ips[rng.IntN(len(ips))], apps[rng.IntN(len(apps))], rng.IntN(8))
 		}
 		got := r.Excess(live)
+		var counts SessionCounts
+		for _, s := range live {
+			counts.Add(s, 1)
+		}
+		if r.WithinCounts(counts) && len(got) > 0 {
+			t.Fatalf("iter %d: WithinCounts says no excess, Excess returns %v (rules %+v)", iter, limitIDs(got), r)
+		}
+		if len(got) > 0 {
+			sawExcess++
+		} else if r.WithinCounts(counts) {
+			sawWithin++
+		}
 		seen := map[string]bool{}
 		for _, s := range got {
 			if seen[s.ID] {
@@ -654,6 +673,49 @@ func BenchmarkLimitAdmit(b *testing.B) {
 			}
 			kept = float64(b.Elapsed().Nanoseconds()) / float64(b.N)
 			b.ReportMetric(scan/kept, "scan/counts")
+		})
+	}
+}
+
+// BenchmarkLimitCheck: what the session check (every 3 s, under the
+// manager's lock) spends on the limits with n live sessions, from 100
+// client IPs, under rules nothing exceeds: Excess over every session, as
+// the check ran it every time before, beside WithinCounts on the kept
+// counts, which now spares the check that pass.
+func BenchmarkLimitCheck(b *testing.B) {
+	for _, rules := range []string{`{}`, `{"countLimit":1000000,"countLimitPerClientIpDefault":100000}`} {
+		r, err := ParseLimitRules([]byte(rules))
+		if err != nil {
+			b.Fatal(err)
+		}
+		name := "none"
+		if rules != `{}` {
+			name = "loose"
+		}
+		n := 100000
+		var live []SessionInfo
+		var counts SessionCounts
+		for i := range n {
+			s := limitSess(fmt.Sprintf("s%d", i), fmt.Sprintf("10.0.0.%d", i%100), "web", i)
+			live = append(live, s)
+			counts.Add(s, 1)
+		}
+		var scan float64
+		b.Run(fmt.Sprintf("rules=%s/sessions=%d/excess", name, n), func(b *testing.B) {
+			for b.Loop() {
+				if ex := r.Excess(live); len(ex) != 0 {
+					b.Fatalf("%d in excess", len(ex))
+				}
+			}
+			scan = float64(b.Elapsed().Nanoseconds()) / float64(b.N)
+		})
+		b.Run(fmt.Sprintf("rules=%s/sessions=%d/within-counts", name, n), func(b *testing.B) {
+			for b.Loop() {
+				if !r.WithinCounts(counts) {
+					b.Fatal("not within counts")
+				}
+			}
+			b.ReportMetric(scan/(float64(b.Elapsed().Nanoseconds())/float64(b.N)), "excess/within")
 		})
 	}
 }

@@ -346,7 +346,10 @@ func (m *SessionManager) Check() (probing bool) {
 			}
 		}
 	}
-	excess := m.rules().Excess(m.liveInfos())
+	var excess []SessionInfo
+	if r := m.rules(); !r.WithinCounts(m.counts) {
+		excess = r.Excess(m.liveInfos())
+	}
 	var tell []*session
 	for _, e := range excess {
 		if s := m.sessions[e.ID]; s != nil && !s.told {
