@@ -200,27 +200,32 @@ func count(d *Distro, svc naming.ServiceKey) int {
 }
 
 func TestSyncBatchesManyClientsIntoOneMessagePerPeer(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		c := newTCluster(t, 3, nil)
-		n1 := c.nodes["n1"]
-		for i := range 100 {
-			n1.Register(fmt.Sprintf("c%d", i), svcA, []naming.Instance{inst("10.0.0.1", 1000+i)})
-		}
-		settle(50 * time.Millisecond)
-		for _, n := range []string{"n2", "n3"} {
-			if got := count(c.nodes[n], svcA); got != 100 {
-				t.Fatalf("%s holds %d instances, want 100", n, got)
-			}
-		}
-		// The window was quiet, so the sender may take the first
-		// registrations at once; all later ones wait for the window (the
-		// verify at peer-up waits for it too) and go in one batch: one or
-		// two messages per peer.
-		if got := c.net.Counts().Sync; got < 2 || got > 4 {
-			t.Fatalf("100 registrations in one merge window took %d sync messages, want 2 to 4 (one or two per peer)", got)
-		}
-		c.checkConverged()
-	})
+	for _, burst := range []int{1, DefaultConfig().SyncBurst} {
+		t.Run(fmt.Sprintf("burst=%d", burst), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				c := newTCluster(t, 3, func(cfg *Config) { cfg.SyncBurst = burst })
+				n1 := c.nodes["n1"]
+				for i := range 100 {
+					n1.Register(fmt.Sprintf("c%d", i), svcA, []naming.Instance{inst("10.0.0.1", 1000+i)})
+				}
+				settle(50 * time.Millisecond)
+				for _, n := range []string{"n2", "n3"} {
+					if got := count(c.nodes[n], svcA); got != 100 {
+						t.Fatalf("%s holds %d instances, want 100", n, got)
+					}
+				}
+				// The pace was idle, so the sender may take the first
+				// registrations at once, up to the burst; all later
+				// ones wait for the pace (the verify at peer-up waits
+				// for it too) and go in one batch: per peer at least
+				// one message and at most burst+1.
+				if got := c.net.Counts().Sync; got < 2 || got > uint64(2*(burst+1)) {
+					t.Fatalf("100 registrations at one instant took %d sync messages, want 2 to %d (1 to burst+1 per peer)", got, 2*(burst+1))
+				}
+				c.checkConverged()
+			})
+		})
+	}
 }
 
 func TestChangesToOneClientMergeAndLatestWins(t *testing.T) {
