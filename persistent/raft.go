@@ -103,6 +103,9 @@ type RaftConfig struct {
 	BootstrapExpect int
 	// NoSync skips fsync of the Raft log (tests and throwaway nodes only).
 	NoSync bool
+	// TransportTimeout bounds each Raft RPC's network I/O on the TCP
+	// transport (raft.NetworkTransportConfig.Timeout; 0: 10 s).
+	TransportTimeout time.Duration
 	// Raft timings (raft.Config); see DefaultRaftConfig.
 	HeartbeatTimeout, ElectionTimeout, LeaderLeaseTimeout, CommitTimeout time.Duration
 	// SnapshotInterval, SnapshotThreshold and TrailingLogs control
@@ -151,6 +154,7 @@ func DefaultRaftConfig() RaftConfig {
 		ReconcileInterval:  time.Second,
 		DeadServerCleanup:  time.Minute,
 		StateSyncInterval:  time.Second,
+		TransportTimeout:   10 * time.Second, // as Consul's
 	}
 }
 
@@ -181,6 +185,9 @@ func (c *RaftConfig) Validate() error {
 	if c.BootstrapExpect < 0 {
 		errs = append(errs, errors.New("bootstrap-expect must not be negative"))
 	}
+	if c.TransportTimeout < 0 {
+		errs = append(errs, errors.New("raft transport timeout must not be negative"))
+	}
 	if c.ApplyTimeout <= 0 || c.ReconcileInterval <= 0 || c.DeadServerCleanup <= 0 || c.StateSyncInterval <= 0 {
 		errs = append(errs, errors.New("apply timeout, reconcile interval, dead-server clean-up and state sync interval must be positive"))
 	}
@@ -207,6 +214,7 @@ type Store struct {
 	logs   *raftboltdb.BoltStore
 	trans  raft.Transport
 	tcp    *raft.NetworkTransport // nil when cfg.Transport is set
+	stream *streamLayer           // tcp's connections; nil when cfg.Transport is set
 
 	// mu guards readyTerm: the term in which this node, as leader, has
 	// committed an entry (a barrier), so its commit index is current.
@@ -276,10 +284,14 @@ func OpenRaft(cfg RaftConfig, db *storage.DB) (*Store, error) {
 	}
 	s.trans = cfg.Transport
 	if s.trans == nil {
-		s.tcp, err = raft.NewTCPTransportWithLogger(cfg.BindAddr, nil, 3, 10*time.Second, hlog)
-		if err != nil {
+		if s.stream, err = newStreamLayer(cfg.BindAddr); err != nil {
 			return nil, fmt.Errorf("persistent: raft transport on %s: %w", cfg.BindAddr, err)
 		}
+		timeout := cfg.TransportTimeout
+		if timeout == 0 {
+			timeout = DefaultRaftConfig().TransportTimeout
+		}
+		s.tcp = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{Stream: s.stream, MaxPool: 3, Timeout: timeout, Logger: hlog})
 		s.trans = s.tcp
 	}
 	rc := raft.DefaultConfig()
@@ -829,7 +841,7 @@ func (s *Store) Close() error {
 		}
 		s.wg.Wait()
 		if s.raft != nil {
-			err = s.raft.Shutdown().Error()
+			err = s.shutdownRaft()
 		}
 		if serr := s.db.Sync(); serr != nil && !errors.Is(serr, storage.ErrClosed) {
 			err = errors.Join(err, serr)
@@ -837,6 +849,29 @@ func (s *Store) Close() error {
 		s.closeStores()
 	})
 	return err
+}
+
+// raftShutdownWait is how long Close lets raft stop by itself before it
+// cuts the connections raft dialed (see streamLayer).
+const raftShutdownWait = time.Second
+
+// shutdownRaft shuts raft down; if it has not stopped after
+// raftShutdownWait (a replication or heartbeat RPC waits on a peer that
+// does not read), it cuts raft's outbound connections so that it can.
+func (s *Store) shutdownRaft() error {
+	f := s.raft.Shutdown()
+	done := make(chan error, 1)
+	go func() { done <- f.Error() }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(raftShutdownWait):
+	}
+	if s.stream != nil {
+		s.logger.Warn("raft has not stopped; cutting its connections to peers", "after", raftShutdownWait)
+		s.stream.abort()
+	}
+	return <-done
 }
 
 func (s *Store) closeStores() {

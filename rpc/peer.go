@@ -117,14 +117,23 @@ func (s *PeerServer) GRPC() *grpc.Server { return s.grpc }
 // Shutdown and the listener's error otherwise.
 func (s *PeerServer) Serve(lis net.Listener) error { return s.grpc.Serve(lis) }
 
+// PeerStopGrace bounds the graceful part of PeerServer.Shutdown: a peer
+// call is short (a sync, a verify, a forwarded write), and every one is
+// retried or reported as of unknown outcome, while grpc-go's GracefulStop
+// also waits for every connection to go, which a paused peer's never does
+// (it answers no GOAWAY ping and closes nothing).
+const PeerStopGrace = 2 * time.Second
+
 // Shutdown marks the server NOT_SERVING, then stops it gracefully (calls in
-// flight finish), falling back to a hard stop when ctx ends: every
-// connection is closed and every call's context cancelled. After the
-// fallback it returns without waiting for handlers that ignore their
-// context (grpc-go's GracefulStop would wait for them forever). It is safe
-// to call more than once.
+// flight finish), falling back to a hard stop after PeerStopGrace or when
+// ctx ends, whichever comes first: every connection is closed and every
+// call's context cancelled. After the hard stop it returns without
+// waiting for handlers that ignore their context (grpc-go's GracefulStop
+// would wait for them forever). It is safe to call more than once.
 func (s *PeerServer) Shutdown(ctx context.Context) {
 	s.health.Shutdown()
+	ctx, cancel := context.WithTimeout(ctx, PeerStopGrace)
+	defer cancel()
 	done := make(chan struct{})
 	go func() { s.grpc.GracefulStop(); close(done) }()
 	select {
