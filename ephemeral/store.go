@@ -27,6 +27,10 @@ type Store struct {
 	// no ephemeral instance since the node started.
 	base     uint64
 	observer Observer
+	// instances and liveServices are what Stats reports, kept as the
+	// services' client counts change (setCount), so that a metrics
+	// scrape does not walk every service under the lock.
+	instances, liveServices int
 }
 
 type client struct {
@@ -121,7 +125,7 @@ func (s *Store) Register(clientID, owner string, key naming.ServiceKey, instance
 			if svc == nil {
 				svc = s.touchService(key)
 			}
-			svc.clients[c]++
+			s.setCount(svc, c, svc.clients[c]+1)
 		}
 		set[id] = &in
 	}
@@ -161,10 +165,7 @@ func (s *Store) Deregister(clientID string, key naming.ServiceKey, ids []naming.
 		}
 		delete(set, id)
 		svc := s.services[key]
-		svc.clients[c]--
-		if svc.clients[c] == 0 {
-			delete(svc.clients, c)
-		}
+		s.setCount(svc, c, svc.clients[c]-1)
 	}
 	if len(set) == 0 {
 		delete(c.services, key)
@@ -210,7 +211,7 @@ func (s *Store) RemoveClient(clientID string) bool {
 	}
 	for key := range c.services {
 		svc := s.services[key]
-		delete(svc.clients, c)
+		s.setCount(svc, c, 0)
 		s.touchService(key)
 		s.dropIfEmpty(key)
 		changed = append(changed, key)
@@ -348,16 +349,25 @@ type Stats struct {
 func (s *Store) Stats() Stats {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	st := Stats{Clients: len(s.clients)}
-	for _, svc := range s.services {
-		if len(svc.clients) > 0 {
-			st.Services++
-		}
-		for _, n := range svc.clients {
-			st.Instances += n
-		}
+	return Stats{Clients: len(s.clients), Services: s.liveServices, Instances: s.instances}
+}
+
+// setCount sets how many instances client c holds in svc (0: none), and
+// keeps the store's totals; callers hold mu.
+func (s *Store) setCount(svc *service, c *client, n int) {
+	old, was := svc.clients[c], len(svc.clients) > 0
+	if n > 0 {
+		svc.clients[c] = n
+	} else {
+		delete(svc.clients, c)
 	}
-	return st
+	s.instances += n - old
+	switch is := len(svc.clients) > 0; {
+	case is && !was:
+		s.liveServices++
+	case was && !is:
+		s.liveServices--
+	}
 }
 
 // ReplaceClient sets a client's whole state (owner and instances by
@@ -384,7 +394,7 @@ func (s *Store) ReplaceClient(clientID, owner string, services map[naming.Servic
 			continue
 		}
 		bump()
-		delete(s.services[key].clients, c)
+		s.setCount(s.services[key], c, 0)
 		delete(c.services, key)
 		changed = append(changed, key)
 	}
@@ -411,11 +421,7 @@ func (s *Store) ReplaceClient(clientID, owner string, services map[naming.Servic
 			svc = &service{clients: make(map[*client]int)}
 			s.services[key] = svc
 		}
-		if len(set) == 0 {
-			delete(svc.clients, c)
-		} else {
-			svc.clients[c] = len(set)
-		}
+		s.setCount(svc, c, len(set))
 		changed = append(changed, key)
 	}
 	var obs Observer
