@@ -62,11 +62,11 @@ func (s *Server) Session(stream regentv1.Registry_SessionServer) error {
 	// Queued before the session is visible to the manager, so that nothing
 	// it sends (a probe, a reconnect) can overtake the HelloReply. The queue
 	// is new and holds at least one message: this never blocks.
-	sess.out <- &regentv1.ServerMessage{Body: &regentv1.ServerMessage_HelloReply{HelloReply: &regentv1.HelloReply{
+	sess.out.tryPush(&regentv1.ServerMessage{Body: &regentv1.ServerMessage_HelloReply{HelloReply: &regentv1.HelloReply{
 		SessionId:   sess.id,
 		Node:        s.cfg.NodeName,
 		KeepaliveMs: uint32(s.cfg.Session.KeepaliveHint / time.Millisecond),
-	}}}
+	}}})
 	sessCtx, cancel := context.WithCancelCause(ctx)
 	sess.cancel = cancel
 	sess.ctx = sessCtx
@@ -137,7 +137,7 @@ func (s *Server) openSession(ctx context.Context, m *regentv1.ClientMessage) (*s
 		ip:       ip,
 		app:      h.GetLabels()["app"],
 		created:  s.sessions.clock.Now(),
-		out:      make(chan *regentv1.ServerMessage, s.cfg.Session.SendQueue),
+		out:      newSendQueue(s.cfg.Session.SendQueue),
 		pending:  make(map[naming.ServiceKey]registry.Snapshot),
 		pushCh:   make(chan struct{}, 1),
 		subs:     make(map[naming.ServiceKey]struct{}),
@@ -160,10 +160,8 @@ func (s *Server) receiveLoop(stream regentv1.Registry_SessionServer, sess *sessi
 		if ack == nil {
 			continue
 		}
-		select {
-		case sess.out <- ack:
-		case <-sess.ctx.Done():
-			return context.Cause(sess.ctx)
+		if err := sess.out.push(sess.ctx, ack); err != nil {
+			return err
 		}
 	}
 }
@@ -188,9 +186,11 @@ func (s *Server) sendLoop(ctx context.Context, stream regentv1.Registry_SessionS
 			return context.Cause(ctx)
 		case err := <-recvErr:
 			return err
-		case m := <-sess.out:
-			if err := stream.Send(m); err != nil {
-				return err
+		case <-sess.out.ready:
+			for _, m := range sess.out.take() {
+				if err := stream.Send(m); err != nil {
+					return err
+				}
 			}
 		case <-sess.pushCh:
 			for _, sn := range sess.takePending() {

@@ -1330,3 +1330,55 @@ func TestSessionNothingAppliedAfterItsEnd(t *testing.T) {
 		}
 	}
 }
+
+// The send queue keeps order, refuses past its bound without blocking,
+// makes a blocking push wait for the sender to take messages, and lets
+// it give up with its context.
+func TestSendQueue(t *testing.T) {
+	q := newSendQueue(3)
+	msg := func(id uint64) *regentv1.ServerMessage {
+		return &regentv1.ServerMessage{Body: &regentv1.ServerMessage_Ack{Ack: &regentv1.Ack{RequestId: id}}}
+	}
+	for i := range uint64(3) {
+		if !q.tryPush(msg(i)) {
+			t.Fatalf("push %d refused below the bound", i)
+		}
+	}
+	if q.tryPush(msg(9)) {
+		t.Fatal("push past the bound accepted")
+	}
+	select {
+	case <-q.ready:
+	default:
+		t.Fatal("no ready token with messages queued")
+	}
+	pushed := make(chan error, 1)
+	go func() { pushed <- q.push(context.Background(), msg(3)) }()
+	select {
+	case err := <-pushed:
+		t.Fatalf("push into a full queue returned %v before the sender took anything", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	var got []uint64
+	for _, m := range q.take() {
+		got = append(got, m.GetAck().GetRequestId())
+	}
+	if err := <-pushed; err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range q.take() {
+		got = append(got, m.GetAck().GetRequestId())
+	}
+	if fmt.Sprint(got) != "[0 1 2 3]" {
+		t.Fatalf("took %v, want [0 1 2 3] in order", got)
+	}
+	for range 3 {
+		q.tryPush(msg(0))
+	}
+	ctx, cancel := context.WithCancelCause(context.Background())
+	stop := errors.New("session ended")
+	cancel(stop)
+	if err := q.push(ctx, msg(0)); !errors.Is(err, stop) {
+		t.Fatalf("push into a full queue with its session ended: %v, want the session's cause", err)
+	}
+}

@@ -95,7 +95,7 @@ type session struct {
 	ended    bool
 
 	// out carries acks and control messages to the sender goroutine.
-	out chan *regentv1.ServerMessage
+	out *sendQueue
 	// pushMu guards pending: the newest undelivered snapshot per service.
 	pushMu  sync.Mutex
 	pending map[naming.ServiceKey]registry.Snapshot
@@ -142,13 +142,70 @@ func (s *session) takePending() []registry.Snapshot {
 }
 
 // trySend queues a control message without blocking; false when full.
-func (s *session) trySend(m *regentv1.ServerMessage) bool {
+func (s *session) trySend(m *regentv1.ServerMessage) bool { return s.out.tryPush(m) }
+
+// sendQueue is a session's queue of acks and control messages for its
+// sender: first in, first out, at most max messages. It grows as needed:
+// a channel of that capacity would allocate it whole for every session
+// (2 KiB at the default 256), and the garbage collector would scan it.
+type sendQueue struct {
+	mu   sync.Mutex
+	msgs []*regentv1.ServerMessage
+	// spare is the slice take returned last time, reused once the
+	// sender calls take again (it is done with it then).
+	spare []*regentv1.ServerMessage
+	max   int
+	ready chan struct{} // holds a token while messages wait
+	space chan struct{} // gets a token when the sender takes messages
+}
+
+func newSendQueue(max int) *sendQueue {
+	return &sendQueue{max: max, ready: make(chan struct{}, 1), space: make(chan struct{}, 1)}
+}
+
+func signal(c chan struct{}) {
 	select {
-	case s.out <- m:
-		return true
+	case c <- struct{}{}:
 	default:
+	}
+}
+
+// tryPush queues m unless the queue is full.
+func (q *sendQueue) tryPush(m *regentv1.ServerMessage) bool {
+	q.mu.Lock()
+	if len(q.msgs) >= q.max {
+		q.mu.Unlock()
 		return false
 	}
+	q.msgs = append(q.msgs, m)
+	q.mu.Unlock()
+	signal(q.ready)
+	return true
+}
+
+// push queues m, waiting while the queue is full (the client reads
+// nothing) until ctx ends.
+func (q *sendQueue) push(ctx context.Context, m *regentv1.ServerMessage) error {
+	for !q.tryPush(m) {
+		select {
+		case <-q.space:
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+	}
+	return nil
+}
+
+// take removes and returns every queued message, oldest first. The
+// slice is the caller's until its next take (one consumer: the sender).
+func (q *sendQueue) take() []*regentv1.ServerMessage {
+	q.mu.Lock()
+	msgs := q.msgs
+	clear(q.spare) // sent: nothing to keep alive
+	q.msgs, q.spare = q.spare[:0], msgs
+	q.mu.Unlock()
+	signal(q.space)
+	return msgs
 }
 
 func (s *session) info() SessionInfo {
