@@ -47,17 +47,32 @@ type PeerServerConfig struct {
 	// Raft, when set, serves the Raft forwarding service (writes and read
 	// barriers other nodes send this node as leader).
 	Raft RaftHandler
+	// StreamWorkers is how many goroutines serve calls, reused from call to
+	// call (0: a new goroutine per call, gRPC's default). Every peer call is
+	// unary, so a worker is back after one call; a call that finds every
+	// worker busy gets a goroutine of its own. A reused goroutine keeps its
+	// grown stack, which a new one grows again by copying
+	// (BenchmarkPeerServerWorkers).
+	StreamWorkers int
 }
 
 // DefaultPeerServerConfig returns production settings.
 func DefaultPeerServerConfig() PeerServerConfig {
-	return PeerServerConfig{MaxRecvBytes: DefaultPeerMaxMsgBytes}
+	return PeerServerConfig{MaxRecvBytes: DefaultPeerMaxMsgBytes, StreamWorkers: DefaultPeerStreamWorkers}
 }
+
+// DefaultPeerStreamWorkers covers the calls a node serves at once in a
+// 3-node cluster under load: syncs and verifies from each peer, and writes
+// forwarded to the leader, which wait for a commit.
+const DefaultPeerStreamWorkers = 32
 
 // Validate checks the settings.
 func (c PeerServerConfig) Validate() error {
 	if c.MaxRecvBytes != 0 && c.MaxRecvBytes < 1<<20 {
 		return fmt.Errorf("rpc: peer max message size must be at least 1 MiB, got %d", c.MaxRecvBytes)
+	}
+	if c.StreamWorkers < 0 || c.StreamWorkers > 1<<16 {
+		return fmt.Errorf("rpc: peer stream workers must be in [0, 65536], got %d", c.StreamWorkers)
 	}
 	return nil
 }
@@ -97,6 +112,9 @@ func NewPeerServer(h ephemeral.Handler, cfg PeerServerConfig) (*PeerServer, erro
 	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(cfg.MaxRecvBytes),
 		grpc.ChainUnaryInterceptor(s.recoverUnary),
+	}
+	if cfg.StreamWorkers > 0 {
+		opts = append(opts, grpc.NumStreamWorkers(uint32(cfg.StreamWorkers)))
 	}
 	s.grpc = grpc.NewServer(append(opts, cfg.ServerOptions...)...)
 	clusterv1.RegisterDistroServer(s.grpc, s)
