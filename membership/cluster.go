@@ -452,6 +452,21 @@ func (c *Cluster) Members() []Member {
 	return ms
 }
 
+// Member returns the node called name as this node sees it (see Members);
+// ok is false for a node it does not know.
+func (c *Cluster) Member(name string) (m Member, ok bool) {
+	c.tableMu.RLock()
+	e := c.table.entries[name]
+	if e != nil {
+		m = e.member
+	}
+	c.tableMu.RUnlock()
+	if e == nil {
+		return Member{}, false
+	}
+	return c.current(m), true
+}
+
 // Local returns this node's own entry: alive, or left after Leave.
 func (c *Cluster) Local() Member {
 	var m Member

@@ -29,6 +29,14 @@ func checkAllAlive(observers []*node, nodes []*node) error {
 		if got := o.Members(); !slices.Equal(got, want) {
 			return fmt.Errorf("%s lists %+v, want %+v", o.name, got, want)
 		}
+		for _, w := range want {
+			if got, ok := o.Member(w.Name); !ok || got != w {
+				return fmt.Errorf("%s: Member(%s) = %+v, %v; want %+v", o.name, w.Name, got, ok, w)
+			}
+		}
+		if got, ok := o.Member("nobody"); ok {
+			return fmt.Errorf("%s: Member(nobody) = %+v", o.name, got)
+		}
 	}
 	return nil
 }

@@ -236,6 +236,8 @@ type Store struct {
 	// passes over membership (observability for tests).
 	bootstraps atomic.Int32
 	rounds     atomic.Int64
+	// forwarded counts the writes this node sent to another leader.
+	forwarded atomic.Uint64
 }
 
 var _ registry.Persistent = (*Store)(nil)
@@ -425,9 +427,15 @@ func (s *Store) Exec(ctx context.Context, c Command) (Result, error) {
 	}
 	return viaLeader(s, ctx, "write", func(ctx context.Context) (Result, error) { return s.applyLocal(ctx, data) },
 		func(ctx context.Context, leader string) (Result, error) {
+			s.forwarded.Add(1)
 			return s.cfg.Forwarder.Apply(ctx, leader, data)
 		})
 }
+
+// Forwarded counts the writes this node has sent to the leader on behalf
+// of its clients (each attempt once): what clients that write to the
+// leader directly save (regent_raft_forwarded_writes_total).
+func (s *Store) Forwarded() uint64 { return s.forwarded.Load() }
 
 // HandleApply serves a write forwarded by another node (peer input,
 // validated again here).

@@ -99,9 +99,15 @@ type Deps struct {
 	Ephemeral EphemeralWriter
 	Limits    *LimitWatcher // nil: unlimited
 	Members   MembersFunc
-	Clock     Clock // nil: wall clock
-	Logger    *slog.Logger
-	Metrics   prometheus.Registerer // nil: no RPC metrics
+	// Leader names the client address of the Raft leader (this node's
+	// own when it leads), when it is known (nil: never). Persistent
+	// writes served here tell it to the client in the response header
+	// regentv1.LeaderHeader, so that an SDK that knows that address sends
+	// its next writes there, one hop shorter than forwarding.
+	Leader  func() (addr string, ok bool)
+	Clock   Clock // nil: wall clock
+	Logger  *slog.Logger
+	Metrics prometheus.Registerer // nil: no RPC metrics
 }
 
 // Server is the gRPC front of one node.
@@ -113,6 +119,7 @@ type Server struct {
 	eph      EphemeralWriter
 	sessions *SessionManager
 	members  MembersFunc
+	leader   func() (string, bool)
 	logger   *slog.Logger
 	grpc     *grpc.Server
 	health   *health.Server
@@ -138,7 +145,7 @@ func NewServer(cfg Config, deps Deps) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, reg: deps.Registry, eph: deps.Ephemeral, sessions: sm, members: deps.Members, logger: logger.With("component", "rpc")}
+	s := &Server{cfg: cfg, reg: deps.Registry, eph: deps.Ephemeral, sessions: sm, members: deps.Members, leader: deps.Leader, logger: logger.With("component", "rpc")}
 
 	var latency *prometheus.HistogramVec
 	if deps.Metrics != nil {

@@ -95,6 +95,7 @@ type envOptions struct {
 	limits  *LimitWatcher
 	members MembersFunc
 	metrics prometheus.Registerer
+	leader  func() (string, bool)
 }
 
 type testEnv struct {
@@ -130,7 +131,7 @@ func newEnv(t testing.TB, opt envOptions) *testEnv {
 	cfg := DefaultConfig()
 	cfg.NodeName = "node-test"
 	cfg.Session = opt.session
-	srv, err := NewServer(cfg, Deps{Registry: reg, Clock: clock, Limits: opt.limits, Members: opt.members, Metrics: opt.metrics})
+	srv, err := NewServer(cfg, Deps{Registry: reg, Clock: clock, Limits: opt.limits, Members: opt.members, Metrics: opt.metrics, Leader: opt.leader})
 	if err != nil {
 		t.Fatal(err)
 	}

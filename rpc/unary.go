@@ -4,6 +4,9 @@ import (
 	"context"
 	"fmt"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
+
 	regentv1 "github.com/regent-registry/regent/proto/regent/v1"
 
 	"github.com/regent-registry/regent/internal/naming"
@@ -26,6 +29,7 @@ func (s *Server) RegisterInstance(ctx context.Context, r *regentv1.RegisterInsta
 	if err != nil {
 		return nil, toStatus(err)
 	}
+	s.tellLeader(ctx)
 	return &regentv1.RegisterInstanceResponse{Revision: s.serviceRevision(key, rev)}, nil
 }
 
@@ -43,6 +47,7 @@ func (s *Server) DeregisterInstance(ctx context.Context, r *regentv1.DeregisterI
 	if err != nil {
 		return nil, toStatus(err)
 	}
+	s.tellLeader(ctx)
 	return &regentv1.DeregisterInstanceResponse{Revision: s.serviceRevision(key, rev)}, nil
 }
 
@@ -74,6 +79,7 @@ func (s *Server) BatchRegisterInstances(ctx context.Context, r *regentv1.BatchRe
 	if err != nil {
 		return nil, toStatus(err)
 	}
+	s.tellLeader(ctx)
 	return &regentv1.BatchRegisterInstancesResponse{Revision: s.serviceRevision(key, rev)}, nil
 }
 
@@ -157,6 +163,7 @@ func (s *Server) UpdateServiceMetadata(ctx context.Context, r *regentv1.UpdateSe
 	if err != nil {
 		return nil, toStatus(err)
 	}
+	s.tellLeader(ctx)
 	return &regentv1.UpdateServiceMetadataResponse{Meta: metaToProto(stored)}, nil
 }
 
@@ -173,4 +180,16 @@ func (s *Server) ListMembers(context.Context, *regentv1.ListMembersRequest) (*re
 // revision that queries and pushes report (ephemeral plus persistent).
 func (s *Server) serviceRevision(key naming.ServiceKey, persistentRev uint64) uint64 {
 	return s.reg.Ephemeral().Revision(key) + persistentRev
+}
+
+// tellLeader sets regentv1.LeaderHeader on a persistent write's response
+// when the leader is known. A header that cannot be set (the call already sent
+// its headers) changes nothing: the hint is only a shortcut.
+func (s *Server) tellLeader(ctx context.Context) {
+	if s.leader == nil {
+		return
+	}
+	if addr, ok := s.leader(); ok {
+		_ = grpc.SetHeader(ctx, metadata.Pairs(regentv1.LeaderHeader, addr))
+	}
 }

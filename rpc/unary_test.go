@@ -7,11 +7,14 @@ import (
 	"io"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/grpc/status"
 
@@ -99,6 +102,59 @@ func TestUnaryPersistentRegisterDeregister(t *testing.T) {
 	wantAddrs(t, "svc-p after refused registers", e.listed(t, "svc-p"))
 	if _, code := e.getService(t, "never-registered"); code != codes.NotFound {
 		t.Fatalf("GetService of a service never registered: %v, want NotFound", code)
+	}
+}
+
+// Every persistent write names the Raft leader in its response header
+// while one is known, and only then; reads and refused writes name none.
+func TestUnaryWritesNameTheLeader(t *testing.T) {
+	var known atomic.Bool
+	e := newEnv(t, envOptions{leader: func() (string, bool) { return "10.9.9.9:9101", known.Load() }})
+	ctx := context.Background()
+	writes := map[string]func(...grpc.CallOption) error{
+		"RegisterInstance": func(o ...grpc.CallOption) error {
+			_, err := e.client.RegisterInstance(ctx, &regentv1.RegisterInstanceRequest{Service: svcRef("svc-l"), Instance: inst("10.0.0.1", 80)}, o...)
+			return err
+		},
+		"BatchRegisterInstances": func(o ...grpc.CallOption) error {
+			_, err := e.client.BatchRegisterInstances(ctx, &regentv1.BatchRegisterInstancesRequest{Service: svcRef("svc-l"), Instances: []*regentv1.Instance{inst("10.0.0.2", 80)}}, o...)
+			return err
+		},
+		"DeregisterInstance": func(o ...grpc.CallOption) error {
+			_, err := e.client.DeregisterInstance(ctx, &regentv1.DeregisterInstanceRequest{Service: svcRef("svc-l"), Instance: inst("10.0.0.2", 80)}, o...)
+			return err
+		},
+		"UpdateServiceMetadata": func(o ...grpc.CallOption) error {
+			_, err := e.client.UpdateServiceMetadata(ctx, &regentv1.UpdateServiceMetadataRequest{Service: svcRef("svc-l"), Meta: &regentv1.ServiceMeta{ProtectThreshold: 0.5}}, o...)
+			return err
+		},
+	}
+	for _, k := range []bool{false, true} {
+		known.Store(k)
+		for name, call := range writes {
+			var md metadata.MD
+			if err := call(grpc.Header(&md)); err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			got := md.Get(regentv1.LeaderHeader)
+			if k && !slices.Equal(got, []string{"10.9.9.9:9101"}) || !k && len(got) != 0 {
+				t.Errorf("%s with leader known=%v: header %q", name, k, got)
+			}
+		}
+	}
+	var md metadata.MD
+	if _, err := e.client.GetService(ctx, &regentv1.GetServiceRequest{Service: svcRef("svc-l")}, grpc.Header(&md)); err != nil {
+		t.Fatal(err)
+	}
+	if got := md.Get(regentv1.LeaderHeader); len(got) != 0 {
+		t.Errorf("a read names the leader: %q", got)
+	}
+	md = nil
+	if _, err := e.client.RegisterInstance(ctx, &regentv1.RegisterInstanceRequest{Service: svcRef("svc-l"), Instance: inst("", 80)}, grpc.Header(&md)); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("bad register: %v", err)
+	}
+	if got := md.Get(regentv1.LeaderHeader); len(got) != 0 {
+		t.Errorf("a refused write names the leader: %q", got)
 	}
 }
 

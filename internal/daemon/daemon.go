@@ -343,6 +343,7 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 		Ephemeral: d.distro,
 		Limits:    d.limits,
 		Members:   d.members,
+		Leader:    d.leaderAddr,
 		Logger:    logger,
 		Metrics:   d.metrics,
 	}); err != nil {
@@ -524,6 +525,23 @@ func (d *Daemon) members() []*regentv1.Member {
 	return out
 }
 
+// leaderAddr is the client address of the Raft leader (this node's own
+// when it leads), when gossip knows it.
+func (d *Daemon) leaderAddr() (string, bool) {
+	id := d.raft.Leader()
+	if id == "" {
+		return "", false
+	}
+	if id == d.cfg.Name {
+		return d.GRPCAddr(), true
+	}
+	m, ok := d.gossip.Member(id)
+	if !ok || m.Meta.GRPCAddr == "" {
+		return "", false
+	}
+	return m.Meta.GRPCAddr, true
+}
+
 // Shutdown drains sessions (they are told to reconnect elsewhere), stops
 // serving and closes the data. It is idempotent.
 func (d *Daemon) Shutdown(ctx context.Context) {
@@ -599,6 +617,7 @@ func (d *Daemon) registerMetrics() {
 		gauge("regent_ephemeral_instances", "Ephemeral instances.", func() float64 { return float64(eph.Stats().Instances) }),
 		gauge("regent_ephemeral_services", "Services with ephemeral instances.", func() float64 { return float64(eph.Stats().Services) }),
 		gauge("regent_subscriptions", "Live (service, session) subscriptions.", func() float64 { return float64(d.reg.Subscriptions()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regent_raft_forwarded_writes_total", Help: "Persistent writes this node sent to the Raft leader for its clients."}, func() float64 { return float64(d.raft.Forwarded()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regent_pushes_total", Help: "Snapshots pushed to subscribers."}, func() float64 { return float64(d.reg.Pushes()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regent_sessions_closed_total", Help: "Sessions ended, for any reason."}, func() float64 { return float64(d.rpc.Sessions().Closed()) }),
 		gauge("regent_distro_native_clients", "Clients whose session this node holds (it owns them).", func() float64 { return float64(d.distro.Stats().Native) }),
