@@ -103,6 +103,9 @@ type Client struct {
 	nextReq atomic.Uint64
 	gens    atomic.Uint64 // session generations
 	current atomic.Int64  // index of the server in use
+	// leader is the index of the server that the latest persistent write
+	// learnt leads Raft, or -1 (see write).
+	leader atomic.Int64
 }
 
 type regEntry struct {
@@ -161,6 +164,7 @@ func New(cfg Config) (*Client, error) {
 		}
 		c.conns = append(c.conns, conn)
 	}
+	c.leader.Store(-1)
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.wg.Add(1)
 	go func() { defer c.wg.Done(); c.run() }()

@@ -729,3 +729,23 @@ func TestPersistentListMembers(t *testing.T) {
 		t.Errorf("Ping: %v", err)
 	}
 }
+
+// serverIndex matches the address a node names as leader against the
+// configured servers, host:port as such; anything else is -1.
+func TestServerIndex(t *testing.T) {
+	c := &Client{cfg: Config{Servers: []string{"127.0.0.1:9101", "Node-B.example:9101", "[::1]:09103"}}}
+	for addr, want := range map[string]int{
+		"127.0.0.1:9101":      0,
+		"127.0.0.1:9102":      -1,
+		"node-b.example:9101": 1,
+		"[::1]:9103":          2,
+		"::1:9103":            -1,
+		"127.0.0.2:9101":      -1,
+		"":                    -1,
+		"127.0.0.1":           -1,
+	} {
+		if got := c.serverIndex(addr); got != want {
+			t.Errorf("serverIndex(%q) = %d, want %d", addr, got, want)
+		}
+	}
+}

@@ -5,10 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/regent-registry/regent/internal/naming"
@@ -381,19 +386,98 @@ func (c *Client) onPush(p *regentv1.ServiceSnapshot) {
 // unary runs fn against the servers, the session's server first, moving on
 // while a server is unavailable.
 func (c *Client) unary(ctx context.Context, fn func(ctx context.Context, rc regentv1.RegistryClient) error) error {
+	return c.tryServers(ctx, int(c.current.Load()), func(ctx context.Context, idx int) error {
+		return fn(ctx, regentv1.NewRegistryClient(c.conns[idx]))
+	})
+}
+
+// tryServers runs fn against the servers from index start on, moving on
+// while a server is unavailable.
+func (c *Client) tryServers(ctx context.Context, start int, fn func(ctx context.Context, idx int) error) error {
 	ctx, cancel := c.withTimeout(ctx)
 	defer cancel()
-	start := int(c.current.Load())
 	var last error
 	for i := range c.conns {
-		idx := (start + i) % len(c.conns)
-		err := fn(ctx, regentv1.NewRegistryClient(c.conns[idx]))
+		err := fn(ctx, (start+i)%len(c.conns))
 		if status.Code(err) != codes.Unavailable || ctx.Err() != nil {
 			return fromStatus(err)
 		}
 		last = err
 	}
 	return fromStatus(last)
+}
+
+// write runs a persistent write as unary does, but starts at the Raft
+// leader when a node has named it (regentv1.LeaderHeader) and it is one of
+// the configured servers: the write then skips the hop over which a
+// follower would forward it. The leader is learnt from every write's response and
+// forgotten when it is unavailable, so a leader change costs at most one
+// forwarded write.
+func (c *Client) write(ctx context.Context, fn func(ctx context.Context, rc regentv1.RegistryClient, opts ...grpc.CallOption) error) error {
+	start := int(c.leader.Load())
+	if start < 0 {
+		start = int(c.current.Load())
+	}
+	return c.tryServers(ctx, start, func(ctx context.Context, idx int) error {
+		var md metadata.MD
+		err := fn(ctx, regentv1.NewRegistryClient(c.conns[idx]), grpc.Header(&md))
+		c.learnLeader(idx, md, err)
+		return err
+	})
+}
+
+// learnLeader notes what a write to server idx told of the leader: a named
+// leader among the servers becomes the next writes' first stop, a leader
+// that is not among them clears it; a write answered without a name (a
+// node that knows no leader, or an older one) leaves the choice as it is.
+func (c *Client) learnLeader(idx int, md metadata.MD, err error) {
+	if err != nil {
+		if status.Code(err) == codes.Unavailable {
+			c.leader.CompareAndSwap(int64(idx), -1)
+		}
+		return
+	}
+	named := md.Get(regentv1.LeaderHeader)
+	if len(named) == 0 {
+		return
+	}
+	c.leader.Store(int64(c.serverIndex(named[0])))
+}
+
+// Leader returns the configured server that the latest persistent write
+// learnt leads Raft, the one the next persistent write goes to first, or
+// "" when no write has named one.
+func (c *Client) Leader() string {
+	if i := c.leader.Load(); i >= 0 {
+		return c.cfg.Servers[i]
+	}
+	return ""
+}
+
+// serverIndex is the index of addr among the configured servers, or -1.
+// host:port pairs are compared as such, so "127.0.0.1:9101" and a
+// configured "127.0.0.1:09101" match; names are not resolved.
+func (c *Client) serverIndex(addr string) int {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return -1
+	}
+	for i, s := range c.cfg.Servers {
+		if s == addr {
+			return i
+		}
+		h, p, err := net.SplitHostPort(s)
+		if err == nil && strings.EqualFold(h, host) && samePort(p, port) {
+			return i
+		}
+	}
+	return -1
+}
+
+func samePort(a, b string) bool {
+	x, err1 := strconv.Atoi(a)
+	y, err2 := strconv.Atoi(b)
+	return err1 == nil && err2 == nil && x == y
 }
 
 func protoList(ins []Instance) []*regentv1.Instance {
@@ -408,8 +492,8 @@ func protoList(ins []Instance) []*regentv1.Instance {
 // is durable. Persistent instances outlive sessions and are health-checked
 // by the cluster.
 func (c *Client) RegisterPersistent(ctx context.Context, svc Service, in Instance) (revision uint64, err error) {
-	err = c.unary(ctx, func(ctx context.Context, rc regentv1.RegistryClient) error {
-		r, err := rc.RegisterInstance(ctx, &regentv1.RegisterInstanceRequest{Service: svc.proto(), Instance: in.proto()})
+	err = c.write(ctx, func(ctx context.Context, rc regentv1.RegistryClient, opts ...grpc.CallOption) error {
+		r, err := rc.RegisterInstance(ctx, &regentv1.RegisterInstanceRequest{Service: svc.proto(), Instance: in.proto()}, opts...)
 		revision = r.GetRevision()
 		return err
 	})
@@ -418,8 +502,8 @@ func (c *Client) RegisterPersistent(ctx context.Context, svc Service, in Instanc
 
 // BatchRegisterPersistent writes several persistent instances, all or none.
 func (c *Client) BatchRegisterPersistent(ctx context.Context, svc Service, ins []Instance) (revision uint64, err error) {
-	err = c.unary(ctx, func(ctx context.Context, rc regentv1.RegistryClient) error {
-		r, err := rc.BatchRegisterInstances(ctx, &regentv1.BatchRegisterInstancesRequest{Service: svc.proto(), Instances: protoList(ins)})
+	err = c.write(ctx, func(ctx context.Context, rc regentv1.RegistryClient, opts ...grpc.CallOption) error {
+		r, err := rc.BatchRegisterInstances(ctx, &regentv1.BatchRegisterInstancesRequest{Service: svc.proto(), Instances: protoList(ins)}, opts...)
 		revision = r.GetRevision()
 		return err
 	})
@@ -428,8 +512,8 @@ func (c *Client) BatchRegisterPersistent(ctx context.Context, svc Service, ins [
 
 // DeregisterPersistent removes a persistent instance (idempotent).
 func (c *Client) DeregisterPersistent(ctx context.Context, svc Service, in Instance) (revision uint64, err error) {
-	err = c.unary(ctx, func(ctx context.Context, rc regentv1.RegistryClient) error {
-		r, err := rc.DeregisterInstance(ctx, &regentv1.DeregisterInstanceRequest{Service: svc.proto(), Instance: in.proto()})
+	err = c.write(ctx, func(ctx context.Context, rc regentv1.RegistryClient, opts ...grpc.CallOption) error {
+		r, err := rc.DeregisterInstance(ctx, &regentv1.DeregisterInstanceRequest{Service: svc.proto(), Instance: in.proto()}, opts...)
 		revision = r.GetRevision()
 		return err
 	})
@@ -605,8 +689,8 @@ func (c *Client) UpdateServiceMetadata(ctx context.Context, svc Service, m Servi
 	if err != nil {
 		return err
 	}
-	return c.unary(ctx, func(ctx context.Context, rc regentv1.RegistryClient) error {
-		_, err := rc.UpdateServiceMetadata(ctx, &regentv1.UpdateServiceMetadataRequest{Service: svc.proto(), Meta: &regentv1.ServiceMeta{ProtectThreshold: m.ProtectThreshold, Metadata: m.Metadata, HealthCheck: hc}})
+	return c.write(ctx, func(ctx context.Context, rc regentv1.RegistryClient, opts ...grpc.CallOption) error {
+		_, err := rc.UpdateServiceMetadata(ctx, &regentv1.UpdateServiceMetadataRequest{Service: svc.proto(), Meta: &regentv1.ServiceMeta{ProtectThreshold: m.ProtectThreshold, Metadata: m.Metadata, HealthCheck: hc}}, opts...)
 		return err
 	})
 }

@@ -3,6 +3,7 @@ package testcluster
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -201,5 +202,67 @@ func TestRaftConfigurationFollowsLeaveAndDeath(t *testing.T) {
 	gone(deadName, live...)
 	if _, err := c.Client(t, live...).RegisterPersistent(ctx, client.Service{Name: "tc-shrunk"}, client.Instance{IP: "10.62.4.1", Port: 80}); err != nil {
 		t.Fatalf("write on the two remaining voters: %v", err)
+	}
+}
+
+// An SDK that lists every node sends its persistent writes to the Raft
+// leader once a follower has named it: of 20 writes through a client whose
+// first server is a follower, only the first is forwarded. When the
+// leader stops, the client's next write fails over and names the new
+// leader, and the writes after it go there.
+func TestSDKWritesGoStraightToTheLeader(t *testing.T) {
+	c := Start(t, 3, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	forwarded := func() (n uint64) {
+		for _, i := range c.live() {
+			n += c.Node(i).Raft().Forwarded()
+		}
+		return n
+	}
+	svc := client.Service{Name: "tc-to-leader"}
+	leader := c.Leader(ctx)
+	f := (leader + 1) % 3
+	cl := c.Client(t, f, (f+1)%3, (f+2)%3)
+	if got := cl.Leader(); got != "" {
+		t.Fatalf("client names leader %q before any write", got)
+	}
+	write := func(ip string) {
+		t.Helper()
+		if _, err := cl.RegisterPersistent(ctx, svc, client.Instance{IP: ip, Port: 80}); err != nil {
+			t.Fatalf("write %s: %v", ip, err)
+		}
+	}
+	before := forwarded()
+	for i := range 20 {
+		write(fmt.Sprintf("10.63.0.%d", i+1))
+	}
+	if got := forwarded() - before; got != 1 || c.Leader(ctx) != leader {
+		t.Fatalf("%d of 20 writes forwarded (leader %d, now %d), want only the first", got, leader, c.Leader(ctx))
+	}
+	if got, want := cl.Leader(), c.Node(leader).GRPCAddr(); got != want {
+		t.Fatalf("client names leader %q, want %q", got, want)
+	}
+
+	c.Stop(leader) // hands leadership over, then stops serving
+	next := c.Leader(ctx)
+	if next < 0 || next == leader {
+		t.Fatalf("no new leader after the stop (got %d)", next)
+	}
+	before = forwarded()
+	for i := range 10 {
+		write(fmt.Sprintf("10.63.1.%d", i+1))
+	}
+	if got := forwarded() - before; got > 1 {
+		t.Fatalf("%d of 10 writes after the leader change forwarded, want at most the first", got)
+	}
+	if got, want := cl.Leader(), c.Node(next).GRPCAddr(); got != want {
+		t.Fatalf("after the change the client names leader %q, want %q", got, want)
+	}
+	key := naming.ServiceKey{Service: svc.Name}
+	for _, ip := range []string{"10.63.0.20", "10.63.1.10"} {
+		if err := c.WaitListed(ctx, key, ip, 80, c.live()...); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
