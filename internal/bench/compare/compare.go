@@ -269,3 +269,9 @@ func summary(w string, s load.Sample) string {
 	}
 	return out
 }
+
+// rotated returns list starting at index k (mod its length).
+func rotated(list []string, k int) []string {
+	k %= len(list)
+	return append(slices.Clone(list[k:]), list[:k]...)
+}

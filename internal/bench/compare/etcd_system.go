@@ -27,9 +27,20 @@ func (s *etcdSystem) pids() []int { return s.procs }
 
 // clients opens n clients, client i on member (i+node)%3 only.
 func (s *etcdSystem) clients(n, node int) ([]*clientv3.Client, error) {
+	return s.open(n, node, false)
+}
+
+// open opens n clients, client i on member (i+node)%3; with every, each
+// lists every member, its own first, as an application configures
+// clientv3 (which then spreads its calls over them).
+func (s *etcdSystem) open(n, node int, every bool) ([]*clientv3.Client, error) {
 	out := make([]*clientv3.Client, 0, n)
 	for i := range n {
-		c, err := newEtcdClient([]string{s.endpoints[(i+node)%len(s.endpoints)]})
+		eps := []string{s.endpoints[(i+node)%len(s.endpoints)]}
+		if every {
+			eps = rotated(s.endpoints, i+node)
+		}
+		c, err := newEtcdClient(eps)
 		if err != nil {
 			closeEtcd(out)
 			return nil, err
@@ -69,7 +80,7 @@ func (s *etcdSystem) measure(ctx context.Context, w string, clients, round int, 
 	case Shared:
 		return s.sharedLease(ctx, clients, round, d)
 	case Persistent:
-		cs, err := s.clients(clients, 0)
+		cs, err := s.open(clients, 0, true) // as Regent's writers
 		if err != nil {
 			return load.Sample{}, err
 		}

@@ -75,9 +75,20 @@ func (s *regentSystem) pids() []int {
 
 // clients opens n SDK clients, client i on node i%3 (shifted by node).
 func (s *regentSystem) clients(ctx context.Context, n, node int) ([]*client.Client, error) {
+	return s.open(ctx, n, node, false)
+}
+
+// open opens n SDK clients, client i on node (i+node)%3; with every, each
+// also lists the other nodes after its own, as an application configures
+// its SDK (its session stays on the first).
+func (s *regentSystem) open(ctx context.Context, n, node int, every bool) ([]*client.Client, error) {
 	out := make([]*client.Client, 0, n)
 	for i := range n {
-		c, err := client.New(client.Config{Servers: []string{s.servers[(i+node)%len(s.servers)]}, RequestTimeout: 10 * time.Second})
+		servers := []string{s.servers[(i+node)%len(s.servers)]}
+		if every {
+			servers = rotated(s.servers, i+node)
+		}
+		c, err := client.New(client.Config{Servers: servers, RequestTimeout: 10 * time.Second})
 		if err == nil {
 			wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			err = c.WaitConnected(wctx)
@@ -114,7 +125,9 @@ func (s *regentSystem) measure(ctx context.Context, w string, clients, round int
 	case Ephemeral:
 		return s.sessionPerInstance(ctx, clients, round, d)
 	case Shared, Persistent:
-		cs, err := s.clients(ctx, clients, 0)
+		// Persistent writers list every node, so that the SDK sends its
+		// writes to the Raft leader once a node has named it.
+		cs, err := s.open(ctx, clients, 0, w == Persistent)
 		if err != nil {
 			return load.Sample{}, err
 		}
