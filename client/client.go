@@ -129,6 +129,8 @@ type liveSession struct {
 	sendMu  sync.Mutex
 	pending sync.Map // request id -> chan *regentv1.Ack
 	cancel  context.CancelFunc
+	// lookups: the node takes get_service requests on the session.
+	lookups bool
 }
 
 func (s *liveSession) send(m *regentv1.ClientMessage) error {
@@ -307,7 +309,7 @@ func (c *Client) runSession(idx int) (suggested int, err error) {
 		return suggested, ctx.Err()
 	}
 
-	s := &liveSession{gen: c.gens.Add(1), server: idx, node: reply.GetNode(), stream: stream, cancel: cancel}
+	s := &liveSession{gen: c.gens.Add(1), server: idx, node: reply.GetNode(), stream: stream, cancel: cancel, lookups: reply.GetSessionLookups()}
 	c.current.Store(int64(idx))
 	c.mu.Lock()
 	c.sess = s
@@ -397,6 +399,16 @@ func (c *Client) call(ctx context.Context, s *liveSession, m *regentv1.ClientMes
 // held, so that requests built from shared state go out in the order that
 // state was read.
 func (c *Client) callBuilt(ctx context.Context, s *liveSession, build func() *regentv1.ClientMessage) error {
+	a, err := c.roundTrip(ctx, s, build)
+	if err != nil {
+		return err
+	}
+	return fromAck(a)
+}
+
+// roundTrip sends the request build makes over session s and returns its
+// ack; the error is the session's or ctx's, never the ack's.
+func (c *Client) roundTrip(ctx context.Context, s *liveSession, build func() *regentv1.ClientMessage) (*regentv1.Ack, error) {
 	id := c.nextReq.Add(1)
 	ch := make(chan *regentv1.Ack, 1)
 	s.pending.Store(id, ch)
@@ -407,17 +419,17 @@ func (c *Client) callBuilt(ctx context.Context, s *liveSession, build func() *re
 	s.sendMu.Unlock()
 	if err != nil {
 		s.pending.Delete(id)
-		return fmt.Errorf("%w: %v", ErrUnavailable, err)
+		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
 	select {
 	case a, ok := <-ch:
 		if !ok {
-			return fmt.Errorf("%w: session ended before the answer", ErrUnavailable)
+			return nil, fmt.Errorf("%w: session ended before the answer", ErrUnavailable)
 		}
-		return fromAck(a)
+		return a, nil
 	case <-ctx.Done():
 		s.pending.Delete(id)
-		return ctx.Err()
+		return nil, ctx.Err()
 	}
 }
 

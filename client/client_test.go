@@ -8,11 +8,15 @@ import (
 	"net"
 	"slices"
 	"sort"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+
 	"github.com/regent-registry/regent/internal/daemon"
 	"github.com/regent-registry/regent/internal/naming"
+	regentv1 "github.com/regent-registry/regent/proto/regent/v1"
 )
 
 // ---- helpers ----
@@ -747,5 +751,60 @@ func TestServerIndex(t *testing.T) {
 		if got := c.serverIndex(addr); got != want {
 			t.Errorf("serverIndex(%q) = %d, want %d", addr, got, want)
 		}
+	}
+}
+
+// A lookup of a service the client does not watch goes over its session
+// when it has one, with the same answers and errors as the unary call;
+// linearizable lookups use the unary GetService.
+func TestGetServiceOverTheSession(t *testing.T) {
+	d := startDaemon(t, "n1", "")
+	var unary atomic.Int64
+	cfg := testConfig(d.GRPCAddr())
+	cfg.DialOptions = []grpc.DialOption{grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		if method == regentv1.Registry_GetService_FullMethodName {
+			unary.Add(1)
+		}
+		return invoker(ctx, method, req, reply, cc, opts...)
+	})}
+	c, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx := ctxT(t, 20*time.Second)
+	svc := Service{Name: "looked-up"}
+	if err := c.WaitConnected(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Register(ctx, svc, inst("10.5.0.1", 80)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.RegisterPersistent(ctx, svc, Instance{IP: "10.5.0.2", Port: 81, Cluster: "east"}); err != nil {
+		t.Fatal(err)
+	}
+	unary.Store(0)
+	info, err := c.GetService(ctx, svc, Filter{})
+	if err != nil || info.FromCache || !slices.Equal(addrs(info.Instances), []string{"10.5.0.1:80", "10.5.0.2:81"}) {
+		t.Fatalf("lookup over the session: %+v, %v", info, err)
+	}
+	info, err = c.GetService(ctx, svc, Filter{Clusters: []string{"east"}})
+	if err != nil || !slices.Equal(addrs(info.Instances), []string{"10.5.0.2:81"}) {
+		t.Fatalf("filtered lookup over the session: %+v, %v", info, err)
+	}
+	if _, err := c.GetService(ctx, Service{Name: "nobody"}, Filter{}); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("lookup of an unknown service over the session: %v, want ErrNotFound", err)
+	}
+	if _, err := c.GetService(ctx, svc, Filter{Clusters: []string{"bad cluster!"}}); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("lookup with a bad cluster: %v, want ErrInvalid", err)
+	}
+	if n := unary.Load(); n != 0 {
+		t.Fatalf("%d lookups went unary with a session up", n)
+	}
+	if _, err := c.GetService(ctx, svc, Filter{Linearizable: true}); err != nil {
+		t.Fatal(err)
+	}
+	if n := unary.Load(); n != 1 {
+		t.Fatalf("linearizable lookup: %d unary calls, want 1", n)
 	}
 }

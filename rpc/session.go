@@ -63,9 +63,10 @@ func (s *Server) Session(stream regentv1.Registry_SessionServer) error {
 	// it sends (a probe, a reconnect) can overtake the HelloReply. The queue
 	// is new and holds at least one message: this never blocks.
 	sess.out.tryPush(&regentv1.ServerMessage{Body: &regentv1.ServerMessage_HelloReply{HelloReply: &regentv1.HelloReply{
-		SessionId:   sess.id,
-		Node:        s.cfg.NodeName,
-		KeepaliveMs: uint32(s.cfg.Session.KeepaliveHint / time.Millisecond),
+		SessionId:      sess.id,
+		Node:           s.cfg.NodeName,
+		KeepaliveMs:    uint32(s.cfg.Session.KeepaliveHint / time.Millisecond),
+		SessionLookups: true,
 	}}})
 	sessCtx, cancel := context.WithCancelCause(ctx)
 	sess.cancel = cancel
@@ -233,11 +234,32 @@ func (s *Server) handle(sess *session, m *regentv1.ClientMessage) *regentv1.Serv
 		return ackMsg(id, s.subscribe(sess, b.Subscribe))
 	case *regentv1.ClientMessage_Unsubscribe:
 		return ackMsg(id, s.unsubscribe(sess, b.Unsubscribe))
+	case *regentv1.ClientMessage_GetService:
+		return s.sessionLookup(sess, id, b.GetService)
 	case *regentv1.ClientMessage_Hello:
 		return ackMsg(id, fmt.Errorf("%w: Hello was already sent on this session", ErrFailedPrecondition))
 	default:
 		return ackMsg(id, fmt.Errorf("%w: empty or unknown message", naming.ErrInvalid))
 	}
+}
+
+// sessionLookup answers a get_service request in its ack. It is served
+// inline, as the session's other requests are, so a linearizable read,
+// which waits on a quorum, is refused here.
+func (s *Server) sessionLookup(sess *session, id uint64, r *regentv1.GetServiceRequest) *regentv1.ServerMessage {
+	if id == 0 {
+		return nil // nobody would read the answer
+	}
+	if r.GetLinearizable() {
+		return ackMsg(id, fmt.Errorf("%w: linearizable lookups go over the unary GetService, not a session", naming.ErrInvalid))
+	}
+	resp, err := s.getService(sess.ctx, r)
+	if err != nil {
+		return ackMsg(id, err)
+	}
+	m := ackMsg(id, nil)
+	m.GetAck().Service = resp
+	return m
 }
 
 func (s *Server) registerEphemeral(sess *session, r *regentv1.RegisterEphemeral) error {

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
+	"google.golang.org/protobuf/proto"
 
 	regentv1 "github.com/regent-registry/regent/proto/regent/v1"
 
@@ -528,6 +529,58 @@ func TestSessionMessagesWithoutAckAndOddMessages(t *testing.T) {
 	c.sync()
 	if n := e.srv.Sessions().Count(); n != 1 {
 		t.Fatalf("Count = %d, want 1", n)
+	}
+}
+
+// A session answers get_service in its ack exactly as the unary
+// GetService answers; refuses linearizable and bad lookups without ending;
+// serves nothing for a lookup without a request id; and says in its
+// HelloReply that it takes lookups.
+func TestSessionLookup(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	c, hr := e.open(t, "client-1", nil)
+	if !hr.GetSessionLookups() {
+		t.Fatalf("HelloReply %v does not offer session lookups", hr)
+	}
+	c.requestOK(registerMsg("svc-q", inst("10.0.0.1", 80), inst("10.0.0.2", 80)))
+	if _, err := e.client.RegisterInstance(context.Background(), &regentv1.RegisterInstanceRequest{Service: svcRef("svc-q"), Instance: inst("10.0.0.3", 81)}); err != nil {
+		t.Fatal(err)
+	}
+	lookup := func(r *regentv1.GetServiceRequest) *regentv1.Ack {
+		return c.request(&regentv1.ClientMessage{Body: &regentv1.ClientMessage_GetService{GetService: r}})
+	}
+	for _, r := range []*regentv1.GetServiceRequest{
+		{Service: svcRef("svc-q")},
+		{Service: svcRef("svc-q"), Clusters: []string{"DEFAULT"}, HealthyOnly: true},
+		{Service: svcRef("svc-none")},
+	} {
+		a := lookup(r)
+		want, err := e.client.GetService(context.Background(), r)
+		st, _ := status.FromError(err)
+		if codes.Code(a.GetCode()) != st.Code() || a.GetMessage() != st.Message() || !proto.Equal(a.GetService(), want) {
+			t.Fatalf("session lookup %v: ack %v; unary answers %v, %v", r, a, want, err)
+		}
+	}
+	if n := len(lookup(&regentv1.GetServiceRequest{Service: svcRef("svc-q")}).GetService().GetSnapshot().GetInstances()); n != 3 {
+		t.Fatalf("lookup lists %d instances, want 3", n)
+	}
+	for what, r := range map[string]*regentv1.GetServiceRequest{
+		"linearizable": {Service: svcRef("svc-q"), Linearizable: true},
+		"no service":   {},
+		"bad cluster":  {Service: svcRef("svc-q"), Clusters: []string{"bad cluster!"}},
+	} {
+		if a := lookup(r); codes.Code(a.GetCode()) != codes.InvalidArgument || a.GetService() != nil {
+			t.Errorf("%s lookup: ack %v, want InvalidArgument and no answer", what, a)
+		}
+	}
+	before := len(c.messages())
+	c.mustSend(&regentv1.ClientMessage{Body: &regentv1.ClientMessage_GetService{GetService: &regentv1.GetServiceRequest{Service: svcRef("svc-q")}}})
+	idx := c.sync()
+	if idx != before {
+		t.Fatalf("a lookup without request id was answered: %v", c.messages()[before:idx])
+	}
+	if ended, err := c.ended(); ended {
+		t.Fatalf("session ended after refused lookups: %v", err)
 	}
 }
 

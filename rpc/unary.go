@@ -85,26 +85,35 @@ func (s *Server) BatchRegisterInstances(ctx context.Context, r *regentv1.BatchRe
 
 // GetService answers a query.
 func (s *Server) GetService(ctx context.Context, r *regentv1.GetServiceRequest) (*regentv1.GetServiceResponse, error) {
-	key, err := keyFromProto(r.GetService())
+	resp, err := s.getService(ctx, r)
 	if err != nil {
 		return nil, toStatus(err)
 	}
+	return resp, nil
+}
+
+// getService answers a lookup, unary or over a session.
+func (s *Server) getService(ctx context.Context, r *regentv1.GetServiceRequest) (*regentv1.GetServiceResponse, error) {
+	key, err := keyFromProto(r.GetService())
+	if err != nil {
+		return nil, err
+	}
 	f, err := filterFromProto(r.GetHealthyOnly(), r.GetClusters())
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
 	if r.GetLinearizable() {
 		// A store without a barrier (one node, no consensus) is
 		// linearizable as it is.
 		if b, ok := s.reg.Persistent().(barrier); ok {
 			if err := b.Barrier(ctx); err != nil {
-				return nil, toStatus(err)
+				return nil, err
 			}
 		}
 	}
 	snap, meta, err := s.reg.Get(key, f)
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
 	return &regentv1.GetServiceResponse{Snapshot: snapshotToProto(snap), Meta: metaToProto(meta)}, nil
 }

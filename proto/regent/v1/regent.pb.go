@@ -3,8 +3,9 @@
 // A client process opens one Session stream for its whole life. Over it the
 // client registers ephemeral instances (they live exactly as long as the
 // session), subscribes to services (the server pushes snapshots), and answers
-// the server's liveness probes. Persistent instances, service metadata and
-// queries use plain unary calls.
+// the server's liveness probes; it may also look services up over it (the
+// SDK does), a round trip cheaper than a unary call. Persistent instances,
+// service metadata, linearizable and other queries use plain unary calls.
 //
 // Names follow Nacos naming: namespace (default "public"), group (default
 // "DEFAULT_GROUP"), service, and cluster (default "DEFAULT"). Empty fields take
@@ -525,6 +526,7 @@ type ClientMessage struct {
 	//	*ClientMessage_ProbeReply
 	//	*ClientMessage_Ping
 	//	*ClientMessage_RegisterAll
+	//	*ClientMessage_GetService
 	Body          isClientMessage_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -646,6 +648,15 @@ func (x *ClientMessage) GetRegisterAll() *RegisterAll {
 	return nil
 }
 
+func (x *ClientMessage) GetGetService() *GetServiceRequest {
+	if x != nil {
+		if x, ok := x.Body.(*ClientMessage_GetService); ok {
+			return x.GetService
+		}
+	}
+	return nil
+}
+
 type isClientMessage_Body interface {
 	isClientMessage_Body()
 }
@@ -682,6 +693,14 @@ type ClientMessage_RegisterAll struct {
 	RegisterAll *RegisterAll `protobuf:"bytes,9,opt,name=register_all,json=registerAll,proto3,oneof"`
 }
 
+type ClientMessage_GetService struct {
+	// A lookup, answered as GetService answers it, in the Ack's service.
+	// It needs a request_id; linearizable reads are refused here
+	// (INVALID_ARGUMENT: they wait on a quorum, which would hold up the
+	// session's other requests) and go over the unary GetService.
+	GetService *GetServiceRequest `protobuf:"bytes,10,opt,name=get_service,json=getService,proto3,oneof"`
+}
+
 func (*ClientMessage_Hello) isClientMessage_Body() {}
 
 func (*ClientMessage_Register) isClientMessage_Body() {}
@@ -697,6 +716,8 @@ func (*ClientMessage_ProbeReply) isClientMessage_Body() {}
 func (*ClientMessage_Ping) isClientMessage_Body() {}
 
 func (*ClientMessage_RegisterAll) isClientMessage_Body() {}
+
+func (*ClientMessage_GetService) isClientMessage_Body() {}
 
 // Hello opens a session. It must be the first message.
 type Hello struct {
@@ -1283,9 +1304,12 @@ type HelloReply struct {
 	Node string `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
 	// Interval at which the client should send something (a Ping is fine) so
 	// the server does not probe it, in milliseconds.
-	KeepaliveMs   uint32 `protobuf:"varint,3,opt,name=keepalive_ms,json=keepaliveMs,proto3" json:"keepalive_ms,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	KeepaliveMs uint32 `protobuf:"varint,3,opt,name=keepalive_ms,json=keepaliveMs,proto3" json:"keepalive_ms,omitempty"`
+	// The session takes get_service requests (older servers leave it false
+	// and answer them as unknown messages).
+	SessionLookups bool `protobuf:"varint,4,opt,name=session_lookups,json=sessionLookups,proto3" json:"session_lookups,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *HelloReply) Reset() {
@@ -1339,6 +1363,13 @@ func (x *HelloReply) GetKeepaliveMs() uint32 {
 	return 0
 }
 
+func (x *HelloReply) GetSessionLookups() bool {
+	if x != nil {
+		return x.SessionLookups
+	}
+	return false
+}
+
 // Ack answers a ClientMessage that carried a request_id.
 type Ack struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1347,7 +1378,9 @@ type Ack struct {
 	// A google.rpc.Code; 0 (OK) on success.
 	Code int32 `protobuf:"varint,2,opt,name=code,proto3" json:"code,omitempty"`
 	// Why it failed, when it did.
-	Message       string `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	Message string `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	// The answer to a get_service request that succeeded.
+	Service       *GetServiceResponse `protobuf:"bytes,4,opt,name=service,proto3" json:"service,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1401,6 +1434,13 @@ func (x *Ack) GetMessage() string {
 		return x.Message
 	}
 	return ""
+}
+
+func (x *Ack) GetService() *GetServiceResponse {
+	if x != nil {
+		return x.Service
+	}
+	return nil
 }
 
 // Push carries a subscribed service's snapshot.
@@ -2489,7 +2529,7 @@ const file_regent_v1_regent_proto_rawDesc = "" +
 	"\brevision\x18\x02 \x01(\x04R\brevision\x121\n" +
 	"\tinstances\x18\x03 \x03(\v2\x13.regent.v1.InstanceR\tinstances\x121\n" +
 	"\x14protection_triggered\x18\x04 \x01(\bR\x13protectionTriggered\x12+\n" +
-	"\x11protect_threshold\x18\x05 \x01(\x01R\x10protectThreshold\"\xee\x03\n" +
+	"\x11protect_threshold\x18\x05 \x01(\x01R\x10protectThreshold\"\xaf\x04\n" +
 	"\rClientMessage\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\x04R\trequestId\x12(\n" +
@@ -2503,7 +2543,10 @@ const file_regent_v1_regent_proto_rawDesc = "" +
 	"\vprobe_reply\x18\a \x01(\v2\x15.regent.v1.ProbeReplyH\x00R\n" +
 	"probeReply\x12%\n" +
 	"\x04ping\x18\b \x01(\v2\x0f.regent.v1.PingH\x00R\x04ping\x12;\n" +
-	"\fregister_all\x18\t \x01(\v2\x16.regent.v1.RegisterAllH\x00R\vregisterAllB\x06\n" +
+	"\fregister_all\x18\t \x01(\v2\x16.regent.v1.RegisterAllH\x00R\vregisterAll\x12?\n" +
+	"\vget_service\x18\n" +
+	" \x01(\v2\x1c.regent.v1.GetServiceRequestH\x00R\n" +
+	"getServiceB\x06\n" +
 	"\x04body\"\xfc\x01\n" +
 	"\x05Hello\x12\x1b\n" +
 	"\tclient_id\x18\x01 \x01(\tR\bclientId\x12\x1f\n" +
@@ -2541,18 +2584,20 @@ const file_regent_v1_regent_proto_rawDesc = "" +
 	"\x04push\x18\x03 \x01(\v2\x0f.regent.v1.PushH\x00R\x04push\x12(\n" +
 	"\x05probe\x18\x04 \x01(\v2\x10.regent.v1.ProbeH\x00R\x05probe\x124\n" +
 	"\treconnect\x18\x05 \x01(\v2\x14.regent.v1.ReconnectH\x00R\treconnectB\x06\n" +
-	"\x04body\"b\n" +
+	"\x04body\"\x8b\x01\n" +
 	"\n" +
 	"HelloReply\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x12\n" +
 	"\x04node\x18\x02 \x01(\tR\x04node\x12!\n" +
-	"\fkeepalive_ms\x18\x03 \x01(\rR\vkeepaliveMs\"R\n" +
+	"\fkeepalive_ms\x18\x03 \x01(\rR\vkeepaliveMs\x12'\n" +
+	"\x0fsession_lookups\x18\x04 \x01(\bR\x0esessionLookups\"\x8b\x01\n" +
 	"\x03Ack\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\x04R\trequestId\x12\x12\n" +
 	"\x04code\x18\x02 \x01(\x05R\x04code\x12\x18\n" +
-	"\amessage\x18\x03 \x01(\tR\amessage\">\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\x127\n" +
+	"\aservice\x18\x04 \x01(\v2\x1d.regent.v1.GetServiceResponseR\aservice\">\n" +
 	"\x04Push\x126\n" +
 	"\bsnapshot\x18\x01 \x01(\v2\x1a.regent.v1.ServiceSnapshotR\bsnapshot\"\"\n" +
 	"\x05Probe\x12\x19\n" +
@@ -2691,56 +2736,58 @@ var file_regent_v1_regent_proto_depIdxs = []int32{
 	13, // 11: regent.v1.ClientMessage.probe_reply:type_name -> regent.v1.ProbeReply
 	14, // 12: regent.v1.ClientMessage.ping:type_name -> regent.v1.Ping
 	8,  // 13: regent.v1.ClientMessage.register_all:type_name -> regent.v1.RegisterAll
-	39, // 14: regent.v1.Hello.labels:type_name -> regent.v1.Hello.LabelsEntry
-	9,  // 15: regent.v1.RegisterAll.services:type_name -> regent.v1.RegisterEphemeral
-	1,  // 16: regent.v1.RegisterEphemeral.service:type_name -> regent.v1.ServiceRef
-	2,  // 17: regent.v1.RegisterEphemeral.instances:type_name -> regent.v1.Instance
-	1,  // 18: regent.v1.DeregisterEphemeral.service:type_name -> regent.v1.ServiceRef
-	2,  // 19: regent.v1.DeregisterEphemeral.instances:type_name -> regent.v1.Instance
-	1,  // 20: regent.v1.Subscribe.service:type_name -> regent.v1.ServiceRef
-	1,  // 21: regent.v1.Unsubscribe.service:type_name -> regent.v1.ServiceRef
-	16, // 22: regent.v1.ServerMessage.hello_reply:type_name -> regent.v1.HelloReply
-	17, // 23: regent.v1.ServerMessage.ack:type_name -> regent.v1.Ack
-	18, // 24: regent.v1.ServerMessage.push:type_name -> regent.v1.Push
-	19, // 25: regent.v1.ServerMessage.probe:type_name -> regent.v1.Probe
-	20, // 26: regent.v1.ServerMessage.reconnect:type_name -> regent.v1.Reconnect
-	5,  // 27: regent.v1.Push.snapshot:type_name -> regent.v1.ServiceSnapshot
-	1,  // 28: regent.v1.RegisterInstanceRequest.service:type_name -> regent.v1.ServiceRef
-	2,  // 29: regent.v1.RegisterInstanceRequest.instance:type_name -> regent.v1.Instance
-	1,  // 30: regent.v1.DeregisterInstanceRequest.service:type_name -> regent.v1.ServiceRef
-	2,  // 31: regent.v1.DeregisterInstanceRequest.instance:type_name -> regent.v1.Instance
-	1,  // 32: regent.v1.BatchRegisterInstancesRequest.service:type_name -> regent.v1.ServiceRef
-	2,  // 33: regent.v1.BatchRegisterInstancesRequest.instances:type_name -> regent.v1.Instance
-	1,  // 34: regent.v1.GetServiceRequest.service:type_name -> regent.v1.ServiceRef
-	5,  // 35: regent.v1.GetServiceResponse.snapshot:type_name -> regent.v1.ServiceSnapshot
-	4,  // 36: regent.v1.GetServiceResponse.meta:type_name -> regent.v1.ServiceMeta
-	1,  // 37: regent.v1.ServiceSummary.service:type_name -> regent.v1.ServiceRef
-	30, // 38: regent.v1.ListServicesResponse.services:type_name -> regent.v1.ServiceSummary
-	1,  // 39: regent.v1.UpdateServiceMetadataRequest.service:type_name -> regent.v1.ServiceRef
-	4,  // 40: regent.v1.UpdateServiceMetadataRequest.meta:type_name -> regent.v1.ServiceMeta
-	4,  // 41: regent.v1.UpdateServiceMetadataResponse.meta:type_name -> regent.v1.ServiceMeta
-	35, // 42: regent.v1.ListMembersResponse.members:type_name -> regent.v1.Member
-	6,  // 43: regent.v1.Registry.Session:input_type -> regent.v1.ClientMessage
-	21, // 44: regent.v1.Registry.RegisterInstance:input_type -> regent.v1.RegisterInstanceRequest
-	23, // 45: regent.v1.Registry.DeregisterInstance:input_type -> regent.v1.DeregisterInstanceRequest
-	25, // 46: regent.v1.Registry.BatchRegisterInstances:input_type -> regent.v1.BatchRegisterInstancesRequest
-	27, // 47: regent.v1.Registry.GetService:input_type -> regent.v1.GetServiceRequest
-	29, // 48: regent.v1.Registry.ListServices:input_type -> regent.v1.ListServicesRequest
-	32, // 49: regent.v1.Registry.UpdateServiceMetadata:input_type -> regent.v1.UpdateServiceMetadataRequest
-	34, // 50: regent.v1.Registry.ListMembers:input_type -> regent.v1.ListMembersRequest
-	15, // 51: regent.v1.Registry.Session:output_type -> regent.v1.ServerMessage
-	22, // 52: regent.v1.Registry.RegisterInstance:output_type -> regent.v1.RegisterInstanceResponse
-	24, // 53: regent.v1.Registry.DeregisterInstance:output_type -> regent.v1.DeregisterInstanceResponse
-	26, // 54: regent.v1.Registry.BatchRegisterInstances:output_type -> regent.v1.BatchRegisterInstancesResponse
-	28, // 55: regent.v1.Registry.GetService:output_type -> regent.v1.GetServiceResponse
-	31, // 56: regent.v1.Registry.ListServices:output_type -> regent.v1.ListServicesResponse
-	33, // 57: regent.v1.Registry.UpdateServiceMetadata:output_type -> regent.v1.UpdateServiceMetadataResponse
-	36, // 58: regent.v1.Registry.ListMembers:output_type -> regent.v1.ListMembersResponse
-	51, // [51:59] is the sub-list for method output_type
-	43, // [43:51] is the sub-list for method input_type
-	43, // [43:43] is the sub-list for extension type_name
-	43, // [43:43] is the sub-list for extension extendee
-	0,  // [0:43] is the sub-list for field type_name
+	27, // 14: regent.v1.ClientMessage.get_service:type_name -> regent.v1.GetServiceRequest
+	39, // 15: regent.v1.Hello.labels:type_name -> regent.v1.Hello.LabelsEntry
+	9,  // 16: regent.v1.RegisterAll.services:type_name -> regent.v1.RegisterEphemeral
+	1,  // 17: regent.v1.RegisterEphemeral.service:type_name -> regent.v1.ServiceRef
+	2,  // 18: regent.v1.RegisterEphemeral.instances:type_name -> regent.v1.Instance
+	1,  // 19: regent.v1.DeregisterEphemeral.service:type_name -> regent.v1.ServiceRef
+	2,  // 20: regent.v1.DeregisterEphemeral.instances:type_name -> regent.v1.Instance
+	1,  // 21: regent.v1.Subscribe.service:type_name -> regent.v1.ServiceRef
+	1,  // 22: regent.v1.Unsubscribe.service:type_name -> regent.v1.ServiceRef
+	16, // 23: regent.v1.ServerMessage.hello_reply:type_name -> regent.v1.HelloReply
+	17, // 24: regent.v1.ServerMessage.ack:type_name -> regent.v1.Ack
+	18, // 25: regent.v1.ServerMessage.push:type_name -> regent.v1.Push
+	19, // 26: regent.v1.ServerMessage.probe:type_name -> regent.v1.Probe
+	20, // 27: regent.v1.ServerMessage.reconnect:type_name -> regent.v1.Reconnect
+	28, // 28: regent.v1.Ack.service:type_name -> regent.v1.GetServiceResponse
+	5,  // 29: regent.v1.Push.snapshot:type_name -> regent.v1.ServiceSnapshot
+	1,  // 30: regent.v1.RegisterInstanceRequest.service:type_name -> regent.v1.ServiceRef
+	2,  // 31: regent.v1.RegisterInstanceRequest.instance:type_name -> regent.v1.Instance
+	1,  // 32: regent.v1.DeregisterInstanceRequest.service:type_name -> regent.v1.ServiceRef
+	2,  // 33: regent.v1.DeregisterInstanceRequest.instance:type_name -> regent.v1.Instance
+	1,  // 34: regent.v1.BatchRegisterInstancesRequest.service:type_name -> regent.v1.ServiceRef
+	2,  // 35: regent.v1.BatchRegisterInstancesRequest.instances:type_name -> regent.v1.Instance
+	1,  // 36: regent.v1.GetServiceRequest.service:type_name -> regent.v1.ServiceRef
+	5,  // 37: regent.v1.GetServiceResponse.snapshot:type_name -> regent.v1.ServiceSnapshot
+	4,  // 38: regent.v1.GetServiceResponse.meta:type_name -> regent.v1.ServiceMeta
+	1,  // 39: regent.v1.ServiceSummary.service:type_name -> regent.v1.ServiceRef
+	30, // 40: regent.v1.ListServicesResponse.services:type_name -> regent.v1.ServiceSummary
+	1,  // 41: regent.v1.UpdateServiceMetadataRequest.service:type_name -> regent.v1.ServiceRef
+	4,  // 42: regent.v1.UpdateServiceMetadataRequest.meta:type_name -> regent.v1.ServiceMeta
+	4,  // 43: regent.v1.UpdateServiceMetadataResponse.meta:type_name -> regent.v1.ServiceMeta
+	35, // 44: regent.v1.ListMembersResponse.members:type_name -> regent.v1.Member
+	6,  // 45: regent.v1.Registry.Session:input_type -> regent.v1.ClientMessage
+	21, // 46: regent.v1.Registry.RegisterInstance:input_type -> regent.v1.RegisterInstanceRequest
+	23, // 47: regent.v1.Registry.DeregisterInstance:input_type -> regent.v1.DeregisterInstanceRequest
+	25, // 48: regent.v1.Registry.BatchRegisterInstances:input_type -> regent.v1.BatchRegisterInstancesRequest
+	27, // 49: regent.v1.Registry.GetService:input_type -> regent.v1.GetServiceRequest
+	29, // 50: regent.v1.Registry.ListServices:input_type -> regent.v1.ListServicesRequest
+	32, // 51: regent.v1.Registry.UpdateServiceMetadata:input_type -> regent.v1.UpdateServiceMetadataRequest
+	34, // 52: regent.v1.Registry.ListMembers:input_type -> regent.v1.ListMembersRequest
+	15, // 53: regent.v1.Registry.Session:output_type -> regent.v1.ServerMessage
+	22, // 54: regent.v1.Registry.RegisterInstance:output_type -> regent.v1.RegisterInstanceResponse
+	24, // 55: regent.v1.Registry.DeregisterInstance:output_type -> regent.v1.DeregisterInstanceResponse
+	26, // 56: regent.v1.Registry.BatchRegisterInstances:output_type -> regent.v1.BatchRegisterInstancesResponse
+	28, // 57: regent.v1.Registry.GetService:output_type -> regent.v1.GetServiceResponse
+	31, // 58: regent.v1.Registry.ListServices:output_type -> regent.v1.ListServicesResponse
+	33, // 59: regent.v1.Registry.UpdateServiceMetadata:output_type -> regent.v1.UpdateServiceMetadataResponse
+	36, // 60: regent.v1.Registry.ListMembers:output_type -> regent.v1.ListMembersResponse
+	53, // [53:61] is the sub-list for method output_type
+	45, // [45:53] is the sub-list for method input_type
+	45, // [45:45] is the sub-list for extension type_name
+	45, // [45:45] is the sub-list for extension extendee
+	0,  // [0:45] is the sub-list for field type_name
 }
 
 func init() { file_regent_v1_regent_proto_init() }
@@ -2758,6 +2805,7 @@ func file_regent_v1_regent_proto_init() {
 		(*ClientMessage_ProbeReply)(nil),
 		(*ClientMessage_Ping)(nil),
 		(*ClientMessage_RegisterAll)(nil),
+		(*ClientMessage_GetService)(nil),
 	}
 	file_regent_v1_regent_proto_msgTypes[14].OneofWrappers = []any{
 		(*ServerMessage_HelloReply)(nil),

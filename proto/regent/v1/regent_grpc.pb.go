@@ -3,8 +3,9 @@
 // A client process opens one Session stream for its whole life. Over it the
 // client registers ephemeral instances (they live exactly as long as the
 // session), subscribes to services (the server pushes snapshots), and answers
-// the server's liveness probes. Persistent instances, service metadata and
-// queries use plain unary calls.
+// the server's liveness probes; it may also look services up over it (the
+// SDK does), a round trip cheaper than a unary call. Persistent instances,
+// service metadata, linearizable and other queries use plain unary calls.
 //
 // Names follow Nacos naming: namespace (default "public"), group (default
 // "DEFAULT_GROUP"), service, and cluster (default "DEFAULT"). Empty fields take
