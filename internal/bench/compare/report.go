@@ -11,7 +11,7 @@ var workloadTitles = map[string]string{
 	Ephemeral:  "ephemeral registration of a new instance with its liveness binding (Regent: a new session on the client's connection, Hello, register, kept open; etcd: lease grant + put with the lease + keep-alive)",
 	Shared:     "one more instance on the client's one binding (Regent: register on its long-lived SDK session, which holds every instance it registered; etcd: put with its one lease); the issue sets no target for it",
 	Persistent: "persistent registration (Regent: persistent register through Raft, the SDK sending it to the leader once a node has named it; etcd: put); the clients of both list every node, their own first",
-	Lookup:     "lookup of a 10-instance service from the server (Regent: GetService; etcd: serializable range over the prefix)",
+	Lookup:     "lookup of a 10-instance service from the server (Regent: the SDK's GetService, which goes over the client's session; etcd: serializable range over the prefix)",
 	Watched:    "the same lookup by a client subscribed to the service (Regent: GetService, answered by the SDK from its push-kept cache; etcd: the same serializable range, its client having no such cache)",
 	Notify:     "change notification on another node (Regent: register → subscriber push; etcd: put → watch event), each client changing its own service at most every 50 ms; before each change, untimed, the client's previous instance (etcd: key) is removed and seen gone, so the service holds one instance",
 	Removal:    "removal after a client process is killed (Regent: session end; etcd: lease expiry), kill → gone for a watcher on another node",
