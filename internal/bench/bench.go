@@ -134,6 +134,8 @@ func (w *worker) op(ctx context.Context, name string) error {
 	case "query":
 		_, err := w.rc.GetService(ctx, &regentv1.GetServiceRequest{Service: &regentv1.ServiceRef{Service: "bench-query"}})
 		return err
+	case "query-session":
+		return w.roundTrip(&regentv1.ClientMessage{Body: &regentv1.ClientMessage_GetService{GetService: &regentv1.GetServiceRequest{Service: &regentv1.ServiceRef{Service: "bench-query"}}}})
 	}
 	return fmt.Errorf("bench: unknown op %q", name)
 }
@@ -148,7 +150,9 @@ func pct(l []time.Duration, p float64) time.Duration {
 }
 
 // Pairs of operation and its no-op baseline over the same connections.
-var pairs = [][2]string{{"register", "noop-session"}, {"query", "noop-unary"}}
+// query is the unary lookup, query-session the same over the session (as
+// the SDK sends it).
+var pairs = [][2]string{{"register", "noop-session"}, {"query", "noop-unary"}, {"query-session", "noop-session"}}
 
 // Run measures every pair at every concurrency.
 func Run(ctx context.Context, o Options) ([]Result, error) {
