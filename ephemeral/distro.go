@@ -50,8 +50,11 @@ type peer struct {
 	up        bool
 	downSince time.Time
 	purged    bool
-	// pending holds clients whose current state (or tombstone) must be sent.
-	pending map[string]struct{}
+	// pending holds clients whose current state (or tombstone) must be
+	// sent: the whole state for a nil entry, else a delta.
+	pending map[string]*pendingDelta
+	// deltas: the peer's last sync reply said it applies deltas.
+	deltas bool
 	// syncTAT paces the batches (the generic cell rate algorithm): each
 	// batch moves it SyncDelay past max(it, now), and a batch may go when
 	// now is at least SyncTAT - (SyncBurst-1)*SyncDelay.
@@ -64,10 +67,63 @@ type peer struct {
 	started    bool
 }
 
+// pendingDelta is what a peer lacks of one client that it holds at base:
+// the instances touched since, by service. Their content is read when the
+// delta is sent.
+type pendingDelta struct {
+	base    Version
+	touched map[naming.ServiceKey]map[naming.InstanceID]struct{}
+	n       int // instance ids in touched
+}
+
+// maxDeltaIDs caps the instance ids a pending delta collects; past it the
+// client's whole state is sent instead.
+const maxDeltaIDs = 4096
+
+// add records ids of key as touched; false when the delta grew past
+// maxDeltaIDs.
+func (pd *pendingDelta) add(key naming.ServiceKey, ids []naming.InstanceID) bool {
+	set := pd.touched[key]
+	if set == nil {
+		set = make(map[naming.InstanceID]struct{}, len(ids))
+		pd.touched[key] = set
+	}
+	for _, id := range ids {
+		if _, ok := set[id]; !ok {
+			set[id] = struct{}{}
+			pd.n++
+		}
+	}
+	return pd.n <= maxDeltaIDs
+}
+
+// merge adds what o touched (a later delta) to pd; false past maxDeltaIDs.
+func (pd *pendingDelta) merge(o *pendingDelta) bool {
+	for key, set := range o.touched {
+		ids := make([]naming.InstanceID, 0, len(set))
+		for id := range set {
+			ids = append(ids, id)
+		}
+		if !pd.add(key, ids) {
+			return false
+		}
+	}
+	return true
+}
+
+// touch names the instances a local change may have changed; a nil touch
+// means the whole client (a replace, a takeover).
+type touch struct {
+	key naming.ServiceKey
+	ids []naming.InstanceID
+}
+
 // DistroStats counts what the engine did since it started.
 type DistroStats struct {
 	SyncMessages      uint64 // sync messages sent
-	SyncClients       uint64 // client states and tombstones in them
+	SyncClients       uint64 // client states, deltas and tombstones in them
+	SyncDeltas        uint64 // of which deltas
+	DeltasRefused     uint64 // deltas a peer could not apply (sent whole next)
 	SyncFailures      uint64
 	VerifyMessages    uint64 // digest messages sent
 	VerifyListMsgs    uint64 // list messages sent after a digest mismatch
@@ -130,6 +186,7 @@ type Distro struct {
 	wg      sync.WaitGroup
 
 	syncMsgs, syncClients, syncFail     atomic.Uint64
+	syncDeltas, deltasRefused           atomic.Uint64
 	verifyMsgs, verifyList, verifyEntry atomic.Uint64
 	repairs, applied, expired, purged   atomic.Uint64
 }
@@ -301,16 +358,42 @@ func (d *Distro) bumpLocked(m *clientMeta) {
 	o.digest.add(m.id, m.ver)
 }
 
-// markLocked queues a client for every live peer and returns the peers to
-// wake.
+// markLocked queues a client's whole state (or tombstone) for every live
+// peer and returns the peers to wake.
 func (d *Distro) markLocked(id string) []*peer {
+	return d.markDeltaLocked(id, Version{}, nil)
+}
+
+// markDeltaLocked queues a change of a client for every live peer: as a
+// delta on top of base (the version before the change) when t names what
+// it touched and the peer takes deltas, else the whole state. A client
+// already queued keeps its older base and adds t; one queued whole stays
+// whole. It returns the peers to wake.
+func (d *Distro) markDeltaLocked(id string, base Version, t *touch) []*peer {
 	woken := make([]*peer, 0, len(d.peers))
 	for _, p := range d.peers {
 		if !p.up {
 			continue
 		}
-		p.pending[id] = struct{}{}
 		woken = append(woken, p)
+		cur, queued := p.pending[id]
+		switch {
+		case t == nil || !p.deltas || base.IsZero():
+			p.pending[id] = nil
+		case queued && cur == nil:
+			// stays whole
+		case queued:
+			if !cur.add(t.key, t.ids) {
+				p.pending[id] = nil
+			}
+		default:
+			pd := &pendingDelta{base: base, touched: make(map[naming.ServiceKey]map[naming.InstanceID]struct{}, 1)}
+			if pd.add(t.key, t.ids) {
+				p.pending[id] = pd
+			} else {
+				p.pending[id] = nil
+			}
+		}
 	}
 	return woken
 }
@@ -368,7 +451,11 @@ func (d *Distro) Connect(ctx context.Context, clientID, prevNode string) {
 // Register adds or replaces instances of a service for a client whose
 // session this node holds. It reports whether anything changed.
 func (d *Distro) Register(clientID string, key naming.ServiceKey, instances []naming.Instance) bool {
-	return d.localChange(clientID, func() bool {
+	ids := make([]naming.InstanceID, len(instances))
+	for i := range instances {
+		ids[i] = instances[i].ID()
+	}
+	return d.localChange(clientID, &touch{key: key, ids: ids}, func() bool {
 		_, changed := d.store.Register(clientID, d.self, key, instances)
 		return changed
 	})
@@ -377,7 +464,7 @@ func (d *Distro) Register(clientID string, key naming.ServiceKey, instances []na
 // Deregister removes instances of a service from a client whose session
 // this node holds. It reports whether anything changed.
 func (d *Distro) Deregister(clientID string, key naming.ServiceKey, ids []naming.InstanceID) bool {
-	return d.localChange(clientID, func() bool {
+	return d.localChange(clientID, &touch{key: key, ids: ids}, func() bool {
 		_, changed := d.store.Deregister(clientID, key, ids)
 		return changed
 	})
@@ -388,22 +475,27 @@ func (d *Distro) Deregister(clientID string, key naming.ServiceKey, ids []naming
 // registrations, so that instances it dropped while moving go and the ones
 // it keeps never vanish. It reports whether anything changed.
 func (d *Distro) Replace(clientID string, services map[naming.ServiceKey][]naming.Instance) bool {
-	return d.localChange(clientID, func() bool { return d.store.ReplaceClient(clientID, d.self, services) })
+	return d.localChange(clientID, nil, func() bool { return d.store.ReplaceClient(clientID, d.self, services) })
 }
 
 // localChange applies change (a store write reporting whether it changed
-// anything) to a client this node takes or keeps ownership of, and queues
-// the client for the peers when it changed or changed owner.
-func (d *Distro) localChange(clientID string, change func() bool) bool {
+// anything, at most the instances t names) to a client this node takes or
+// keeps ownership of, and queues the client for the peers when it changed
+// (as a delta) or changed owner (whole).
+func (d *Distro) localChange(clientID string, t *touch, change func() bool) bool {
 	d.mu.Lock()
 	m, taken := d.takeLocked(clientID)
+	base := m.ver
 	changed := change()
 	if changed {
 		d.bumpLocked(m)
 	}
 	var woken []*peer
-	if changed || taken {
+	switch {
+	case taken:
 		woken = d.markLocked(clientID)
+	case changed:
+		woken = d.markDeltaLocked(clientID, base, t)
 	}
 	d.mu.Unlock()
 	wakeAll(woken)
@@ -469,7 +561,7 @@ func (d *Distro) PeerUp(name string) {
 	d.mu.Lock()
 	p := d.peers[name]
 	if p == nil {
-		p = &peer{name: name, pending: make(map[string]struct{}), wake: make(chan struct{}, 1)}
+		p = &peer{name: name, pending: make(map[string]*pendingDelta), wake: make(chan struct{}, 1)}
 		d.peers[name] = p
 		d.ownerSetLocked(name)
 	}
@@ -478,6 +570,9 @@ func (d *Distro) PeerUp(name string) {
 	if !wasUp {
 		p.verifyNow = true
 		p.backoff, p.retryAt = 0, time.Time{}
+		// It may come back as another build: whole states until its
+		// first reply says it takes deltas.
+		p.deltas = false
 	}
 	d.startPeerLocked(p)
 	d.mu.Unlock()
@@ -494,7 +589,7 @@ func (d *Distro) PeerDown(name string) {
 	d.mu.Lock()
 	p := d.peers[name]
 	if p == nil {
-		p = &peer{name: name, pending: make(map[string]struct{}), wake: make(chan struct{}, 1)}
+		p = &peer{name: name, pending: make(map[string]*pendingDelta), wake: make(chan struct{}, 1)}
 		d.peers[name] = p
 	}
 	if p.up || p.downSince.IsZero() {
@@ -657,21 +752,66 @@ func (d *Distro) notifyLost(ids []string) {
 // the sender are ignored.
 func (d *Distro) HandleSync(_ context.Context, req *SyncRequest) (*SyncReply, error) {
 	var lost []string
-	var n uint32
+	rep := &SyncReply{Deltas: true}
 	d.mu.Lock()
 	for i := range req.Changes {
 		if req.Changes[i].Owner == req.From && d.applyLocked(&req.Changes[i], &lost) {
-			n++
+			rep.Applied++
+		}
+	}
+	for i := range req.Deltas {
+		if req.Deltas[i].Owner != req.From {
+			continue
+		}
+		switch applied, whole := d.applyDeltaLocked(&req.Deltas[i]); {
+		case applied:
+			rep.Applied++
+		case whole:
+			rep.NeedFull = append(rep.NeedFull, req.Deltas[i].ID)
 		}
 	}
 	for i := range req.Deletes {
 		if req.Deletes[i].Owner == req.From && d.deleteLocked(&req.Deletes[i], &lost) {
-			n++
+			rep.Applied++
 		}
 	}
 	d.mu.Unlock()
 	d.notifyLost(lost)
-	return &SyncReply{Applied: n}, nil
+	return rep, nil
+}
+
+// applyDeltaLocked applies a peer's delta of a client when this node's copy
+// is the owner's at exactly the delta's base. It reports whether it
+// applied it, or else whether the owner must send the whole state: not for
+// a delta that is stale (this node has the client deleted, or at its
+// version or newer), but for one it lacks the base of (a copy missing,
+// older, from another owner, or this node's own session's).
+func (d *Distro) applyDeltaLocked(dl *ClientDelta) (applied, whole bool) {
+	if dl.ID == "" || dl.Owner == "" || dl.Owner == d.self || !dl.Version.Valid() || !dl.Base.Valid() || !dl.Base.Less(dl.Version) {
+		return false, false
+	}
+	if t, ok := d.tombs[dl.ID]; ok && !t.ver.Less(dl.Version) {
+		return false, false
+	}
+	now := d.now()
+	m := d.clients[dl.ID]
+	if m != nil && !m.ver.Less(dl.Version) {
+		if m.ver == dl.Version && m.owner == dl.Owner {
+			m.renewed = now
+		}
+		return false, false
+	}
+	if m == nil || m.native || m.owner != dl.Owner || m.ver != dl.Base {
+		return false, true
+	}
+	o := d.owners[m.owner]
+	o.digest.remove(m.id, m.ver)
+	m.ver, m.renewed = dl.Version, now
+	o.digest.add(m.id, m.ver)
+	d.epochClock = max(d.epochClock, dl.Version.Epoch)
+	d.store.ApplyDelta(dl.ID, dl.Owner, dl.Services)
+	d.applied.Add(1)
+	return true, false
 }
 
 // HandleVerify checks an owner's claim on its clients and renews the copies
@@ -936,19 +1076,29 @@ func (d *Distro) failLocked(p *peer) {
 }
 
 // syncPeer sends one batch of p's pending clients, read at send time so that
-// changes merged in the queue go once, in their latest state.
+// changes merged in the queue go once, in their latest state: a delta when
+// the peer holds the client at the delta's base and it is smaller than the
+// whole state, else the whole state or the tombstone.
 func (d *Distro) syncPeer(ctx context.Context, p *peer) {
 	d.mu.Lock()
 	req := &SyncRequest{From: d.self}
-	var taken []string
+	taken := make(map[string]*pendingDelta)
 	size := 0
-	for id := range p.pending {
+	for id, pd := range p.pending {
 		if size >= d.cfg.MaxBatchBytes {
 			break
 		}
 		delete(p.pending, id)
-		taken = append(taken, id)
+		taken[id] = pd
 		if m := d.clients[id]; m != nil && m.native {
+			if pd != nil && p.deltas {
+				if services, total, ok := d.store.ClientDelta(id, pd.touched); ok && pd.n < total {
+					dl := ClientDelta{ID: id, Owner: d.self, Base: pd.base, Version: m.ver, Services: services}
+					size += deltaSize(&dl)
+					req.Deltas = append(req.Deltas, dl)
+					continue
+				}
+			}
 			st := d.stateLocked(m)
 			size += stateSize(&st)
 			req.Changes = append(req.Changes, st)
@@ -967,11 +1117,11 @@ func (d *Distro) syncPeer(ctx context.Context, p *peer) {
 		p.syncTAT = p.syncTAT.Add(d.cfg.SyncDelay)
 	}
 	d.mu.Unlock()
-	if len(req.Changes)+len(req.Deletes) == 0 {
+	if len(req.Changes)+len(req.Deletes)+len(req.Deltas) == 0 {
 		return
 	}
 	cctx, cancel := context.WithTimeout(ctx, d.cfg.SyncTimeout)
-	_, err := d.tr.Sync(cctx, p.name, req)
+	rep, err := d.tr.Sync(cctx, p.name, req)
 	cancel()
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -988,16 +1138,46 @@ func (d *Distro) syncPeer(ctx context.Context, p *peer) {
 			d.log.Debug("sync failed", "peer", p.name, "clients", len(taken), "err", err)
 		}
 		if p.up {
-			for _, id := range taken {
-				p.pending[id] = struct{}{}
+			for id, pd := range taken {
+				d.requeueLocked(p, id, pd)
 			}
 			d.failLocked(p)
 		}
 		return
 	}
 	p.backoff, p.retryAt = 0, time.Time{}
+	if rep == nil {
+		rep = &SyncReply{}
+	}
+	p.deltas = rep.Deltas
+	for _, id := range rep.NeedFull {
+		if m := d.clients[id]; m != nil && m.native && p.up {
+			p.pending[id] = nil
+		}
+	}
 	d.syncMsgs.Add(1)
-	d.syncClients.Add(uint64(len(req.Changes) + len(req.Deletes)))
+	d.syncClients.Add(uint64(len(req.Changes) + len(req.Deletes) + len(req.Deltas)))
+	d.syncDeltas.Add(uint64(len(req.Deltas)))
+	d.deltasRefused.Add(uint64(len(rep.NeedFull)))
+}
+
+// requeueLocked puts back what a failed sync took from p's queue for one
+// client. A change queued since is on top of what failed, so the merged
+// entry keeps the failed one's base; either being whole makes it whole.
+func (d *Distro) requeueLocked(p *peer, id string, failed *pendingDelta) {
+	later, queued := p.pending[id]
+	switch {
+	case !queued:
+		p.pending[id] = failed
+	case failed == nil || later == nil:
+		p.pending[id] = nil
+	default:
+		if failed.merge(later) {
+			p.pending[id] = failed
+		} else {
+			p.pending[id] = nil
+		}
+	}
 }
 
 // verifyPeer sends p the digest of this node's clients and, on a mismatch,
@@ -1063,7 +1243,7 @@ func (d *Distro) verifyPeer(ctx context.Context, p *peer) {
 	n := 0
 	for _, id := range want {
 		if m := d.clients[id]; m != nil && m.native && p.up {
-			p.pending[id] = struct{}{}
+			p.pending[id] = nil
 			n++
 		}
 	}
@@ -1254,6 +1434,7 @@ func (d *Distro) Stats() DistroStats {
 	d.mu.Unlock()
 	return DistroStats{
 		SyncMessages: d.syncMsgs.Load(), SyncClients: d.syncClients.Load(), SyncFailures: d.syncFail.Load(),
+		SyncDeltas: d.syncDeltas.Load(), DeltasRefused: d.deltasRefused.Load(),
 		VerifyMessages: d.verifyMsgs.Load(), VerifyListMsgs: d.verifyList.Load(), VerifyListEntries: d.verifyEntry.Load(),
 		Repairs: d.repairs.Load(), Applied: d.applied.Load(), Expired: d.expired.Load(), Purged: d.purged.Load(),
 		Clients: clients, Native: native, Tombstones: tombs,

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -908,4 +909,205 @@ func TestSyncIgnoresForeignOwnersAndWildVersions(t *testing.T) {
 			t.Fatalf("duplicate state: applied %d, %d instances", rep.Applied, count(n2, svcA))
 		}
 	})
+}
+
+// noVerify moves verify rounds (and the expiry of copies they renew) out of
+// a test's time.
+func noVerify(cfg *Config) {
+	cfg.VerifyInterval, cfg.Expiry, cfg.TombstoneTTL = time.Hour, 3*time.Hour, 3*time.Hour
+}
+
+// syncLog records the sync requests the network carries, by receiver.
+type syncLog struct {
+	mu   sync.Mutex
+	reqs map[string][]SyncRequest
+}
+
+func (l *syncLog) filter(_, to string, req any) bool {
+	if r, ok := req.(*SyncRequest); ok {
+		l.mu.Lock()
+		l.reqs[to] = append(l.reqs[to], *r)
+		l.mu.Unlock()
+	}
+	return true
+}
+
+func (l *syncLog) take(to string) []SyncRequest {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := l.reqs[to]
+	l.reqs[to] = nil
+	return out
+}
+
+// A change to a client that holds many instances goes to its peers as a
+// delta of the instances it touched, once they have the client's state and
+// have said they take deltas; the peers end with the owner's state.
+func TestSyncSendsDeltasOfBigClients(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := newTCluster(t, 3, nil)
+		log := &syncLog{reqs: map[string][]SyncRequest{}}
+		c.net.SetFilter(log.filter)
+		n1 := c.nodes["n1"]
+		var all []naming.Instance
+		for i := range 100 {
+			all = append(all, inst("10.0.0.1", 1000+i))
+		}
+		n1.Register("big", svcA, all)
+		settle(50 * time.Millisecond)
+		c.checkConverged()
+		for _, to := range []string{"n2", "n3"} {
+			if first := log.take(to); len(first) != 1 || len(first[0].Changes) != 1 || len(first[0].Deltas) != 0 {
+				t.Fatalf("first syncs to %s: %d, want one with the client's whole state", to, len(first))
+			}
+		}
+
+		n1.Register("big", svcA, []naming.Instance{inst("10.0.0.1", 2000)})
+		settle(50 * time.Millisecond)
+		n1.Deregister("big", svcA, []naming.InstanceID{{IP: "10.0.0.1", Port: 1000, Cluster: "DEFAULT"}})
+		settle(50 * time.Millisecond)
+		c.checkConverged()
+		if got := count(c.nodes["n3"], svcA); got != 100 {
+			t.Fatalf("n3 holds %d instances, want 100", got)
+		}
+		for _, to := range []string{"n2", "n3"} {
+			reqs := log.take(to)
+			if len(reqs) != 2 {
+				t.Fatalf("%s got %d syncs for two changes, want 2", to, len(reqs))
+			}
+			put, rm := reqs[0], reqs[1]
+			if len(put.Changes) != 0 || len(put.Deltas) != 1 || len(put.Deltas[0].Services) != 1 ||
+				len(put.Deltas[0].Services[0].Put) != 1 || put.Deltas[0].Services[0].Put[0].Port != 2000 || len(put.Deltas[0].Services[0].Removed) != 0 {
+				t.Fatalf("register sync to %s: %+v, want a delta putting port 2000", to, put)
+			}
+			if len(rm.Changes) != 0 || len(rm.Deltas) != 1 || len(rm.Deltas[0].Services[0].Put) != 0 ||
+				!slices.Equal(rm.Deltas[0].Services[0].Removed, []naming.InstanceID{{IP: "10.0.0.1", Port: 1000, Cluster: "DEFAULT"}}) {
+				t.Fatalf("deregister sync to %s: %+v, want a delta removing port 1000", to, rm)
+			}
+			if d := put.Deltas[0]; !d.Base.Less(d.Version) || rm.Deltas[0].Base != d.Version {
+				t.Fatalf("deltas to %s chain %v->%v, then %v->%v", to, d.Base, d.Version, rm.Deltas[0].Base, rm.Deltas[0].Version)
+			}
+		}
+		if st := n1.Stats(); st.SyncDeltas != 4 || st.DeltasRefused != 0 {
+			t.Fatalf("stats %+v, want 4 deltas sent and none refused", st)
+		}
+
+		// A client of one instance is sent whole: a delta would be no
+		// smaller.
+		n1.Register("small", svcA, []naming.Instance{inst("10.0.0.2", 1)})
+		settle(50 * time.Millisecond)
+		n1.Register("small", svcA, []naming.Instance{inst("10.0.0.2", 2)})
+		settle(50 * time.Millisecond)
+		n1.Deregister("small", svcA, []naming.InstanceID{{IP: "10.0.0.2", Port: 1, Cluster: "DEFAULT"}})
+		settle(50 * time.Millisecond)
+		for _, r := range log.take("n2") {
+			if len(r.Deltas) != 0 && r.Deltas[0].ID == "small" && len(r.Deltas[0].Services[0].Put)+len(r.Deltas[0].Services[0].Removed) >= 2 {
+				t.Fatalf("a delta as big as the client's state: %+v", r)
+			}
+		}
+		c.checkConverged()
+	})
+}
+
+// lossy wraps a node's handler: while drop is set, it acknowledges syncs
+// without applying them, as a peer that lost an update would.
+type lossy struct {
+	Handler
+	drop atomic.Bool
+}
+
+func (l *lossy) HandleSync(ctx context.Context, req *SyncRequest) (*SyncReply, error) {
+	if l.drop.Load() {
+		return &SyncReply{Deltas: true}, nil
+	}
+	return l.Handler.HandleSync(ctx, req)
+}
+
+// A peer whose copy of a client is not at a delta's base (it lost its copy,
+// or an update the owner believed delivered) answers need-full, and the
+// owner sends the whole state at once: the peer converges without waiting
+// for verify.
+func TestDeltaOnAMissingBaseGetsTheWholeState(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := newTCluster(t, 2, noVerify)
+		n1, n2 := c.nodes["n1"], c.nodes["n2"]
+		l := &lossy{Handler: n2}
+		c.net.Register("n2", l)
+		var all []naming.Instance
+		for i := range 10 {
+			all = append(all, inst("10.0.0.1", 1000+i))
+		}
+		n1.Register("big", svcA, all)
+		settle(50 * time.Millisecond)
+		n1.Register("big", svcA, []naming.Instance{inst("10.0.0.1", 2000)}) // after this n1 sends deltas
+		settle(50 * time.Millisecond)
+		c.checkConverged()
+
+		// An older copy: n2 acknowledges a delta it never applies.
+		l.drop.Store(true)
+		n1.Register("big", svcA, []naming.Instance{inst("10.0.0.1", 2001)})
+		settle(50 * time.Millisecond)
+		l.drop.Store(false)
+		n1.Register("big", svcA, []naming.Instance{inst("10.0.0.1", 2002)})
+		settle(50 * time.Millisecond)
+		c.checkConverged()
+		if got := count(n2, svcA); got != 13 {
+			t.Fatalf("n2 holds %d instances, want 13", got)
+		}
+
+		// No copy at all: n2 loses it behind the owner's back (as a sweep
+		// of an unconfirmed copy would).
+		n2.mu.Lock()
+		n2.removeLocked(n2.clients["big"])
+		n2.mu.Unlock()
+		n1.Deregister("big", svcA, []naming.InstanceID{{IP: "10.0.0.1", Port: 2000, Cluster: "DEFAULT"}})
+		settle(50 * time.Millisecond)
+		c.checkConverged()
+		if got := count(n2, svcA); got != 12 {
+			t.Fatalf("n2 holds %d instances, want 12", got)
+		}
+		if st := n1.Stats(); st.DeltasRefused != 2 {
+			t.Fatalf("stats %+v, want two deltas refused", st)
+		}
+	})
+}
+
+// Deltas alone keep peers exact under lost requests and replies: with
+// verify out of the way, random changes to clients of many instances still
+// leave every node with the owners' states.
+func TestDeltasConvergeUnderLossWithoutVerify(t *testing.T) {
+	for seed := uint64(1); seed <= 3; seed++ {
+		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				c := newTClusterSeed(t, 3, seed, noVerify)
+				c.net.SetDrop(0.2)
+				c.net.SetDelay(0, 20*time.Millisecond)
+				rng := rand.New(rand.NewPCG(seed, 11))
+				for step := range 600 {
+					id := fmt.Sprintf("c%d", rng.IntN(4))
+					d := c.nodes[nodeName(1+int(id[1]-'0')%3)]
+					svc := []naming.ServiceKey{svcA, svcB}[rng.IntN(2)]
+					p := 1000 + rng.IntN(40)
+					if rng.IntN(3) < 2 {
+						d.Register(id, svc, []naming.Instance{inst("10.2.0."+id[1:], p)})
+					} else {
+						d.Deregister(id, svc, []naming.InstanceID{{IP: "10.2.0." + id[1:], Port: p, Cluster: "DEFAULT"}})
+					}
+					if step%7 == 0 {
+						time.Sleep(time.Duration(rng.IntN(10)) * time.Millisecond)
+					}
+				}
+				c.net.SetDrop(0)
+				settle(10 * time.Second)
+				c.checkConverged()
+				var deltas uint64
+				for _, n := range c.names() {
+					deltas += c.nodes[n].Stats().SyncDeltas
+				}
+				if deltas == 0 {
+					t.Fatal("no delta was sent")
+				}
+			})
+		})
+	}
 }

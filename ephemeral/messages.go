@@ -63,6 +63,27 @@ type ClientState struct {
 	Services []ServiceInstances
 }
 
+// ServiceDelta is what changed in a client's instances of one service: the
+// instances put (added or changed) and the ones removed.
+type ServiceDelta struct {
+	Key     naming.ServiceKey
+	Put     []naming.Instance
+	Removed []naming.InstanceID
+}
+
+// ClientDelta is a change of one client on top of Base, the version the
+// peer last received: what a client holding many instances sends when a
+// few change, instead of its whole state. A peer applies it only to its copy
+// at exactly Base, from the same owner, and otherwise asks for the whole
+// state (SyncReply.NeedFull).
+type ClientDelta struct {
+	ID       string
+	Owner    string
+	Base     Version
+	Version  Version
+	Services []ServiceDelta
+}
+
 // Tombstone records that a client was deleted at a version (a DELETE). A
 // state with a version not above it is stale and is dropped.
 type Tombstone struct {
@@ -118,11 +139,14 @@ func (d *Digest) remove(id string, v Version) {
 }
 
 // SyncRequest carries pending changes for many clients to one peer in one
-// message: CHANGEs with each client's whole state and DELETEs.
+// message: CHANGEs with a client's whole state or, as deltas, only what
+// changed, and DELETEs.
 type SyncRequest struct {
 	From    string
 	Changes []ClientState
 	Deletes []Tombstone
+	// Deltas go only to a peer whose last reply set Deltas.
+	Deltas []ClientDelta
 }
 
 // SyncReply acknowledges a SyncRequest.
@@ -130,6 +154,11 @@ type SyncReply struct {
 	// Applied counts the entries that changed the peer's state; the rest
 	// were already known or stale.
 	Applied uint32
+	// NeedFull names the clients of Deltas the peer could not apply: its
+	// copy is not at their Base. The sender sends their whole state.
+	NeedFull []string
+	// Deltas: the peer applies deltas.
+	Deltas bool
 }
 
 // VerifyRequest is one owner's periodic claim on its clients. Without
@@ -194,6 +223,26 @@ type Handler interface {
 	HandleVerify(ctx context.Context, req *VerifyRequest) (*VerifyReply, error)
 	HandleSnapshot(ctx context.Context, req *SnapshotRequest) (*SnapshotPage, error)
 	HandleQuery(ctx context.Context, req *QueryRequest) (*QueryReply, error)
+}
+
+// deltaSize estimates the encoded size of a delta, as stateSize does.
+func deltaSize(c *ClientDelta) int {
+	n := 48 + len(c.ID) + len(c.Owner)
+	for i := range c.Services {
+		s := &c.Services[i]
+		n += 16 + len(s.Key.Namespace) + len(s.Key.Group) + len(s.Key.Service)
+		for j := range s.Put {
+			in := &s.Put[j]
+			n += 40 + len(in.IP) + len(in.Cluster)
+			for k, v := range in.Metadata {
+				n += 4 + len(k) + len(v)
+			}
+		}
+		for _, id := range s.Removed {
+			n += 16 + len(id.IP) + len(id.Cluster)
+		}
+	}
+	return n
 }
 
 // stateSize estimates the encoded size of a client state in bytes, to cut

@@ -1,7 +1,9 @@
 package ephemeral
 
 import (
+	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -103,6 +105,24 @@ func (s *Store) touchService(key naming.ServiceKey) *service {
 func (s *Store) Register(clientID, owner string, key naming.ServiceKey, instances []naming.Instance) (uint64, bool) {
 	s.mu.Lock()
 	c := s.getClient(clientID, owner)
+	changed := s.putLocked(c, key, instances, func() { s.rev++ })
+	var obs Observer
+	if changed {
+		c.revision = s.rev
+		s.touchService(key)
+		obs = s.observer
+	}
+	rev := c.revision
+	s.mu.Unlock()
+	if changed {
+		s.notify(obs, []naming.ServiceKey{key})
+	}
+	return rev, changed
+}
+
+// putLocked adds or replaces instances of key for c, calling bump before
+// its first change, and reports whether anything changed.
+func (s *Store) putLocked(c *client, key naming.ServiceKey, instances []naming.Instance, bump func()) bool {
 	set := c.services[key]
 	changed := false
 	for i := range instances {
@@ -118,7 +138,7 @@ func (s *Store) Register(clientID, owner string, key naming.ServiceKey, instance
 		}
 		if !changed {
 			changed = true
-			s.rev++
+			bump()
 		}
 		if _, ok := set[id]; !ok {
 			svc := s.services[key]
@@ -129,18 +149,7 @@ func (s *Store) Register(clientID, owner string, key naming.ServiceKey, instance
 		}
 		set[id] = &in
 	}
-	var obs Observer
-	if changed {
-		c.revision = s.rev
-		s.touchService(key)
-		obs = s.observer
-	}
-	rev := c.revision
-	s.mu.Unlock()
-	if changed {
-		s.notify(obs, []naming.ServiceKey{key})
-	}
-	return rev, changed
+	return changed
 }
 
 // Deregister removes instances of one service from a client. Removing what
@@ -153,23 +162,7 @@ func (s *Store) Deregister(clientID string, key naming.ServiceKey, ids []naming.
 		s.mu.Unlock()
 		return 0, false
 	}
-	set := c.services[key]
-	changed := false
-	for _, id := range ids {
-		if _, ok := set[id]; !ok {
-			continue
-		}
-		if !changed {
-			changed = true
-			s.rev++
-		}
-		delete(set, id)
-		svc := s.services[key]
-		s.setCount(svc, c, svc.clients[c]-1)
-	}
-	if len(set) == 0 {
-		delete(c.services, key)
-	}
+	changed := s.dropLocked(c, key, ids, func() { s.rev++ })
 	var obs Observer
 	if changed {
 		c.revision = s.rev
@@ -183,6 +176,99 @@ func (s *Store) Deregister(clientID string, key naming.ServiceKey, ids []naming.
 		s.notify(obs, []naming.ServiceKey{key})
 	}
 	return rev, changed
+}
+
+// dropLocked removes instances of key from c, calling bump before its
+// first change, and reports whether anything changed.
+func (s *Store) dropLocked(c *client, key naming.ServiceKey, ids []naming.InstanceID, bump func()) bool {
+	set := c.services[key]
+	changed := false
+	for _, id := range ids {
+		if _, ok := set[id]; !ok {
+			continue
+		}
+		if !changed {
+			changed = true
+			bump()
+		}
+		delete(set, id)
+		svc := s.services[key]
+		s.setCount(svc, c, svc.clients[c]-1)
+	}
+	if len(set) == 0 {
+		delete(c.services, key)
+	}
+	return changed
+}
+
+// ApplyDelta puts and removes a client's instances as the delta says,
+// creating the client (owned by owner) if it is new, in one step with one
+// notification. The instances must already be normalized. It reports
+// whether anything changed.
+func (s *Store) ApplyDelta(clientID, owner string, services []ServiceDelta) bool {
+	s.mu.Lock()
+	c := s.getClient(clientID, owner)
+	c.owner = owner
+	bumped := false
+	bump := func() {
+		if !bumped {
+			bumped = true
+			s.rev++
+		}
+	}
+	var changed []naming.ServiceKey
+	for i := range services {
+		sd := &services[i]
+		put := s.putLocked(c, sd.Key, sd.Put, bump)
+		if s.dropLocked(c, sd.Key, sd.Removed, bump) || put {
+			changed = append(changed, sd.Key)
+		}
+	}
+	var obs Observer
+	if bumped {
+		c.revision = s.rev
+		for _, key := range changed {
+			s.touchService(key)
+			s.dropIfEmpty(key)
+		}
+		obs = s.observer
+	}
+	s.mu.Unlock()
+	s.notify(obs, changed)
+	return bumped
+}
+
+// ClientDelta reads what a delta of the instances named in touched
+// carries now: for each, the instance if the client still holds it (put),
+// or its id (removed). total counts every instance the client holds; ok is
+// false for a client the store does not know.
+func (s *Store) ClientDelta(id string, touched map[naming.ServiceKey]map[naming.InstanceID]struct{}) (services []ServiceDelta, total int, ok bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	c := s.clients[id]
+	if c == nil {
+		return nil, 0, false
+	}
+	for _, set := range c.services {
+		total += len(set)
+	}
+	services = make([]ServiceDelta, 0, len(touched))
+	for key, ids := range touched {
+		sd := ServiceDelta{Key: key}
+		set := c.services[key]
+		for iid := range ids {
+			if in, ok := set[iid]; ok {
+				sd.Put = append(sd.Put, in.Clone())
+			} else {
+				sd.Removed = append(sd.Removed, iid)
+			}
+		}
+		naming.SortInstances(sd.Put)
+		slices.SortFunc(sd.Removed, func(a, b naming.InstanceID) int { return strings.Compare(a.String(), b.String()) })
+		services = append(services, sd)
+	}
+	slices.SortFunc(services, func(a, b ServiceDelta) int { return strings.Compare(a.Key.String(), b.Key.String()) })
+	return services, total, true
 }
 
 // dropIfEmpty releases the instance cache of a service with no instances

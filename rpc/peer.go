@@ -495,13 +495,17 @@ func peerReplyError(to, kind string, err error) error {
 	return fmt.Errorf("rpc: bad %s reply from %s: %w", kind, to, err)
 }
 
-// Sync sends a batch of changes and deletes to a peer.
+// Sync sends a batch of changes, deltas and deletes to a peer.
 func (t *PeerTransport) Sync(ctx context.Context, to string, req *ephemeral.SyncRequest) (*ephemeral.SyncReply, error) {
 	rep, err := peerCall(ctx, t, to, kindSync, syncRequestToProto(req), clusterv1.DistroClient.Sync)
 	if err != nil {
 		return nil, err
 	}
-	return syncReplyFromProto(rep), nil
+	out, err := syncReplyFromProto(rep)
+	if err != nil {
+		return nil, peerReplyError(to, peerKinds[kindSync], err)
+	}
+	return out, nil
 }
 
 // Verify sends a digest, or a list of client versions, to a peer.

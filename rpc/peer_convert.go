@@ -111,12 +111,46 @@ func clientStatesToProto(list []ephemeral.ClientState) []*clusterv1.ClientState 
 	return out
 }
 
+func clientDeltaToProto(c *ephemeral.ClientDelta) *clusterv1.ClientDelta {
+	out := &clusterv1.ClientDelta{
+		Id:       c.ID,
+		Owner:    c.Owner,
+		Base:     versionToProto(c.Base),
+		Version:  versionToProto(c.Version),
+		Services: make([]*clusterv1.ServiceDelta, len(c.Services)),
+	}
+	for i := range c.Services {
+		s := &c.Services[i]
+		ps := &clusterv1.ServiceDelta{Service: keyToProto(s.Key)}
+		if len(s.Put) > 0 {
+			ps.Put = make([]*regentv1.Instance, len(s.Put))
+			for j := range s.Put {
+				ps.Put[j] = instanceToProto(&s.Put[j])
+			}
+		}
+		if len(s.Removed) > 0 {
+			ps.Removed = make([]*regentv1.Instance, len(s.Removed))
+			for j, id := range s.Removed {
+				ps.Removed[j] = &regentv1.Instance{Ip: id.IP, Port: uint32(id.Port), Cluster: id.Cluster}
+			}
+		}
+		out.Services[i] = ps
+	}
+	return out
+}
+
 func syncRequestToProto(r *ephemeral.SyncRequest) *clusterv1.SyncRequest {
 	out := &clusterv1.SyncRequest{From: r.From, Changes: clientStatesToProto(r.Changes)}
 	if len(r.Deletes) > 0 {
 		out.Deletes = make([]*clusterv1.Tombstone, len(r.Deletes))
 		for i, t := range r.Deletes {
 			out.Deletes[i] = &clusterv1.Tombstone{Id: t.ID, Owner: t.Owner, Version: versionToProto(t.Version)}
+		}
+	}
+	if len(r.Deltas) > 0 {
+		out.Deltas = make([]*clusterv1.ClientDelta, len(r.Deltas))
+		for i := range r.Deltas {
+			out.Deltas[i] = clientDeltaToProto(&r.Deltas[i])
 		}
 	}
 	return out
@@ -126,7 +160,7 @@ func syncReplyToProto(r *ephemeral.SyncReply) *clusterv1.SyncResponse {
 	if r == nil {
 		return &clusterv1.SyncResponse{}
 	}
-	return &clusterv1.SyncResponse{Applied: r.Applied}
+	return &clusterv1.SyncResponse{Applied: r.Applied, NeedFull: r.NeedFull, Deltas: r.Deltas}
 }
 
 func verifyRequestToProto(r *ephemeral.VerifyRequest) *clusterv1.VerifyRequest {
@@ -289,14 +323,90 @@ func clientIDsFromProto(what string, ids []string) ([]string, error) {
 	return ids, nil
 }
 
+// clientDeltaFromProto validates a delta as clientStateFromProto does a
+// state, and: a base version below the version; instances put normalized
+// and unique; instances removed by id, unique, and none also put.
+func clientDeltaFromProto(p *clusterv1.ClientDelta) (ephemeral.ClientDelta, error) {
+	var dl ephemeral.ClientDelta
+	if p == nil {
+		return dl, peerInvalid("client delta is missing")
+	}
+	if err := naming.ValidateClientID(p.GetId()); err != nil {
+		return dl, err
+	}
+	fail := func(err error) (ephemeral.ClientDelta, error) { return dl, fmt.Errorf("client %s: %w", p.GetId(), err) }
+	if err := validateNodeName("owner", p.GetOwner()); err != nil {
+		return fail(err)
+	}
+	base, err := versionFromProto(p.GetBase())
+	if err != nil {
+		return fail(fmt.Errorf("base: %w", err))
+	}
+	v, err := versionFromProto(p.GetVersion())
+	if err != nil {
+		return fail(err)
+	}
+	if !base.Less(v) {
+		return fail(peerInvalid("base %d.%d is not below version %d.%d", base.Epoch, base.Seq, v.Epoch, v.Seq))
+	}
+	if err := checkPeerCount("services", len(p.GetServices()), MaxPeerServices); err != nil {
+		return fail(err)
+	}
+	dl = ephemeral.ClientDelta{ID: p.GetId(), Owner: p.GetOwner(), Base: base, Version: v}
+	if len(p.GetServices()) > 0 {
+		dl.Services = make([]ephemeral.ServiceDelta, len(p.GetServices()))
+	}
+	seenKeys := make(map[naming.ServiceKey]struct{}, len(p.GetServices()))
+	for i, ps := range p.GetServices() {
+		key, err := keyFromProto(ps.GetService())
+		if err != nil {
+			return fail(fmt.Errorf("services[%d]: %w", i, err))
+		}
+		if _, dup := seenKeys[key]; dup {
+			return fail(fmt.Errorf("services[%d]: %w", i, peerInvalid("service %s appears twice", key)))
+		}
+		seenKeys[key] = struct{}{}
+		if err := checkPeerCount("instances put and removed", len(ps.GetPut())+len(ps.GetRemoved()), MaxPeerInstances); err != nil {
+			return fail(fmt.Errorf("services[%d]: %w", i, err))
+		}
+		sd := ephemeral.ServiceDelta{Key: key}
+		seen := make(map[naming.InstanceID]struct{}, len(ps.GetPut())+len(ps.GetRemoved()))
+		for j, pi := range ps.GetPut() {
+			in, err := instanceFromProto(pi, true)
+			if err != nil {
+				return fail(fmt.Errorf("services[%d].put[%d]: %w", i, j, err))
+			}
+			if _, dup := seen[in.ID()]; dup {
+				return fail(fmt.Errorf("services[%d].put[%d]: %w", i, j, peerInvalid("instance %s appears twice", in.ID())))
+			}
+			seen[in.ID()] = struct{}{}
+			sd.Put = append(sd.Put, in)
+		}
+		for j, pi := range ps.GetRemoved() {
+			id, err := idFromProto(pi)
+			if err != nil {
+				return fail(fmt.Errorf("services[%d].removed[%d]: %w", i, j, err))
+			}
+			if _, dup := seen[id]; dup {
+				return fail(fmt.Errorf("services[%d].removed[%d]: %w", i, j, peerInvalid("instance %s appears twice", id)))
+			}
+			seen[id] = struct{}{}
+			sd.Removed = append(sd.Removed, id)
+		}
+		dl.Services[i] = sd
+	}
+	return dl, nil
+}
+
 // syncRequestFromProto validates a sync: the sender's node name, at most
-// MaxPeerEntries changes and deletes together, every change as
-// clientStateFromProto, every tombstone's id, owner and non-zero version.
+// MaxPeerEntries changes, deletes and deltas together, every change as
+// clientStateFromProto, every tombstone's id, owner and non-zero version,
+// every delta as clientDeltaFromProto.
 func syncRequestFromProto(p *clusterv1.SyncRequest) (*ephemeral.SyncRequest, error) {
 	if err := validateNodeName("from", p.GetFrom()); err != nil {
 		return nil, err
 	}
-	if err := checkPeerCount("changes and deletes", len(p.GetChanges())+len(p.GetDeletes()), MaxPeerEntries); err != nil {
+	if err := checkPeerCount("changes, deletes and deltas", len(p.GetChanges())+len(p.GetDeletes())+len(p.GetDeltas()), MaxPeerEntries); err != nil {
 		return nil, err
 	}
 	changes, err := clientStatesFromProto("changes", p.GetChanges())
@@ -321,11 +431,27 @@ func syncRequestFromProto(p *clusterv1.SyncRequest) (*ephemeral.SyncRequest, err
 		}
 		req.Deletes[i] = t
 	}
+	if len(p.GetDeltas()) > 0 {
+		req.Deltas = make([]ephemeral.ClientDelta, len(p.GetDeltas()))
+	}
+	for i, pd := range p.GetDeltas() {
+		dl, err := clientDeltaFromProto(pd)
+		if err != nil {
+			return nil, fmt.Errorf("deltas[%d]: %w", i, err)
+		}
+		req.Deltas[i] = dl
+	}
 	return req, nil
 }
 
-func syncReplyFromProto(p *clusterv1.SyncResponse) *ephemeral.SyncReply {
-	return &ephemeral.SyncReply{Applied: p.GetApplied()}
+// syncReplyFromProto reads a sync's reply; need_full must be valid client
+// ids, at most MaxPeerEntries.
+func syncReplyFromProto(p *clusterv1.SyncResponse) (*ephemeral.SyncReply, error) {
+	ids, err := clientIDsFromProto("need_full", p.GetNeedFull())
+	if err != nil {
+		return nil, err
+	}
+	return &ephemeral.SyncReply{Applied: p.GetApplied(), NeedFull: ids, Deltas: p.GetDeltas()}, nil
 }
 
 // verifyRequestFromProto validates a verify: the sender's node name; a

@@ -48,7 +48,27 @@ func peerSyncSeeds() map[string]proto.Message {
 		"owner-control":  syncOf(edited("c1", func(s *clusterv1.ClientState) { s.Owner = "a\x00b" })),
 		"epoch-wraps":    syncOf(edited("c1", func(s *clusterv1.ClientState) { s.Version.Epoch = 1<<64 - 1 })),
 		"delete-no-vers": &clusterv1.SyncRequest{From: "a", Deletes: []*clusterv1.Tombstone{{Id: "c2", Owner: "a"}}},
+		"valid-delta":    deltaSync(func(*clusterv1.ClientDelta) {}),
+		"delta-no-base":  deltaSync(func(d *clusterv1.ClientDelta) { d.Base = nil }),
+		"delta-base-eq":  deltaSync(func(d *clusterv1.ClientDelta) { d.Base = d.Version }),
+		"delta-put-rm": deltaSync(func(d *clusterv1.ClientDelta) {
+			d.Services[0].Removed = append(d.Services[0].Removed, d.Services[0].Put[0])
+		}),
+		"delta-bad-rm":  deltaSync(func(d *clusterv1.ClientDelta) { d.Services[0].Removed[0].Ip = "" }),
+		"delta-svc-dup": deltaSync(func(d *clusterv1.ClientDelta) { d.Services = append(d.Services, d.Services[0]) }),
 	}
+}
+
+// deltaSync is a sync carrying one valid delta, edited.
+func deltaSync(edit func(*clusterv1.ClientDelta)) *clusterv1.SyncRequest {
+	d := &clusterv1.ClientDelta{Id: "client-5", Owner: "a", Base: &clusterv1.Version{Epoch: 7, Seq: 1}, Version: &clusterv1.Version{Epoch: 7, Seq: 4},
+		Services: []*clusterv1.ServiceDelta{{
+			Service: &regentv1.ServiceRef{Service: "svc"},
+			Put:     []*regentv1.Instance{{Ip: "10.0.0.5", Port: 80, Metadata: map[string]string{"v": "2"}}},
+			Removed: []*regentv1.Instance{{Ip: "10.0.0.6", Port: 80}},
+		}}}
+	edit(d)
+	return &clusterv1.SyncRequest{From: "a", Deltas: []*clusterv1.ClientDelta{d}}
 }
 
 // peerVerifySeeds are valid and invalid verify requests.

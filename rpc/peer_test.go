@@ -320,6 +320,40 @@ func TestPeerDistroReplicatesAndDeletes(t *testing.T) {
 	}
 }
 
+// A change of one instance of a client holding many goes over gRPC as a
+// delta, a fraction of the client's state in bytes, and the peer ends with
+// the owner's state.
+func TestPeerDistroSendsDeltas(t *testing.T) {
+	n := newPeerNet()
+	a := startPeerNode(t, n, "a", nil)
+	b := startPeerNode(t, n, "b", nil)
+	meshUp(a, b)
+	key := peerKey("many")
+	var all []naming.Instance
+	for i := range 50 {
+		all = append(all, peerInst("10.3.0.1", 1000+i, map[string]string{"zone": "z1"}))
+	}
+	a.d.Register("client-d", key, all)
+	peerWait(t, "client-d replicated", func() bool { return sameClient(a, b, "client-d") })
+	full := a.tr.Sent()[PeerKindSync].Bytes
+	// The first reply tells a that b takes deltas; from then on changes go
+	// as deltas.
+	a.d.Register("client-d", key, []naming.Instance{peerInst("10.3.0.1", 2000, nil)})
+	peerWait(t, "the put replicated", func() bool { return sameClient(a, b, "client-d") })
+	before := a.tr.Sent()[PeerKindSync].Bytes
+	a.d.Deregister("client-d", key, []naming.InstanceID{{IP: "10.3.0.1", Port: 1000, Cluster: "DEFAULT"}})
+	a.d.Register("client-d", key, []naming.Instance{peerInst("10.3.0.1", 1001, map[string]string{"zone": "z2"})})
+	peerWait(t, "the removal and update replicated", func() bool {
+		return sameClient(a, b, "client-d") && a.d.Stats().SyncDeltas >= 2
+	})
+	if got, _ := b.store.Instances(key); len(got) != 50 {
+		t.Fatalf("b lists %d instances, want 50", len(got))
+	}
+	if delta := a.tr.Sent()[PeerKindSync].Bytes - before; delta*5 > full {
+		t.Fatalf("the delta syncs took %d bytes, the whole state %d: want under a fifth", delta, full)
+	}
+}
+
 func TestPeerDistroVerifyRepairsLostSync(t *testing.T) {
 	n := newPeerNet()
 	a := startPeerNode(t, n, "a", nil)
@@ -947,8 +981,15 @@ func TestPeerConvertRoundTrip(t *testing.T) {
 		}
 	}
 
+	delta := ephemeral.ClientDelta{ID: "client-3", Owner: "node a", Base: ephemeral.Version{Epoch: 1 << 50, Seq: 3}, Version: ephemeral.Version{Epoch: 1 << 50, Seq: 5},
+		Services: []ephemeral.ServiceDelta{
+			{Key: peerKey("svc-a"), Put: []naming.Instance{peerInst("10.0.0.2", 81, map[string]string{"k": "w"})},
+				Removed: []naming.InstanceID{{IP: "10.0.0.1", Port: 80, Cluster: "DEFAULT"}, {IP: "fe80::1", Port: 65535, Cluster: "c2"}}},
+			{Key: peerKey("svc-b"), Removed: []naming.InstanceID{{IP: "10.0.0.9", Port: 1, Cluster: "DEFAULT"}}},
+		}}
 	sync := &ephemeral.SyncRequest{From: "a", Changes: []ephemeral.ClientState{st},
-		Deletes: []ephemeral.Tombstone{{ID: "client-2", Owner: "b", Version: ephemeral.Version{Epoch: 9, Seq: 1}}}}
+		Deletes: []ephemeral.Tombstone{{ID: "client-2", Owner: "b", Version: ephemeral.Version{Epoch: 9, Seq: 1}}},
+		Deltas:  []ephemeral.ClientDelta{delta}}
 	var ps clusterv1.SyncRequest
 	wire(syncRequestToProto(sync), &ps)
 	got, err := syncRequestFromProto(&ps)
@@ -974,8 +1015,10 @@ func TestPeerConvertRoundTrip(t *testing.T) {
 	check("query request", gotQ, query, err)
 
 	var psy clusterv1.SyncResponse
-	wire(syncReplyToProto(&ephemeral.SyncReply{Applied: 7}), &psy)
-	check("sync reply", syncReplyFromProto(&psy), &ephemeral.SyncReply{Applied: 7}, nil)
+	srep := &ephemeral.SyncReply{Applied: 7, NeedFull: []string{"client-3"}, Deltas: true}
+	wire(syncReplyToProto(srep), &psy)
+	gotSR, err := syncReplyFromProto(&psy)
+	check("sync reply", gotSR, srep, err)
 
 	vrep := &ephemeral.VerifyReply{Match: false, Want: []string{"client-1", "client-9"}}
 	var pvr clusterv1.VerifyResponse
@@ -1003,6 +1046,26 @@ func TestPeerConvertRoundTrip(t *testing.T) {
 	}
 	if _, err := verifyReplyFromProto(&clusterv1.VerifyResponse{Want: []string{"no good"}}); !errors.Is(err, naming.ErrInvalid) {
 		t.Fatalf("bad verify reply accepted: %v", err)
+	}
+	if _, err := syncReplyFromProto(&clusterv1.SyncResponse{NeedFull: []string{"no good"}}); !errors.Is(err, naming.ErrInvalid) {
+		t.Fatalf("bad sync reply accepted: %v", err)
+	}
+	// A delta is refused whole when its base is not below its version, or
+	// an instance is both put and removed, or appears twice.
+	for what, edit := range map[string]func(*clusterv1.ClientDelta){
+		"base not below":  func(d *clusterv1.ClientDelta) { d.Base = d.Version },
+		"no base":         func(d *clusterv1.ClientDelta) { d.Base = nil },
+		"put and removed": func(d *clusterv1.ClientDelta) { d.Services[0].Removed[0].Ip, d.Services[0].Removed[0].Port = "10.0.0.2", 81 },
+		"removed twice":   func(d *clusterv1.ClientDelta) { d.Services[0].Removed[1] = d.Services[0].Removed[0] },
+		"service twice":   func(d *clusterv1.ClientDelta) { d.Services[1].Service = d.Services[0].Service },
+		"bad removed":     func(d *clusterv1.ClientDelta) { d.Services[1].Removed[0].Port = 0 },
+		"bad owner":       func(d *clusterv1.ClientDelta) { d.Owner = "" },
+	} {
+		pd := clientDeltaToProto(&delta)
+		edit(pd)
+		if _, err := syncRequestFromProto(&clusterv1.SyncRequest{From: "a", Deltas: []*clusterv1.ClientDelta{pd}}); !errors.Is(err, naming.ErrInvalid) {
+			t.Errorf("delta with %s accepted: %v", what, err)
+		}
 	}
 }
 

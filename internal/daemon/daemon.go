@@ -645,6 +645,8 @@ func (d *Daemon) registerMetrics() {
 			return float64(n)
 		}),
 		counter("regent_distro_sync_messages_total", "Batched sync messages sent to peers.", func(s ephemeral.DistroStats) uint64 { return s.SyncMessages }),
+		counter("regent_distro_sync_deltas_total", "Client changes sent to peers as deltas rather than whole states.", func(s ephemeral.DistroStats) uint64 { return s.SyncDeltas }),
+		counter("regent_distro_deltas_refused_total", "Deltas a peer could not apply (its copy was not at their base); their whole states followed.", func(s ephemeral.DistroStats) uint64 { return s.DeltasRefused }),
 		counter("regent_distro_sync_failures_total", "Sync messages that failed (retried with backoff).", func(s ephemeral.DistroStats) uint64 { return s.SyncFailures }),
 		counter("regent_distro_verify_messages_total", "Verify digests sent to peers.", func(s ephemeral.DistroStats) uint64 { return s.VerifyMessages }),
 		counter("regent_distro_verify_lists_total", "Verify lists sent after a digest mismatch.", func(s ephemeral.DistroStats) uint64 { return s.VerifyListMsgs }),

@@ -2,8 +2,9 @@
 // instances.
 //
 // Every node serves Distro on its peer address and calls it on the others.
-// A node ships the whole state of each client it owns (a CHANGE) or a
-// tombstone for a client that ended (a DELETE), verifies its claim on its
+// A node ships the whole state of each client it owns (a CHANGE), or what
+// changed since a version the peer holds (a delta), or a tombstone for a
+// client that ended (a DELETE), verifies its claim on its
 // clients periodically with a constant-size digest, and pulls everything a
 // peer holds, page by page, when it starts. States are ordered by version, so
 // applying them is idempotent and order-safe.
@@ -430,6 +431,157 @@ func (x *ClientState) GetServices() []*ServiceInstances {
 	return nil
 }
 
+// ServiceDelta is what changed in a client's instances of one service.
+type ServiceDelta struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The service; empty namespace and group take their defaults.
+	Service *v1.ServiceRef `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	// Instances added or changed, each unique by ip, port and cluster.
+	Put []*v1.Instance `protobuf:"bytes,2,rep,name=put,proto3" json:"put,omitempty"`
+	// Instances removed, by ip, port and cluster (other fields ignored); none
+	// may also be in put.
+	Removed       []*v1.Instance `protobuf:"bytes,3,rep,name=removed,proto3" json:"removed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ServiceDelta) Reset() {
+	*x = ServiceDelta{}
+	mi := &file_cluster_v1_cluster_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServiceDelta) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServiceDelta) ProtoMessage() {}
+
+func (x *ServiceDelta) ProtoReflect() protoreflect.Message {
+	mi := &file_cluster_v1_cluster_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServiceDelta.ProtoReflect.Descriptor instead.
+func (*ServiceDelta) Descriptor() ([]byte, []int) {
+	return file_cluster_v1_cluster_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ServiceDelta) GetService() *v1.ServiceRef {
+	if x != nil {
+		return x.Service
+	}
+	return nil
+}
+
+func (x *ServiceDelta) GetPut() []*v1.Instance {
+	if x != nil {
+		return x.Put
+	}
+	return nil
+}
+
+func (x *ServiceDelta) GetRemoved() []*v1.Instance {
+	if x != nil {
+		return x.Removed
+	}
+	return nil
+}
+
+// ClientDelta is a change of one client on top of a version the receiver
+// holds (a CHANGE smaller than the whole state): the receiver applies it
+// only if its copy of the client, from the same owner, is at exactly base,
+// and otherwise names the client in SyncResponse.need_full. A node sends
+// deltas only to a peer whose last SyncResponse set deltas.
+type ClientDelta struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The client's stable id.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Name of the node that owns the client.
+	Owner string `protobuf:"bytes,2,opt,name=owner,proto3" json:"owner,omitempty"`
+	// The version the change applies to.
+	Base *Version `protobuf:"bytes,3,opt,name=base,proto3" json:"base,omitempty"`
+	// The version after it; above base.
+	Version *Version `protobuf:"bytes,4,opt,name=version,proto3" json:"version,omitempty"`
+	// The services that changed, each once.
+	Services      []*ServiceDelta `protobuf:"bytes,5,rep,name=services,proto3" json:"services,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClientDelta) Reset() {
+	*x = ClientDelta{}
+	mi := &file_cluster_v1_cluster_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClientDelta) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClientDelta) ProtoMessage() {}
+
+func (x *ClientDelta) ProtoReflect() protoreflect.Message {
+	mi := &file_cluster_v1_cluster_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClientDelta.ProtoReflect.Descriptor instead.
+func (*ClientDelta) Descriptor() ([]byte, []int) {
+	return file_cluster_v1_cluster_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ClientDelta) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ClientDelta) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+func (x *ClientDelta) GetBase() *Version {
+	if x != nil {
+		return x.Base
+	}
+	return nil
+}
+
+func (x *ClientDelta) GetVersion() *Version {
+	if x != nil {
+		return x.Version
+	}
+	return nil
+}
+
+func (x *ClientDelta) GetServices() []*ServiceDelta {
+	if x != nil {
+		return x.Services
+	}
+	return nil
+}
+
 // Tombstone records that a client was deleted at a version (a DELETE).
 type Tombstone struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -445,7 +597,7 @@ type Tombstone struct {
 
 func (x *Tombstone) Reset() {
 	*x = Tombstone{}
-	mi := &file_cluster_v1_cluster_proto_msgTypes[7]
+	mi := &file_cluster_v1_cluster_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -457,7 +609,7 @@ func (x *Tombstone) String() string {
 func (*Tombstone) ProtoMessage() {}
 
 func (x *Tombstone) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_v1_cluster_proto_msgTypes[7]
+	mi := &file_cluster_v1_cluster_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -470,7 +622,7 @@ func (x *Tombstone) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Tombstone.ProtoReflect.Descriptor instead.
 func (*Tombstone) Descriptor() ([]byte, []int) {
-	return file_cluster_v1_cluster_proto_rawDescGZIP(), []int{7}
+	return file_cluster_v1_cluster_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Tombstone) GetId() string {
@@ -507,7 +659,7 @@ type ClientVersion struct {
 
 func (x *ClientVersion) Reset() {
 	*x = ClientVersion{}
-	mi := &file_cluster_v1_cluster_proto_msgTypes[8]
+	mi := &file_cluster_v1_cluster_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -519,7 +671,7 @@ func (x *ClientVersion) String() string {
 func (*ClientVersion) ProtoMessage() {}
 
 func (x *ClientVersion) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_v1_cluster_proto_msgTypes[8]
+	mi := &file_cluster_v1_cluster_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -532,7 +684,7 @@ func (x *ClientVersion) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClientVersion.ProtoReflect.Descriptor instead.
 func (*ClientVersion) Descriptor() ([]byte, []int) {
-	return file_cluster_v1_cluster_proto_rawDescGZIP(), []int{8}
+	return file_cluster_v1_cluster_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ClientVersion) GetId() string {
@@ -564,7 +716,7 @@ type Digest struct {
 
 func (x *Digest) Reset() {
 	*x = Digest{}
-	mi := &file_cluster_v1_cluster_proto_msgTypes[9]
+	mi := &file_cluster_v1_cluster_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -576,7 +728,7 @@ func (x *Digest) String() string {
 func (*Digest) ProtoMessage() {}
 
 func (x *Digest) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_v1_cluster_proto_msgTypes[9]
+	mi := &file_cluster_v1_cluster_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -589,7 +741,7 @@ func (x *Digest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Digest.ProtoReflect.Descriptor instead.
 func (*Digest) Descriptor() ([]byte, []int) {
-	return file_cluster_v1_cluster_proto_rawDescGZIP(), []int{9}
+	return file_cluster_v1_cluster_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Digest) GetCount() uint64 {
@@ -621,14 +773,17 @@ type SyncRequest struct {
 	// Whole states of changed clients.
 	Changes []*ClientState `protobuf:"bytes,2,rep,name=changes,proto3" json:"changes,omitempty"`
 	// Deleted clients.
-	Deletes       []*Tombstone `protobuf:"bytes,3,rep,name=deletes,proto3" json:"deletes,omitempty"`
+	Deletes []*Tombstone `protobuf:"bytes,3,rep,name=deletes,proto3" json:"deletes,omitempty"`
+	// Changes of clients the receiver holds, as deltas; a client appears at
+	// most once in changes, deletes and deltas together.
+	Deltas        []*ClientDelta `protobuf:"bytes,4,rep,name=deltas,proto3" json:"deltas,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SyncRequest) Reset() {
 	*x = SyncRequest{}
-	mi := &file_cluster_v1_cluster_proto_msgTypes[10]
+	mi := &file_cluster_v1_cluster_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -640,7 +795,7 @@ func (x *SyncRequest) String() string {
 func (*SyncRequest) ProtoMessage() {}
 
 func (x *SyncRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_v1_cluster_proto_msgTypes[10]
+	mi := &file_cluster_v1_cluster_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -653,7 +808,7 @@ func (x *SyncRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncRequest.ProtoReflect.Descriptor instead.
 func (*SyncRequest) Descriptor() ([]byte, []int) {
-	return file_cluster_v1_cluster_proto_rawDescGZIP(), []int{10}
+	return file_cluster_v1_cluster_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SyncRequest) GetFrom() string {
@@ -677,19 +832,32 @@ func (x *SyncRequest) GetDeletes() []*Tombstone {
 	return nil
 }
 
+func (x *SyncRequest) GetDeltas() []*ClientDelta {
+	if x != nil {
+		return x.Deltas
+	}
+	return nil
+}
+
 // SyncResponse acknowledges a SyncRequest.
 type SyncResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// How many entries changed the receiver's state; the rest were already
 	// known or stale.
-	Applied       uint32 `protobuf:"varint,1,opt,name=applied,proto3" json:"applied,omitempty"`
+	Applied uint32 `protobuf:"varint,1,opt,name=applied,proto3" json:"applied,omitempty"`
+	// Clients of deltas that the receiver could not apply (its copy is not
+	// at their base): the sender sends their whole state.
+	NeedFull []string `protobuf:"bytes,2,rep,name=need_full,json=needFull,proto3" json:"need_full,omitempty"`
+	// The receiver applies deltas; a sender sends them only after a reply
+	// said so.
+	Deltas        bool `protobuf:"varint,3,opt,name=deltas,proto3" json:"deltas,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SyncResponse) Reset() {
 	*x = SyncResponse{}
-	mi := &file_cluster_v1_cluster_proto_msgTypes[11]
+	mi := &file_cluster_v1_cluster_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -701,7 +869,7 @@ func (x *SyncResponse) String() string {
 func (*SyncResponse) ProtoMessage() {}
 
 func (x *SyncResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_v1_cluster_proto_msgTypes[11]
+	mi := &file_cluster_v1_cluster_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -714,7 +882,7 @@ func (x *SyncResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncResponse.ProtoReflect.Descriptor instead.
 func (*SyncResponse) Descriptor() ([]byte, []int) {
-	return file_cluster_v1_cluster_proto_rawDescGZIP(), []int{11}
+	return file_cluster_v1_cluster_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SyncResponse) GetApplied() uint32 {
@@ -722,6 +890,20 @@ func (x *SyncResponse) GetApplied() uint32 {
 		return x.Applied
 	}
 	return 0
+}
+
+func (x *SyncResponse) GetNeedFull() []string {
+	if x != nil {
+		return x.NeedFull
+	}
+	return nil
+}
+
+func (x *SyncResponse) GetDeltas() bool {
+	if x != nil {
+		return x.Deltas
+	}
+	return false
 }
 
 // VerifyRequest is one owner's periodic claim on its clients.
@@ -742,7 +924,7 @@ type VerifyRequest struct {
 
 func (x *VerifyRequest) Reset() {
 	*x = VerifyRequest{}
-	mi := &file_cluster_v1_cluster_proto_msgTypes[12]
+	mi := &file_cluster_v1_cluster_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -754,7 +936,7 @@ func (x *VerifyRequest) String() string {
 func (*VerifyRequest) ProtoMessage() {}
 
 func (x *VerifyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_v1_cluster_proto_msgTypes[12]
+	mi := &file_cluster_v1_cluster_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -767,7 +949,7 @@ func (x *VerifyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyRequest.ProtoReflect.Descriptor instead.
 func (*VerifyRequest) Descriptor() ([]byte, []int) {
-	return file_cluster_v1_cluster_proto_rawDescGZIP(), []int{12}
+	return file_cluster_v1_cluster_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *VerifyRequest) GetFrom() string {
@@ -812,7 +994,7 @@ type VerifyResponse struct {
 
 func (x *VerifyResponse) Reset() {
 	*x = VerifyResponse{}
-	mi := &file_cluster_v1_cluster_proto_msgTypes[13]
+	mi := &file_cluster_v1_cluster_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -824,7 +1006,7 @@ func (x *VerifyResponse) String() string {
 func (*VerifyResponse) ProtoMessage() {}
 
 func (x *VerifyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_v1_cluster_proto_msgTypes[13]
+	mi := &file_cluster_v1_cluster_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -837,7 +1019,7 @@ func (x *VerifyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyResponse.ProtoReflect.Descriptor instead.
 func (*VerifyResponse) Descriptor() ([]byte, []int) {
-	return file_cluster_v1_cluster_proto_rawDescGZIP(), []int{13}
+	return file_cluster_v1_cluster_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *VerifyResponse) GetMatch() bool {
@@ -870,7 +1052,7 @@ type SnapshotRequest struct {
 
 func (x *SnapshotRequest) Reset() {
 	*x = SnapshotRequest{}
-	mi := &file_cluster_v1_cluster_proto_msgTypes[14]
+	mi := &file_cluster_v1_cluster_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -882,7 +1064,7 @@ func (x *SnapshotRequest) String() string {
 func (*SnapshotRequest) ProtoMessage() {}
 
 func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_v1_cluster_proto_msgTypes[14]
+	mi := &file_cluster_v1_cluster_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -895,7 +1077,7 @@ func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRequest.ProtoReflect.Descriptor instead.
 func (*SnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_cluster_v1_cluster_proto_rawDescGZIP(), []int{14}
+	return file_cluster_v1_cluster_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SnapshotRequest) GetFrom() string {
@@ -934,7 +1116,7 @@ type SnapshotResponse struct {
 
 func (x *SnapshotResponse) Reset() {
 	*x = SnapshotResponse{}
-	mi := &file_cluster_v1_cluster_proto_msgTypes[15]
+	mi := &file_cluster_v1_cluster_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -946,7 +1128,7 @@ func (x *SnapshotResponse) String() string {
 func (*SnapshotResponse) ProtoMessage() {}
 
 func (x *SnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_v1_cluster_proto_msgTypes[15]
+	mi := &file_cluster_v1_cluster_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -959,7 +1141,7 @@ func (x *SnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotResponse.ProtoReflect.Descriptor instead.
 func (*SnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_cluster_v1_cluster_proto_rawDescGZIP(), []int{15}
+	return file_cluster_v1_cluster_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SnapshotResponse) GetClients() []*ClientState {
@@ -996,7 +1178,7 @@ type QueryRequest struct {
 
 func (x *QueryRequest) Reset() {
 	*x = QueryRequest{}
-	mi := &file_cluster_v1_cluster_proto_msgTypes[16]
+	mi := &file_cluster_v1_cluster_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1008,7 +1190,7 @@ func (x *QueryRequest) String() string {
 func (*QueryRequest) ProtoMessage() {}
 
 func (x *QueryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_v1_cluster_proto_msgTypes[16]
+	mi := &file_cluster_v1_cluster_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1021,7 +1203,7 @@ func (x *QueryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueryRequest.ProtoReflect.Descriptor instead.
 func (*QueryRequest) Descriptor() ([]byte, []int) {
-	return file_cluster_v1_cluster_proto_rawDescGZIP(), []int{16}
+	return file_cluster_v1_cluster_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *QueryRequest) GetFrom() string {
@@ -1049,7 +1231,7 @@ type QueryResponse struct {
 
 func (x *QueryResponse) Reset() {
 	*x = QueryResponse{}
-	mi := &file_cluster_v1_cluster_proto_msgTypes[17]
+	mi := &file_cluster_v1_cluster_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1061,7 +1243,7 @@ func (x *QueryResponse) String() string {
 func (*QueryResponse) ProtoMessage() {}
 
 func (x *QueryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_v1_cluster_proto_msgTypes[17]
+	mi := &file_cluster_v1_cluster_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1074,7 +1256,7 @@ func (x *QueryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueryResponse.ProtoReflect.Descriptor instead.
 func (*QueryResponse) Descriptor() ([]byte, []int) {
-	return file_cluster_v1_cluster_proto_rawDescGZIP(), []int{17}
+	return file_cluster_v1_cluster_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *QueryResponse) GetClients() []*ClientState {
@@ -1109,7 +1291,17 @@ const file_cluster_v1_cluster_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05owner\x18\x02 \x01(\tR\x05owner\x124\n" +
 	"\aversion\x18\x03 \x01(\v2\x1a.regent.cluster.v1.VersionR\aversion\x12?\n" +
-	"\bservices\x18\x04 \x03(\v2#.regent.cluster.v1.ServiceInstancesR\bservices\"g\n" +
+	"\bservices\x18\x04 \x03(\v2#.regent.cluster.v1.ServiceInstancesR\bservices\"\x95\x01\n" +
+	"\fServiceDelta\x12/\n" +
+	"\aservice\x18\x01 \x01(\v2\x15.regent.v1.ServiceRefR\aservice\x12%\n" +
+	"\x03put\x18\x02 \x03(\v2\x13.regent.v1.InstanceR\x03put\x12-\n" +
+	"\aremoved\x18\x03 \x03(\v2\x13.regent.v1.InstanceR\aremoved\"\xd6\x01\n" +
+	"\vClientDelta\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
+	"\x05owner\x18\x02 \x01(\tR\x05owner\x12.\n" +
+	"\x04base\x18\x03 \x01(\v2\x1a.regent.cluster.v1.VersionR\x04base\x124\n" +
+	"\aversion\x18\x04 \x01(\v2\x1a.regent.cluster.v1.VersionR\aversion\x12;\n" +
+	"\bservices\x18\x05 \x03(\v2\x1f.regent.cluster.v1.ServiceDeltaR\bservices\"g\n" +
 	"\tTombstone\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05owner\x18\x02 \x01(\tR\x05owner\x124\n" +
@@ -1120,13 +1312,16 @@ const file_cluster_v1_cluster_proto_rawDesc = "" +
 	"\x06Digest\x12\x14\n" +
 	"\x05count\x18\x01 \x01(\x04R\x05count\x12\x10\n" +
 	"\x03xor\x18\x02 \x01(\x06R\x03xor\x12\x10\n" +
-	"\x03sum\x18\x03 \x01(\x06R\x03sum\"\x93\x01\n" +
+	"\x03sum\x18\x03 \x01(\x06R\x03sum\"\xcb\x01\n" +
 	"\vSyncRequest\x12\x12\n" +
 	"\x04from\x18\x01 \x01(\tR\x04from\x128\n" +
 	"\achanges\x18\x02 \x03(\v2\x1e.regent.cluster.v1.ClientStateR\achanges\x126\n" +
-	"\adeletes\x18\x03 \x03(\v2\x1c.regent.cluster.v1.TombstoneR\adeletes\"(\n" +
+	"\adeletes\x18\x03 \x03(\v2\x1c.regent.cluster.v1.TombstoneR\adeletes\x126\n" +
+	"\x06deltas\x18\x04 \x03(\v2\x1e.regent.cluster.v1.ClientDeltaR\x06deltas\"]\n" +
 	"\fSyncResponse\x12\x18\n" +
-	"\aapplied\x18\x01 \x01(\rR\aapplied\"\xa6\x01\n" +
+	"\aapplied\x18\x01 \x01(\rR\aapplied\x12\x1b\n" +
+	"\tneed_full\x18\x02 \x03(\tR\bneedFull\x12\x16\n" +
+	"\x06deltas\x18\x03 \x01(\bR\x06deltas\"\xa6\x01\n" +
 	"\rVerifyRequest\x12\x12\n" +
 	"\x04from\x18\x01 \x01(\tR\x04from\x121\n" +
 	"\x06digest\x18\x02 \x01(\v2\x19.regent.cluster.v1.DigestR\x06digest\x12\x12\n" +
@@ -1169,7 +1364,7 @@ func file_cluster_v1_cluster_proto_rawDescGZIP() []byte {
 	return file_cluster_v1_cluster_proto_rawDescData
 }
 
-var file_cluster_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_cluster_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_cluster_v1_cluster_proto_goTypes = []any{
 	(*ApplyRequest)(nil),      // 0: regent.cluster.v1.ApplyRequest
 	(*ApplyResponse)(nil),     // 1: regent.cluster.v1.ApplyResponse
@@ -1178,50 +1373,59 @@ var file_cluster_v1_cluster_proto_goTypes = []any{
 	(*Version)(nil),           // 4: regent.cluster.v1.Version
 	(*ServiceInstances)(nil),  // 5: regent.cluster.v1.ServiceInstances
 	(*ClientState)(nil),       // 6: regent.cluster.v1.ClientState
-	(*Tombstone)(nil),         // 7: regent.cluster.v1.Tombstone
-	(*ClientVersion)(nil),     // 8: regent.cluster.v1.ClientVersion
-	(*Digest)(nil),            // 9: regent.cluster.v1.Digest
-	(*SyncRequest)(nil),       // 10: regent.cluster.v1.SyncRequest
-	(*SyncResponse)(nil),      // 11: regent.cluster.v1.SyncResponse
-	(*VerifyRequest)(nil),     // 12: regent.cluster.v1.VerifyRequest
-	(*VerifyResponse)(nil),    // 13: regent.cluster.v1.VerifyResponse
-	(*SnapshotRequest)(nil),   // 14: regent.cluster.v1.SnapshotRequest
-	(*SnapshotResponse)(nil),  // 15: regent.cluster.v1.SnapshotResponse
-	(*QueryRequest)(nil),      // 16: regent.cluster.v1.QueryRequest
-	(*QueryResponse)(nil),     // 17: regent.cluster.v1.QueryResponse
-	(*v1.ServiceRef)(nil),     // 18: regent.v1.ServiceRef
-	(*v1.Instance)(nil),       // 19: regent.v1.Instance
+	(*ServiceDelta)(nil),      // 7: regent.cluster.v1.ServiceDelta
+	(*ClientDelta)(nil),       // 8: regent.cluster.v1.ClientDelta
+	(*Tombstone)(nil),         // 9: regent.cluster.v1.Tombstone
+	(*ClientVersion)(nil),     // 10: regent.cluster.v1.ClientVersion
+	(*Digest)(nil),            // 11: regent.cluster.v1.Digest
+	(*SyncRequest)(nil),       // 12: regent.cluster.v1.SyncRequest
+	(*SyncResponse)(nil),      // 13: regent.cluster.v1.SyncResponse
+	(*VerifyRequest)(nil),     // 14: regent.cluster.v1.VerifyRequest
+	(*VerifyResponse)(nil),    // 15: regent.cluster.v1.VerifyResponse
+	(*SnapshotRequest)(nil),   // 16: regent.cluster.v1.SnapshotRequest
+	(*SnapshotResponse)(nil),  // 17: regent.cluster.v1.SnapshotResponse
+	(*QueryRequest)(nil),      // 18: regent.cluster.v1.QueryRequest
+	(*QueryResponse)(nil),     // 19: regent.cluster.v1.QueryResponse
+	(*v1.ServiceRef)(nil),     // 20: regent.v1.ServiceRef
+	(*v1.Instance)(nil),       // 21: regent.v1.Instance
 }
 var file_cluster_v1_cluster_proto_depIdxs = []int32{
-	18, // 0: regent.cluster.v1.ServiceInstances.service:type_name -> regent.v1.ServiceRef
-	19, // 1: regent.cluster.v1.ServiceInstances.instances:type_name -> regent.v1.Instance
+	20, // 0: regent.cluster.v1.ServiceInstances.service:type_name -> regent.v1.ServiceRef
+	21, // 1: regent.cluster.v1.ServiceInstances.instances:type_name -> regent.v1.Instance
 	4,  // 2: regent.cluster.v1.ClientState.version:type_name -> regent.cluster.v1.Version
 	5,  // 3: regent.cluster.v1.ClientState.services:type_name -> regent.cluster.v1.ServiceInstances
-	4,  // 4: regent.cluster.v1.Tombstone.version:type_name -> regent.cluster.v1.Version
-	4,  // 5: regent.cluster.v1.ClientVersion.version:type_name -> regent.cluster.v1.Version
-	6,  // 6: regent.cluster.v1.SyncRequest.changes:type_name -> regent.cluster.v1.ClientState
-	7,  // 7: regent.cluster.v1.SyncRequest.deletes:type_name -> regent.cluster.v1.Tombstone
-	9,  // 8: regent.cluster.v1.VerifyRequest.digest:type_name -> regent.cluster.v1.Digest
-	8,  // 9: regent.cluster.v1.VerifyRequest.clients:type_name -> regent.cluster.v1.ClientVersion
-	6,  // 10: regent.cluster.v1.SnapshotResponse.clients:type_name -> regent.cluster.v1.ClientState
-	6,  // 11: regent.cluster.v1.QueryResponse.clients:type_name -> regent.cluster.v1.ClientState
-	10, // 12: regent.cluster.v1.Distro.Sync:input_type -> regent.cluster.v1.SyncRequest
-	12, // 13: regent.cluster.v1.Distro.Verify:input_type -> regent.cluster.v1.VerifyRequest
-	14, // 14: regent.cluster.v1.Distro.Snapshot:input_type -> regent.cluster.v1.SnapshotRequest
-	16, // 15: regent.cluster.v1.Distro.Query:input_type -> regent.cluster.v1.QueryRequest
-	0,  // 16: regent.cluster.v1.Raft.Apply:input_type -> regent.cluster.v1.ApplyRequest
-	2,  // 17: regent.cluster.v1.Raft.ReadIndex:input_type -> regent.cluster.v1.ReadIndexRequest
-	11, // 18: regent.cluster.v1.Distro.Sync:output_type -> regent.cluster.v1.SyncResponse
-	13, // 19: regent.cluster.v1.Distro.Verify:output_type -> regent.cluster.v1.VerifyResponse
-	15, // 20: regent.cluster.v1.Distro.Snapshot:output_type -> regent.cluster.v1.SnapshotResponse
-	17, // 21: regent.cluster.v1.Distro.Query:output_type -> regent.cluster.v1.QueryResponse
-	1,  // 22: regent.cluster.v1.Raft.Apply:output_type -> regent.cluster.v1.ApplyResponse
-	3,  // 23: regent.cluster.v1.Raft.ReadIndex:output_type -> regent.cluster.v1.ReadIndexResponse
-	18, // [18:24] is the sub-list for method output_type
-	12, // [12:18] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	20, // 4: regent.cluster.v1.ServiceDelta.service:type_name -> regent.v1.ServiceRef
+	21, // 5: regent.cluster.v1.ServiceDelta.put:type_name -> regent.v1.Instance
+	21, // 6: regent.cluster.v1.ServiceDelta.removed:type_name -> regent.v1.Instance
+	4,  // 7: regent.cluster.v1.ClientDelta.base:type_name -> regent.cluster.v1.Version
+	4,  // 8: regent.cluster.v1.ClientDelta.version:type_name -> regent.cluster.v1.Version
+	7,  // 9: regent.cluster.v1.ClientDelta.services:type_name -> regent.cluster.v1.ServiceDelta
+	4,  // 10: regent.cluster.v1.Tombstone.version:type_name -> regent.cluster.v1.Version
+	4,  // 11: regent.cluster.v1.ClientVersion.version:type_name -> regent.cluster.v1.Version
+	6,  // 12: regent.cluster.v1.SyncRequest.changes:type_name -> regent.cluster.v1.ClientState
+	9,  // 13: regent.cluster.v1.SyncRequest.deletes:type_name -> regent.cluster.v1.Tombstone
+	8,  // 14: regent.cluster.v1.SyncRequest.deltas:type_name -> regent.cluster.v1.ClientDelta
+	11, // 15: regent.cluster.v1.VerifyRequest.digest:type_name -> regent.cluster.v1.Digest
+	10, // 16: regent.cluster.v1.VerifyRequest.clients:type_name -> regent.cluster.v1.ClientVersion
+	6,  // 17: regent.cluster.v1.SnapshotResponse.clients:type_name -> regent.cluster.v1.ClientState
+	6,  // 18: regent.cluster.v1.QueryResponse.clients:type_name -> regent.cluster.v1.ClientState
+	12, // 19: regent.cluster.v1.Distro.Sync:input_type -> regent.cluster.v1.SyncRequest
+	14, // 20: regent.cluster.v1.Distro.Verify:input_type -> regent.cluster.v1.VerifyRequest
+	16, // 21: regent.cluster.v1.Distro.Snapshot:input_type -> regent.cluster.v1.SnapshotRequest
+	18, // 22: regent.cluster.v1.Distro.Query:input_type -> regent.cluster.v1.QueryRequest
+	0,  // 23: regent.cluster.v1.Raft.Apply:input_type -> regent.cluster.v1.ApplyRequest
+	2,  // 24: regent.cluster.v1.Raft.ReadIndex:input_type -> regent.cluster.v1.ReadIndexRequest
+	13, // 25: regent.cluster.v1.Distro.Sync:output_type -> regent.cluster.v1.SyncResponse
+	15, // 26: regent.cluster.v1.Distro.Verify:output_type -> regent.cluster.v1.VerifyResponse
+	17, // 27: regent.cluster.v1.Distro.Snapshot:output_type -> regent.cluster.v1.SnapshotResponse
+	19, // 28: regent.cluster.v1.Distro.Query:output_type -> regent.cluster.v1.QueryResponse
+	1,  // 29: regent.cluster.v1.Raft.Apply:output_type -> regent.cluster.v1.ApplyResponse
+	3,  // 30: regent.cluster.v1.Raft.ReadIndex:output_type -> regent.cluster.v1.ReadIndexResponse
+	25, // [25:31] is the sub-list for method output_type
+	19, // [19:25] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_cluster_v1_cluster_proto_init() }
@@ -1235,7 +1439,7 @@ func file_cluster_v1_cluster_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_cluster_v1_cluster_proto_rawDesc), len(file_cluster_v1_cluster_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   18,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

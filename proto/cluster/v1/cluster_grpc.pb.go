@@ -2,8 +2,9 @@
 // instances.
 //
 // Every node serves Distro on its peer address and calls it on the others.
-// A node ships the whole state of each client it owns (a CHANGE) or a
-// tombstone for a client that ended (a DELETE), verifies its claim on its
+// A node ships the whole state of each client it owns (a CHANGE), or what
+// changed since a version the peer holds (a delta), or a tombstone for a
+// client that ended (a DELETE), verifies its claim on its
 // clients periodically with a constant-size digest, and pulls everything a
 // peer holds, page by page, when it starts. States are ordered by version, so
 // applying them is idempotent and order-safe.
