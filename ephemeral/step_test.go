@@ -25,7 +25,7 @@ func newManualClock(start time.Time) *manualClock {
 // stepCluster builds n engines that are driven by Step, never started.
 // stepCluster builds n engines on the default config (changed by mut, if
 // not nil) over one in-memory network, each told the others are up.
-func stepCluster(t *testing.T, n int, clock Clock, mut func(*Config)) (*InmemNetwork, []*Distro) {
+func stepCluster(t testing.TB, n int, clock Clock, mut func(*Config)) (*InmemNetwork, []*Distro) {
 	t.Helper()
 	net := NewInmemNetwork(1)
 	var ds []*Distro
@@ -328,5 +328,78 @@ func BenchmarkSweepTombstones(b *testing.B) {
 	})
 	if n := d.Stats().Tombstones; n != 100000 {
 		b.Fatalf("%d tombstones left, want all 100000 (none expired)", n)
+	}
+}
+
+// sizing wraps a node's handler to count the estimated bytes of the syncs
+// it gets and, with old set, to answer as a peer of a build without deltas.
+type sizing struct {
+	Handler
+	old   bool
+	bytes atomic.Int64
+}
+
+func (s *sizing) HandleSync(ctx context.Context, req *SyncRequest) (*SyncReply, error) {
+	n := 0
+	for i := range req.Changes {
+		n += stateSize(&req.Changes[i])
+	}
+	for i := range req.Deltas {
+		n += deltaSize(&req.Deltas[i])
+	}
+	s.bytes.Add(int64(n))
+	rep, err := s.Handler.HandleSync(ctx, req)
+	if rep != nil && s.old {
+		rep.Deltas = false
+	}
+	return rep, err
+}
+
+// BenchmarkSyncBigClient: one change to a client holding 1,000 instances
+// (an instance's metadata), synced to one peer and applied there, with a
+// peer that takes deltas beside one that does not (the whole state per
+// change, as before deltas and as Nacos ships it). ns/op is both engines'
+// work per change in one process (Step mode, in-memory network);
+// B/change estimates the bytes on the wire.
+func BenchmarkSyncBigClient(b *testing.B) {
+	for _, mode := range []string{"whole", "delta"} {
+		b.Run(mode, func(b *testing.B) {
+			clock := newManualClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+			net, ds := stepCluster(b, 2, clock, nil)
+			n1, n2 := ds[0], ds[1]
+			sz := &sizing{Handler: n2, old: mode == "whole"}
+			net.Register(n2.Node(), sz)
+			ctx := context.Background()
+			var all []naming.Instance
+			for i := range 1000 {
+				all = append(all, inst("10.9.0.1", 1000+i))
+			}
+			n1.Register("big", svcA, all)
+			step := func() {
+				clock.advance(DefaultConfig().SyncDelay)
+				n1.Step(ctx)
+			}
+			change := func(i int) {
+				in := inst("10.9.0.1", 1000+i%1000)
+				in.Metadata = map[string]string{"rev": fmt.Sprint(i)}
+				n1.Register("big", svcA, []naming.Instance{in})
+			}
+			for i := range 3 {
+				change(i)
+				step()
+			}
+			sz.bytes.Store(0)
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := range b.N {
+				change(i)
+				step()
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(sz.bytes.Load())/float64(b.N), "B/change")
+			if got, want := n2.Store().ClientInstances("big"), n1.Store().ClientInstances("big"); len(got[svcA]) != 1000 || !slices.EqualFunc(got[svcA], want[svcA], func(a, b naming.Instance) bool { return a.Equal(&b) }) {
+				b.Fatal("the peer's copy differs from the owner's")
+			}
+		})
 	}
 }
