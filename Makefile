@@ -25,7 +25,9 @@ proto: ## regenerate Go code from proto/ (protoc from Debian's protobuf-compiler
 	PATH="$$(pwd)/.bin:$$PATH"; mkdir -p .bin; \
 	$(GO) build -o .bin/protoc-gen-go google.golang.org/protobuf/cmd/protoc-gen-go; \
 	$(GO) build -o .bin/protoc-gen-go-grpc google.golang.org/grpc/cmd/protoc-gen-go-grpc; \
-	protoc -I proto --go_out=paths=source_relative:proto --go-grpc_out=paths=source_relative:proto $$(find proto -name '*.proto')
+	$(GO) build -o .bin/protoc-gen-go-vtproto github.com/planetscale/vtprotobuf/cmd/protoc-gen-go-vtproto; \
+	protoc -I proto --go_out=paths=source_relative:proto --go-grpc_out=paths=source_relative:proto \
+	  --go-vtproto_out=paths=source_relative:proto --go-vtproto_opt=features=marshal+unmarshal+size $$(find proto -name '*.proto')
 
 check-generate: proto ## fail when generated code is stale
 	git diff --exit-code -- proto

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/regent-registry/regent/internal/naming"
+	"github.com/regent-registry/regent/internal/wire"
 	regentv1 "github.com/regent-registry/regent/proto/regent/v1"
 )
 
@@ -154,6 +155,7 @@ func New(cfg Config) (*Client, error) {
 	}
 	opts := append([]grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		wire.DialOption(),
 		// Finds a dead server within 20 s + 5 s even when TCP says nothing;
 		// the server permits pings every 5 s.
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 20 * time.Second, Timeout: 5 * time.Second, PermitWithoutStream: true}),

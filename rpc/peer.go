@@ -25,6 +25,7 @@ import (
 
 	"github.com/regent-registry/regent/ephemeral"
 	"github.com/regent-registry/regent/internal/naming"
+	"github.com/regent-registry/regent/internal/wire"
 )
 
 // DefaultPeerMaxMsgBytes caps one peer message in either direction: far
@@ -112,6 +113,7 @@ func NewPeerServer(h ephemeral.Handler, cfg PeerServerConfig) (*PeerServer, erro
 	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(cfg.MaxRecvBytes),
 		grpc.ChainUnaryInterceptor(s.recoverUnary),
+		wire.ServerOption(),
 	}
 	if cfg.StreamWorkers > 0 {
 		opts = append(opts, grpc.NumStreamWorkers(uint32(cfg.StreamWorkers)))
@@ -327,6 +329,7 @@ func NewPeerTransport(cfg PeerTransportConfig) (*PeerTransport, error) {
 	}
 	t.dialOpts = append([]grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		wire.DialOption(),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(cfg.MaxMsgBytes), grpc.MaxCallSendMsgSize(cfg.MaxMsgBytes)),
 		// Reconnect within the engine's own retry period (RetryMax 3 s):
 		// with gRPC's default backoff (up to 120 s) a peer that comes back

@@ -1053,13 +1053,15 @@ func TestPeerConvertRoundTrip(t *testing.T) {
 	// A delta is refused whole when its base is not below its version, or
 	// an instance is both put and removed, or appears twice.
 	for what, edit := range map[string]func(*clusterv1.ClientDelta){
-		"base not below":  func(d *clusterv1.ClientDelta) { d.Base = d.Version },
-		"no base":         func(d *clusterv1.ClientDelta) { d.Base = nil },
-		"put and removed": func(d *clusterv1.ClientDelta) { d.Services[0].Removed[0].Ip, d.Services[0].Removed[0].Port = "10.0.0.2", 81 },
-		"removed twice":   func(d *clusterv1.ClientDelta) { d.Services[0].Removed[1] = d.Services[0].Removed[0] },
-		"service twice":   func(d *clusterv1.ClientDelta) { d.Services[1].Service = d.Services[0].Service },
-		"bad removed":     func(d *clusterv1.ClientDelta) { d.Services[1].Removed[0].Port = 0 },
-		"bad owner":       func(d *clusterv1.ClientDelta) { d.Owner = "" },
+		"base not below": func(d *clusterv1.ClientDelta) { d.Base = d.Version },
+		"no base":        func(d *clusterv1.ClientDelta) { d.Base = nil },
+		"put and removed": func(d *clusterv1.ClientDelta) {
+			d.Services[0].Removed[0].Ip, d.Services[0].Removed[0].Port = "10.0.0.2", 81
+		},
+		"removed twice": func(d *clusterv1.ClientDelta) { d.Services[0].Removed[1] = d.Services[0].Removed[0] },
+		"service twice": func(d *clusterv1.ClientDelta) { d.Services[1].Service = d.Services[0].Service },
+		"bad removed":   func(d *clusterv1.ClientDelta) { d.Services[1].Removed[0].Port = 0 },
+		"bad owner":     func(d *clusterv1.ClientDelta) { d.Owner = "" },
 	} {
 		pd := clientDeltaToProto(&delta)
 		edit(pd)

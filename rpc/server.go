@@ -23,6 +23,7 @@ import (
 	"github.com/regent-registry/regent/ephemeral"
 	"github.com/regent-registry/regent/internal/naming"
 	"github.com/regent-registry/regent/internal/registry"
+	"github.com/regent-registry/regent/internal/wire"
 )
 
 // Config of the gRPC front.
@@ -164,6 +165,7 @@ func NewServer(cfg Config, deps Deps) (*Server, error) {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: cfg.MinClientPing, PermitWithoutStream: true}),
 		grpc.ChainUnaryInterceptor(s.recoverUnary, metricsUnary(latency)),
 		grpc.ChainStreamInterceptor(s.recoverStream),
+		wire.ServerOption(),
 	)
 	regentv1.RegisterRegistryServer(s.grpc, s)
 	s.health = health.NewServer()

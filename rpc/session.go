@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 	"google.golang.org/grpc/codes"
@@ -119,6 +120,9 @@ func (s *Server) openSession(ctx context.Context, m *regentv1.ClientMessage) (*s
 	}
 	if len(h.GetClientName()) > 256 || len(h.GetSdkVersion()) > 256 {
 		return nil, fmt.Errorf("%w: client name and sdk version are limited to 256 bytes", naming.ErrInvalid)
+	}
+	if !utf8.ValidString(h.GetClientName()) || !utf8.ValidString(h.GetSdkVersion()) || !utf8.ValidString(h.GetPreviousNode()) {
+		return nil, fmt.Errorf("%w: client name, sdk version and previous node must be UTF-8", naming.ErrInvalid)
 	}
 	if err := naming.ValidateMetadata(h.GetLabels()); err != nil {
 		return nil, err

@@ -18,6 +18,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/regent-registry/regent/internal/bench/load"
+	"github.com/regent-registry/regent/internal/wire"
 	regentv1 "github.com/regent-registry/regent/proto/regent/v1"
 )
 
@@ -63,7 +64,7 @@ type worker struct {
 }
 
 func dial(ctx context.Context, server string, id int, runID int64) (*worker, error) {
-	conn, err := grpc.NewClient("passthrough:///"+server, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient("passthrough:///"+server, grpc.WithTransportCredentials(insecure.NewCredentials()), wire.DialOption())
 	if err != nil {
 		return nil, err
 	}

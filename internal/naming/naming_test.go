@@ -105,10 +105,25 @@ func TestNormalizeMeta(t *testing.T) {
 		{HealthCheck: HealthCheck{Type: CheckHTTP, HTTPPath: "nope"}},
 		{HealthCheck: HealthCheck{IntervalMS: 10}},
 		{HealthCheck: HealthCheck{ExpectedStatus: 99}},
+		{HealthCheck: HealthCheck{Type: CheckHTTP, HTTPPath: "/ok\xff"}},
+		{Metadata: map[string]string{"k": "bad \xc3\x28"}},
+		{Metadata: map[string]string{"\xffkey": "v"}},
 	} {
 		if _, err := NormalizeMeta(bad); !errors.Is(err, ErrInvalid) {
 			t.Errorf("NormalizeMeta(%+v) = %v, want ErrInvalid", bad, err)
 		}
+	}
+}
+
+// Strings a node keeps must be UTF-8: gRPC's codec checked that on decode,
+// Regent's (vtprotobuf) does not, so validation does.
+func TestMetadataMustBeUTF8(t *testing.T) {
+	if err := ValidateMetadata(map[string]string{"zone": "zürich-1"}); err != nil {
+		t.Fatalf("UTF-8 metadata refused: %v", err)
+	}
+	in := Instance{IP: "10.0.0.1", Port: 80, Metadata: map[string]string{"v": "\xff"}}
+	if _, err := NormalizeInstance(in); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("instance with invalid UTF-8 metadata: %v", err)
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"math"
 	"net/netip"
 	"regexp"
+	"unicode/utf8"
 )
 
 // ErrInvalid is wrapped by every validation error; rpc maps it to
@@ -146,6 +147,9 @@ func ValidateMetadata(md map[string]string) error {
 		if len(v) > MaxMetadataValueLen {
 			return invalid("metadata value of key %q is %d bytes, at most %d allowed", k, len(v), MaxMetadataValueLen)
 		}
+		if !utf8.ValidString(k) || !utf8.ValidString(v) {
+			return invalid("metadata key %q or its value is not valid UTF-8", k)
+		}
 		total += len(k) + len(v)
 	}
 	if total > MaxMetadataBytes {
@@ -191,8 +195,8 @@ func NormalizeMeta(m ServiceMeta) (ServiceMeta, error) {
 	switch h.Type {
 	case CheckTCP, CheckNone:
 	case CheckHTTP:
-		if len(h.HTTPPath) > 1024 || h.HTTPPath[0] != '/' {
-			return m, invalid("health check path must start with / and be at most 1024 bytes")
+		if len(h.HTTPPath) > 1024 || h.HTTPPath[0] != '/' || !utf8.ValidString(h.HTTPPath) {
+			return m, invalid("health check path must start with / and be at most 1024 bytes of UTF-8")
 		}
 	default:
 		return m, invalid("unknown health check type %d", h.Type)

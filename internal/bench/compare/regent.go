@@ -17,6 +17,7 @@ import (
 	"github.com/regent-registry/regent/chaos"
 	"github.com/regent-registry/regent/client"
 	"github.com/regent-registry/regent/internal/bench/load"
+	"github.com/regent-registry/regent/internal/wire"
 	regentv1 "github.com/regent-registry/regent/proto/regent/v1"
 )
 
@@ -196,7 +197,7 @@ func (s *regentSystem) sessionPerInstance(ctx context.Context, clients, round in
 		}
 	}()
 	for i := range conns {
-		c, err := grpc.NewClient("passthrough:///"+s.servers[i%len(s.servers)], grpc.WithTransportCredentials(insecure.NewCredentials()))
+		c, err := grpc.NewClient("passthrough:///"+s.servers[i%len(s.servers)], grpc.WithTransportCredentials(insecure.NewCredentials()), wire.DialOption())
 		if err != nil {
 			return load.Sample{}, err
 		}
