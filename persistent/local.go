@@ -15,7 +15,7 @@ import (
 var ErrClosed = errors.New("persistent: store closed")
 
 // Observer is told which services a write changed, after it is durable.
-type Observer func(changed []naming.ServiceKey)
+type Observer = func(changed []naming.ServiceKey)
 
 var _ registry.Persistent = (*Local)(nil)
 

@@ -122,7 +122,6 @@ func newEnv(t testing.TB, opt envOptions) *testEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	local.SetObserver(reg.Changed)
 	ctx, cancel := context.WithCancel(context.Background())
 	regDone := make(chan struct{})
 	go func() { defer close(regDone); reg.Run(ctx) }()

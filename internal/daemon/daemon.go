@@ -278,10 +278,11 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 		return nil, fmt.Errorf("daemon: %w", err)
 	}
 	store := ephemeral.NewStore(nil)
+	// The registry makes itself the Raft store's observer (it caches
+	// persistent states until the FSM reports them changed).
 	if d.reg, err = registry.New(cfg.Registry, store, d.raft); err != nil {
 		return nil, err
 	}
-	d.raft.SetObserver(d.reg.Changed)
 	hc := cfg.Health
 	hc.Self, hc.Members, hc.Source, hc.Writer = cfg.Name, d.servers.aliveNames, healthSource{d.raft}, d.raft
 	hc.Logger = logger

@@ -47,6 +47,14 @@ type Persistent interface {
 	ServiceKeys(namespace, group, after string, limit int) ([]naming.ServiceKey, error)
 }
 
+// ChangeNotifier is a Persistent that tells which services changed, after
+// a change is applied and before the write that made it returns. New makes
+// the registry its observer and then caches what Service returns, per
+// service, until the notifier reports the service changed.
+type ChangeNotifier interface {
+	SetObserver(func(changed []naming.ServiceKey))
+}
+
 // PersistentService is what the persistent side holds of one service.
 type PersistentService struct {
 	Instances []naming.Instance
@@ -79,6 +87,11 @@ type Config struct {
 	// runs go out together when it ends. A subscriber thus hears of a lone
 	// change without delay, and of a burst in at most one push per window.
 	MergeWindow time.Duration
+	// PersistentCache is how many services' persistent state the registry
+	// keeps decoded (0: none), for a persistent side that reports its
+	// changes (ChangeNotifier): a lookup or push then reads no bbolt
+	// transaction while the service does not change.
+	PersistentCache int
 }
 
 // DefaultConfig returns production settings.
@@ -86,13 +99,16 @@ func DefaultConfig() Config {
 	// 20 ms merges a burst of registrations (a deploy) into a few pushes
 	// while staying well inside the 50 ms promised to subscribers; a lone
 	// change does not wait for it.
-	return Config{MergeWindow: 20 * time.Millisecond}
+	return Config{MergeWindow: 20 * time.Millisecond, PersistentCache: 4096}
 }
 
 // Validate checks the settings.
 func (c Config) Validate() error {
 	if c.MergeWindow <= 0 || c.MergeWindow > time.Second {
 		return fmt.Errorf("registry: merge window %v outside (0, 1s]", c.MergeWindow)
+	}
+	if c.PersistentCache < 0 || c.PersistentCache > 1<<20 {
+		return fmt.Errorf("registry: persistent cache of %d services outside [0, 2^20]", c.PersistentCache)
 	}
 	return nil
 }
@@ -102,6 +118,9 @@ type Registry struct {
 	cfg Config
 	eph *ephemeral.Store
 	per Persistent
+	// pcache holds persistent states read, when per reports its changes
+	// and the config asks for it (nil otherwise).
+	pcache *persistentCache
 
 	// subMu guards subs and dirty.
 	subMu sync.Mutex
@@ -164,6 +183,12 @@ func New(cfg Config, eph *ephemeral.Store, per Persistent) (*Registry, error) {
 		after: time.After,
 	}
 	eph.SetObserver(r.Changed)
+	if cn, ok := per.(ChangeNotifier); ok {
+		if cfg.PersistentCache > 0 {
+			r.pcache = newPersistentCache(cfg.PersistentCache)
+		}
+		cn.SetObserver(r.Changed)
+	}
 	return r, nil
 }
 
@@ -179,6 +204,9 @@ func (r *Registry) Pushes() uint64 { return r.pushes.Load() }
 // Changed marks services as changed; subscribers get pushed after the merge
 // window. It never blocks.
 func (r *Registry) Changed(keys []naming.ServiceKey) {
+	if r.pcache != nil {
+		r.pcache.invalidate(keys)
+	}
 	r.subMu.Lock()
 	marked := false
 	for _, k := range keys {
@@ -313,7 +341,7 @@ func (r *Registry) merged(k naming.ServiceKey) ([]naming.Instance, uint64, float
 
 func (r *Registry) mergedFull(k naming.ServiceKey) ([]naming.Instance, uint64, PersistentService, error) {
 	eph, erev := r.eph.Instances(k)
-	ps, err := r.per.Service(k)
+	ps, err := r.persistent(k)
 	if err != nil {
 		return nil, 0, ps, err
 	}
@@ -324,6 +352,23 @@ func (r *Registry) mergedFull(k naming.ServiceKey) ([]naming.Instance, uint64, P
 	all = append(all, eph...)
 	all = append(all, ps.Instances...)
 	return all, erev + ps.Revision, ps, nil
+}
+
+// persistent reads a service's persistent state, from the cache when it
+// holds it.
+func (r *Registry) persistent(k naming.ServiceKey) (PersistentService, error) {
+	if r.pcache == nil {
+		return r.per.Service(k)
+	}
+	if ps, ok := r.pcache.get(k); ok {
+		return ps, nil
+	}
+	gen := r.pcache.generation()
+	ps, err := r.per.Service(k)
+	if err == nil {
+		r.pcache.put(k, ps, gen)
+	}
+	return ps, err
 }
 
 // Get answers a query. A service that had instances once and has none now
