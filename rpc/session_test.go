@@ -1290,6 +1290,59 @@ func TestSessionHelloReplyComesFirst(t *testing.T) {
 	}
 }
 
+// A client may send requests right after its Hello, without waiting for
+// the HelloReply: they are served in order once the session is open, and
+// answered after the HelloReply. Requests behind a refused Hello are not
+// served at all.
+func TestSessionRequestsPipelinedBehindHello(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "limits.json")
+	writeLimits(t, path, `{"countLimitPerClientIpDefault":1}`)
+	w, err := NewLimitWatcher(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newEnv(t, envOptions{limits: w})
+	c := e.openRaw(t)
+	c.mustSend(helloMsg("client-p", nil))
+	reg := registerMsg("svc-p", inst("10.0.0.1", 80))
+	reg.RequestId = 1
+	c.mustSend(reg)
+	look := &regentv1.ClientMessage{RequestId: 2, Body: &regentv1.ClientMessage_GetService{GetService: &regentv1.GetServiceRequest{Service: svcRef("svc-p")}}}
+	c.mustSend(look)
+	_, idx := c.waitMsg("the lookup's ack", 0, func(m *regentv1.ServerMessage) bool { return m.GetAck().GetRequestId() == 2 })
+	msgs := c.messages()
+	if msgs[0].GetHelloReply() == nil {
+		t.Fatalf("first message %v, want the HelloReply", msgs[0])
+	}
+	var acks []uint64
+	for _, m := range msgs[1 : idx+1] {
+		if a := m.GetAck(); a != nil {
+			if a.GetCode() != 0 {
+				t.Fatalf("pipelined request refused: %v", a)
+			}
+			acks = append(acks, a.GetRequestId())
+		}
+	}
+	if !slices.Equal(acks, []uint64{1, 2}) {
+		t.Fatalf("acks %v, want 1 then 2", acks)
+	}
+	if got := msgs[idx].GetAck().GetService().GetSnapshot().GetInstances(); len(got) != 1 || got[0].GetIp() != "10.0.0.1" {
+		t.Fatalf("the lookup behind the register lists %v", got)
+	}
+
+	// A second client from the same IP is refused: what it sent behind
+	// its Hello changes nothing.
+	r := e.openRaw(t)
+	r.mustSend(helloMsg("client-q", nil))
+	reg2 := registerMsg("svc-q", inst("10.0.0.2", 80))
+	reg2.RequestId = 1
+	r.mustSend(reg2)
+	wantCode(t, "refused session", r.waitEnd(), codes.ResourceExhausted)
+	if _, err := e.client.GetService(context.Background(), &regentv1.GetServiceRequest{Service: svcRef("svc-q")}); status.Code(err) != codes.NotFound {
+		t.Fatalf("svc-q after the refused session: %v, want NotFound", err)
+	}
+}
+
 func TestServerShutdown(t *testing.T) {
 	e := newEnv(t, envOptions{})
 	e.srv.SetServing(true)

@@ -223,15 +223,17 @@ func (s *regentSystem) sessionPerInstance(ctx context.Context, clients, round in
 		if err := st.Send(&regentv1.ClientMessage{Body: &regentv1.ClientMessage_Hello{Hello: &regentv1.Hello{ClientId: id, ClientName: "regent-compare"}}}); err != nil {
 			return err
 		}
-		if m, err := st.Recv(); err != nil || m.GetHelloReply() == nil {
-			return fmt.Errorf("no HelloReply: %v", err)
-		}
+		// The register follows the Hello at once: a session serves what
+		// comes after its Hello once it is open, in order.
 		reg := &regentv1.ClientMessage{RequestId: 1, Body: &regentv1.ClientMessage_Register{Register: &regentv1.RegisterEphemeral{
 			Service:   &regentv1.ServiceRef{Service: svcName(Ephemeral, clients, round, worker)},
 			Instances: []*regentv1.Instance{{Ip: ipOf(seq), Port: 8080, Metadata: map[string]string{"version": "1.0.0"}}},
 		}}}
 		if err := st.Send(reg); err != nil {
 			return err
+		}
+		if m, err := st.Recv(); err != nil || m.GetHelloReply() == nil {
+			return fmt.Errorf("no HelloReply: %v", err)
 		}
 		for {
 			m, err := st.Recv()

@@ -51,7 +51,10 @@ type RegistryClient interface {
 	// Session is the one bidirectional stream a client process keeps open. The
 	// first message must be a Hello; the server answers with HelloReply or
 	// closes the stream (RESOURCE_EXHAUSTED when a connection limit refuses it,
-	// DEADLINE_EXCEEDED when no Hello arrives in time). When the stream ends for
+	// DEADLINE_EXCEEDED when no Hello arrives in time). A client may send
+	// requests right behind its Hello, without waiting for the HelloReply:
+	// they are served in order once the session is open, and answered after
+	// the HelloReply; behind a refused Hello none is served. When the stream ends for
 	// any reason, every ephemeral instance and subscription of the session is
 	// removed at once.
 	Session(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ClientMessage, ServerMessage], error)
@@ -177,7 +180,10 @@ type RegistryServer interface {
 	// Session is the one bidirectional stream a client process keeps open. The
 	// first message must be a Hello; the server answers with HelloReply or
 	// closes the stream (RESOURCE_EXHAUSTED when a connection limit refuses it,
-	// DEADLINE_EXCEEDED when no Hello arrives in time). When the stream ends for
+	// DEADLINE_EXCEEDED when no Hello arrives in time). A client may send
+	// requests right behind its Hello, without waiting for the HelloReply:
+	// they are served in order once the session is open, and answered after
+	// the HelloReply; behind a refused Hello none is served. When the stream ends for
 	// any reason, every ephemeral instance and subscription of the session is
 	// removed at once.
 	Session(grpc.BidiStreamingServer[ClientMessage, ServerMessage]) error
