@@ -8,7 +8,7 @@ import (
 )
 
 var workloadTitles = map[string]string{
-	Ephemeral:  "ephemeral registration of a new instance with its liveness binding (Regent: a new session on the client's connection, Hello, register, kept open; etcd: lease grant + put with the lease + keep-alive)",
+	Ephemeral:  "ephemeral registration of a new instance with its liveness binding (Regent: a new session on the client's connection, Hello with the register sent right behind it, kept open; etcd: lease grant + put with the lease + keep-alive)",
 	Shared:     "one more instance on the client's one binding (Regent: register on its long-lived SDK session, which holds every instance it registered; etcd: put with its one lease); the issue sets no target for it",
 	Persistent: "persistent registration (Regent: persistent register through Raft, the SDK sending it to the leader once a node has named it; etcd: put); the clients of both list every node, their own first",
 	Lookup:     "lookup of a 10-instance service from the server (Regent: the SDK's GetService, which goes over the client's session; etcd: serializable range over the prefix)",
