@@ -230,14 +230,7 @@ func deltaSize(c *ClientDelta) int {
 	n := 48 + len(c.ID) + len(c.Owner)
 	for i := range c.Services {
 		s := &c.Services[i]
-		n += 16 + len(s.Key.Namespace) + len(s.Key.Group) + len(s.Key.Service)
-		for j := range s.Put {
-			in := &s.Put[j]
-			n += 40 + len(in.IP) + len(in.Cluster)
-			for k, v := range in.Metadata {
-				n += 4 + len(k) + len(v)
-			}
-		}
+		n += 16 + len(s.Key.Namespace) + len(s.Key.Group) + len(s.Key.Service) + instancesSize(s.Put)
 		for _, id := range s.Removed {
 			n += 16 + len(id.IP) + len(id.Cluster)
 		}
@@ -251,13 +244,18 @@ func stateSize(c *ClientState) int {
 	n := 32 + len(c.ID) + len(c.Owner)
 	for i := range c.Services {
 		s := &c.Services[i]
-		n += 16 + len(s.Key.Namespace) + len(s.Key.Group) + len(s.Key.Service)
-		for j := range s.Instances {
-			in := &s.Instances[j]
-			n += 40 + len(in.IP) + len(in.Cluster)
-			for k, v := range in.Metadata {
-				n += 4 + len(k) + len(v)
-			}
+		n += 16 + len(s.Key.Namespace) + len(s.Key.Group) + len(s.Key.Service) + instancesSize(s.Instances)
+	}
+	return n
+}
+
+func instancesSize(list []naming.Instance) int {
+	n := 0
+	for i := range list {
+		in := &list[i]
+		n += 40 + len(in.IP) + len(in.Cluster)
+		for k, v := range in.Metadata {
+			n += 4 + len(k) + len(v)
 		}
 	}
 	return n

@@ -108,9 +108,7 @@ func (s *Store) Register(clientID, owner string, key naming.ServiceKey, instance
 	changed := s.putLocked(c, key, instances, func() { s.rev++ })
 	var obs Observer
 	if changed {
-		c.revision = s.rev
-		s.touchService(key)
-		obs = s.observer
+		obs = s.changedLocked(c, key)
 	}
 	rev := c.revision
 	s.mu.Unlock()
@@ -118,6 +116,15 @@ func (s *Store) Register(clientID, owner string, key naming.ServiceKey, instance
 		s.notify(obs, []naming.ServiceKey{key})
 	}
 	return rev, changed
+}
+
+// changedLocked records that c's instances of key changed at the current
+// revision and returns whom to tell once the lock is released.
+func (s *Store) changedLocked(c *client, key naming.ServiceKey) Observer {
+	c.revision = s.rev
+	s.touchService(key)
+	s.dropIfEmpty(key)
+	return s.observer
 }
 
 // putLocked adds or replaces instances of key for c, calling bump before
@@ -165,10 +172,7 @@ func (s *Store) Deregister(clientID string, key naming.ServiceKey, ids []naming.
 	changed := s.dropLocked(c, key, ids, func() { s.rev++ })
 	var obs Observer
 	if changed {
-		c.revision = s.rev
-		s.touchService(key)
-		s.dropIfEmpty(key)
-		obs = s.observer
+		obs = s.changedLocked(c, key)
 	}
 	rev := c.revision
 	s.mu.Unlock()

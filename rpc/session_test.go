@@ -1007,6 +1007,18 @@ func writeLimits(t *testing.T, path, content string) {
 	}
 }
 
+// limitsFrom is a LimitWatcher of rules given as JSON.
+func limitsFrom(t *testing.T, rules string) *LimitWatcher {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "limits.json")
+	writeLimits(t, path, rules)
+	w, err := NewLimitWatcher(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w
+}
+
 func TestSessionConnectionLimitRefuses(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "limits.json")
 	writeLimits(t, path, `{"countLimitPerClientIpDefault":1}`)
@@ -1295,13 +1307,7 @@ func TestSessionHelloReplyComesFirst(t *testing.T) {
 // answered after the HelloReply. Requests behind a refused Hello are not
 // served at all.
 func TestSessionRequestsPipelinedBehindHello(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "limits.json")
-	writeLimits(t, path, `{"countLimitPerClientIpDefault":1}`)
-	w, err := NewLimitWatcher(path, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := newEnv(t, envOptions{limits: w})
+	e := newEnv(t, envOptions{limits: limitsFrom(t, `{"countLimitPerClientIpDefault":1}`)})
 	c := e.openRaw(t)
 	c.mustSend(helloMsg("client-p", nil))
 	reg := registerMsg("svc-p", inst("10.0.0.1", 80))
