@@ -218,7 +218,7 @@ func Run(ctx context.Context, o Options) ([]Result, error) {
 			}
 			results = append(results, res)
 			if o.Progress != nil {
-				fmt.Fprintf(o.Progress, "  %-8s c=%-3d %9.0f ops/s (p50 %v, p99 %v)  baseline %-12s %9.0f ops/s  ratio %.2f\n",
+				fmt.Fprintf(o.Progress, "  %-13s c=%-3d %9.0f ops/s (p50 %v, p99 %v)  baseline %-12s %9.0f ops/s  ratio %.2f\n",
 					res.Op, c, res.OpsPerSec, res.P50.Round(time.Microsecond), res.P99.Round(time.Microsecond), res.Baseline, res.BaseOps, res.Ratio)
 			}
 		}
