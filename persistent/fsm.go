@@ -153,10 +153,13 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 		f.logger.Error("cannot apply the Raft log to the state; stopping", "err", err)
 		panic(err)
 	}
+	// The observer first: it drops the registry's cached states of these
+	// services, and a linearizable read waiting for this index (setApplied
+	// wakes it) must not find them cached.
+	f.notify(changed)
 	if last != 0 {
 		f.setApplied(last)
 	}
-	f.notify(changed)
 	return out
 }
 
@@ -195,7 +198,6 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	if err := f.db.Restore(rc); err != nil {
 		return fmt.Errorf("persistent: restore snapshot: %w", err)
 	}
-	f.setApplied(f.readApplied())
 	changed := make(map[naming.ServiceKey]struct{}, len(before))
 	for _, k := range before {
 		changed[k] = struct{}{}
@@ -203,7 +205,8 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	_ = f.db.View(func(tx *storage.Tx) error {
 		return tx.ForEachService(func(k naming.ServiceKey) error { changed[k] = struct{}{}; return nil })
 	})
-	f.notify(changed)
+	f.notify(changed) // before the waiters wake, as in ApplyBatch
+	f.setApplied(f.readApplied())
 	return nil
 }
 
