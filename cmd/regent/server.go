@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"time"
@@ -109,7 +110,9 @@ Stop with Ctrl-C (or SIGTERM): clients are told to reconnect elsewhere.
 				// Every acknowledged write is in the fsynced Raft log and
 				// the state is rebuilt from it, so exiting now loses
 				// nothing; a SIGTERM must end the process.
-				logger.Error("shutdown did not finish; exiting anyway", "after", shutdownGrace)
+				logger.Error("shutdown did not finish; exiting anyway, after every goroutine's stack", "after", shutdownGrace)
+				// What held the stop up, for the report (chaos finding 7).
+				_ = pprof.Lookup("goroutine").WriteTo(os.Stderr, 2)
 				return errShutdownHung
 			}
 			return nil
