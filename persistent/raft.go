@@ -294,7 +294,7 @@ func OpenRaft(cfg RaftConfig, db *storage.DB) (*Store, error) {
 			timeout = DefaultRaftConfig().TransportTimeout
 		}
 		s.tcp = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{Stream: s.stream, MaxPool: 3, Timeout: timeout, Logger: hlog})
-		s.trans = s.tcp
+		s.trans = noPipeline{s.tcp}
 	}
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(cfg.NodeID)
@@ -348,6 +348,30 @@ func (s *Store) FSM() *FSM { return s.fsm }
 
 // Raft returns the raft node (for tests, metrics and operators).
 func (s *Store) Raft() *raft.Raft { return s.raft }
+
+// noPipeline is the TCP transport without pipelined replication, which
+// hashicorp/raft v1.8.0 can deadlock: when a follower answers an append
+// with Success=false (or the connection breaks), the pipeline's decoder
+// returns and nobody reads its responses any more; if the send loop picks
+// one more trigger first, that send parks on the full in-flight channel
+// for good, since the pipeline is closed only after the send loop ends.
+// Replication to that follower then stops while its heartbeats go on (so
+// it never calls an election), and raft.Shutdown waits forever (chaos
+// finding 7; grafana/pyroscope#5518 met and fixed it the same way). Raft
+// falls back to one AppendEntries call at a time, each carrying up to
+// MaxAppendEntries entries.
+type noPipeline struct{ *raft.NetworkTransport }
+
+// What raft finds on a transport by assertion stays there.
+var (
+	_ raft.WithClose   = noPipeline{}
+	_ raft.WithPreVote = noPipeline{}
+)
+
+// AppendEntriesPipeline refuses: raft then replicates without a pipeline.
+func (noPipeline) AppendEntriesPipeline(raft.ServerID, raft.ServerAddress) (raft.AppendPipeline, error) {
+	return nil, raft.ErrPipelineReplicationNotSupported
+}
 
 // Addr returns the Raft transport's address.
 func (s *Store) Addr() string { return string(s.trans.LocalAddr()) }

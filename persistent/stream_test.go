@@ -2,11 +2,14 @@ package persistent
 
 import (
 	"context"
+	"errors"
 	"net"
 	"path/filepath"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/raft"
 
 	"github.com/regent-registry/regent/internal/naming"
 )
@@ -104,4 +107,25 @@ func dialed(s *streamLayer, addr string) bool {
 		}
 	}
 	return false
+}
+
+// The TCP transport offers raft no pipeline, so raft replicates one
+// AppendEntries call at a time and never enters hashicorp/raft's pipelined
+// send loop, which can park forever after a follower answers
+// Success=false (chaos finding 7). Replication and shutdown still work:
+// the other tests of this package run over it.
+func TestRaftTransportOffersNoPipeline(t *testing.T) {
+	dir := t.TempDir()
+	c := &benchCluster{tb: t, cfg: DefaultLocalRaftConfig()}
+	c.nodes = append(c.nodes, &benchNode{id: "n1", dir: filepath.Join(dir, "n1"), bind: "127.0.0.1:0"})
+	c.up = append(c.up, false)
+	t.Cleanup(c.stop)
+	c.start(0)
+	s := c.nodes[0].store
+	if _, err := s.trans.AppendEntriesPipeline("n2", "127.0.0.1:1"); !errors.Is(err, raft.ErrPipelineReplicationNotSupported) {
+		t.Fatalf("AppendEntriesPipeline: %v, want ErrPipelineReplicationNotSupported", err)
+	}
+	if _, ok := s.trans.(raft.WithPreVote); !ok {
+		t.Fatal("the transport lost pre-vote")
+	}
 }
