@@ -857,11 +857,27 @@ func (s *Store) runStateSync(ctx context.Context) {
 // cluster does not wait out an election; the new leader removes this node
 // once gossip reports it left.
 func (s *Store) Leave() {
-	if s.raft.State() == raft.Leader {
-		if err := s.raft.LeadershipTransfer().Error(); err != nil {
-			s.logger.Warn("leadership transfer failed", "err", err)
+	if s.raft.State() != raft.Leader || !s.hasOtherVoter() {
+		return // a lone node has nobody to hand over to
+	}
+	if err := s.raft.LeadershipTransfer().Error(); err != nil {
+		s.logger.Warn("leadership transfer failed", "err", err)
+	}
+}
+
+// hasOtherVoter reports whether the configuration names a voter besides
+// this node.
+func (s *Store) hasOtherVoter() bool {
+	f := s.raft.GetConfiguration()
+	if f.Error() != nil {
+		return false
+	}
+	for _, srv := range f.Configuration().Servers {
+		if srv.Suffrage == raft.Voter && string(srv.ID) != s.cfg.NodeID {
+			return true
 		}
 	}
+	return false
 }
 
 // Close stops the node; the state stays on disk. It is idempotent.

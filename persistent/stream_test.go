@@ -3,9 +3,11 @@ package persistent
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -127,5 +129,45 @@ func TestRaftTransportOffersNoPipeline(t *testing.T) {
 	}
 	if _, ok := s.trans.(raft.WithPreVote); !ok {
 		t.Fatal("the transport lost pre-vote")
+	}
+}
+
+// warnings counts the WARN and ERROR records a store logs.
+type warnings struct{ n *atomic.Int64 }
+
+func (w warnings) Enabled(context.Context, slog.Level) bool { return true }
+func (w warnings) WithAttrs([]slog.Attr) slog.Handler       { return w }
+func (w warnings) WithGroup(string) slog.Handler            { return w }
+func (w warnings) Handle(_ context.Context, r slog.Record) error {
+	if r.Level >= slog.LevelWarn {
+		w.n.Add(1)
+	}
+	return nil
+}
+
+// A lone node that leaves has nobody to hand leadership to: Leave does not
+// try (it used to, and logged "leadership transfer failed" on every stop
+// of a one-node cluster), and the node is still its own leader.
+func TestLoneLeaderLeavesWithoutATransfer(t *testing.T) {
+	var n atomic.Int64
+	cfg := DefaultLocalRaftConfig()
+	cfg.Logger = slog.New(warnings{n: &n})
+	c := &benchCluster{tb: t, cfg: cfg}
+	c.nodes = append(c.nodes, &benchNode{id: "n1", dir: filepath.Join(t.TempDir(), "n1"), bind: "127.0.0.1:0"})
+	c.up = append(c.up, false)
+	t.Cleanup(c.stop)
+	c.start(0)
+	s := c.nodes[0].store
+	if err := s.Bootstrap(map[string]string{"n1": s.Addr()}); err != nil {
+		t.Fatal(err)
+	}
+	c.waitLeader(30 * time.Second)
+	before := n.Load()
+	s.Leave()
+	if got := n.Load() - before; got != 0 {
+		t.Fatalf("Leave on a lone leader logged %d warnings", got)
+	}
+	if s.Role() != "leader" {
+		t.Fatalf("role after Leave: %s", s.Role())
 	}
 }
