@@ -106,6 +106,13 @@ func (s *Store) Register(clientID, owner string, key naming.ServiceKey, instance
 	s.mu.Lock()
 	c := s.getClient(clientID, owner)
 	changed := s.putLocked(c, key, instances, func() { s.rev++ })
+	return s.finishUnlock(c, key, changed)
+}
+
+// finishUnlock ends a change of c's instances of key made under s.mu:
+// it records it if anything changed, releases the lock, tells the observer
+// and returns the client's revision and whether anything changed.
+func (s *Store) finishUnlock(c *client, key naming.ServiceKey, changed bool) (uint64, bool) {
 	var obs Observer
 	if changed {
 		obs = s.changedLocked(c, key)
@@ -170,16 +177,7 @@ func (s *Store) Deregister(clientID string, key naming.ServiceKey, ids []naming.
 		return 0, false
 	}
 	changed := s.dropLocked(c, key, ids, func() { s.rev++ })
-	var obs Observer
-	if changed {
-		obs = s.changedLocked(c, key)
-	}
-	rev := c.revision
-	s.mu.Unlock()
-	if changed {
-		s.notify(obs, []naming.ServiceKey{key})
-	}
-	return rev, changed
+	return s.finishUnlock(c, key, changed)
 }
 
 // dropLocked removes instances of key from c, calling bump before its
