@@ -13,6 +13,11 @@
 //     lease (Distro syncs a client's whole state, so the cost grows with
 //     the instances a session holds);
 //   - persistent: a persistent register (through Raft), beside a put;
+//   - noop: the cheapest round trip each system's client makes to its
+//     node, which bounds what any request to a server can reach on this
+//     machine: a Ping on the Regent SDK's session (the path of its
+//     lookups), beside the standard gRPC health Check on an etcd member
+//     (etcd's range is a unary call); no target, a baseline;
 //   - lookup: list a service's 10 instances from the server, beside a
 //     serializable range over the service's prefix;
 //   - lookup-watched: the same list by a client subscribed to the service,
@@ -48,6 +53,7 @@ const (
 	Ephemeral  = "ephemeral"
 	Shared     = "ephemeral-shared"
 	Persistent = "persistent"
+	Noop       = "noop"
 	Lookup     = "lookup"
 	Watched    = "lookup-watched"
 	Notify     = "notify"
@@ -58,7 +64,7 @@ const (
 const NotifyPace = 50 * time.Millisecond
 
 // Workloads lists every workload.
-var Workloads = []string{Ephemeral, Shared, Persistent, Lookup, Watched, Notify, Removal}
+var Workloads = []string{Ephemeral, Shared, Persistent, Noop, Lookup, Watched, Notify, Removal}
 
 // Options of Run.
 type Options struct {

@@ -73,19 +73,29 @@ func TestValidate(t *testing.T) {
 }
 
 func TestTable(t *testing.T) {
-	r := &Result{Rows: []Row{{Workload: Lookup, Clients: 16, Regent: sample(6000, 1, time.Millisecond), Etcd: sample(1000, 1, 2*time.Millisecond),
-		RegentCPU: CPU{Server: 600 * time.Millisecond, Generator: 300 * time.Millisecond, Ops: 6000},
-		EtcdCPU:   CPU{Server: 200 * time.Millisecond, Generator: 50 * time.Millisecond, Ops: 1000}}},
+	r := &Result{Rows: []Row{
+		{Workload: Noop, Clients: 16, Regent: sample(8000, 1, time.Millisecond), Etcd: sample(4000, 1, time.Millisecond)},
+		{Workload: Lookup, Clients: 16, Regent: sample(6000, 1, time.Millisecond), Etcd: sample(1000, 1, 2*time.Millisecond),
+			RegentCPU: CPU{Server: 600 * time.Millisecond, Generator: 300 * time.Millisecond, Ops: 6000},
+			EtcdCPU:   CPU{Server: 200 * time.Millisecond, Generator: 50 * time.Millisecond, Ops: 1000}},
+		// A concurrency without its no-op row gets no ceiling line.
+		{Workload: Lookup, Clients: 64, Regent: sample(6000, 1, time.Millisecond), Etcd: sample(1000, 1, 2*time.Millisecond)}},
 		EtcdTermsBefore: []uint64{2, 2, 2}, EtcdTermsAfter: []uint64{2, 3, 3}}
 	var b strings.Builder
 	r.Table(&b, "regent-compare")
 	out := b.String()
 	for _, want := range []string{"| lookup | 16 | 6000 | 1.00 ms | 1.00 ms | 1000 | 2.00 ms | 2.00 ms | 6.00 (throughput) | ≥ 5.0× | yes |", "etcd changed leader",
 		// 100 µs and 50 µs per op for Regent, 200 and 50 for etcd.
-		"| lookup | 16 | 100 µs | 200 µs | 2.00 | 50 µs | 50 µs | 1.67 |"} {
+		"| lookup | 16 | 100 µs | 200 µs | 2.00 | 50 µs | 50 µs | 1.67 |",
+		// Regent's lookup at 0.75 of its no-op, etcd's at 0.25; a free
+		// Regent lookup would reach 8000/1000.
+		"| 16 | 8000 | 0.75 | 4000 | 0.25 | 8.00 | 6.00 |"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("table lacks %q:\n%s", want, out)
 		}
+	}
+	if strings.Contains(out, "\n| 64 |") {
+		t.Errorf("a ceiling line for 64 clients, which have no no-op row:\n%s", out)
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/regent-registry/regent/internal/bench/load"
 )
@@ -87,6 +88,23 @@ func (s *etcdSystem) measure(ctx context.Context, w string, clients, round int, 
 		defer closeEtcd(cs)
 		return load.Run(ctx, clients, d, func(ctx context.Context, worker, seq int) error {
 			_, err := cs[worker].Put(ctx, keyOf(w, clients, round, worker, seq), instanceValue(ipOf(seq)))
+			return err
+		}), nil
+	case Noop:
+		cs, err := s.clients(clients, 0)
+		if err != nil {
+			return load.Sample{}, err
+		}
+		defer closeEtcd(cs)
+		hc := make([]healthpb.HealthClient, len(cs))
+		for i, c := range cs {
+			hc[i] = healthpb.NewHealthClient(c.ActiveConnection())
+		}
+		return load.Run(ctx, clients, d, func(ctx context.Context, worker, _ int) error {
+			r, err := hc[worker].Check(ctx, &healthpb.HealthCheckRequest{})
+			if err == nil && r.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+				err = fmt.Errorf("health: %v", r.GetStatus())
+			}
 			return err
 		}), nil
 	case Lookup, Watched:

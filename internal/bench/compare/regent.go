@@ -142,6 +142,15 @@ func (s *regentSystem) measure(ctx context.Context, w string, clients, round int
 			_, err := cs[worker].RegisterPersistent(ctx, svc, in)
 			return err
 		}), nil
+	case Noop:
+		cs, err := s.clients(ctx, clients, 0)
+		if err != nil {
+			return load.Sample{}, err
+		}
+		defer closeAll(cs)
+		return load.Run(ctx, clients, d, func(ctx context.Context, worker, _ int) error {
+			return cs[worker].Ping(ctx)
+		}), nil
 	case Lookup, Watched:
 		return s.lookup(ctx, clients, round, d, w == Watched)
 	case Notify:

@@ -11,6 +11,7 @@ var workloadTitles = map[string]string{
 	Ephemeral:  "ephemeral registration of a new instance with its liveness binding (Regent: a new session on the client's connection, Hello with the register sent right behind it, kept open; etcd: lease grant + put with the lease + keep-alive)",
 	Shared:     "one more instance on the client's one binding (Regent: register on its long-lived SDK session, which holds every instance it registered; etcd: put with its one lease); the issue sets no target for it",
 	Persistent: "persistent registration (Regent: persistent register through Raft, the SDK sending it to the leader once a node has named it; etcd: put); the clients of both list every node, their own first",
+	Noop:       "the cheapest round trip to a node, which bounds every request to a server (Regent: a Ping on the SDK's session, the path its lookups take; etcd: the standard gRPC health Check, a unary call as its range is); a baseline, no target",
 	Lookup:     "lookup of a 10-instance service from the server (Regent: the SDK's GetService, which goes over the client's session; etcd: serializable range over the prefix)",
 	Watched:    "the same lookup by a client subscribed to the service (Regent: GetService, answered by the SDK from its push-kept cache; etcd: the same serializable range, its client having no such cache)",
 	Notify:     "change notification on another node (Regent: register → subscriber push; etcd: put → watch event), each client changing its own service at most every 50 ms; before each change, untimed, the client's previous instance (etcd: key) is removed and seen gone, so the service holds one instance",
@@ -55,6 +56,7 @@ func (r *Result) Table(w io.Writer, cmdline string) {
 	}
 	fmt.Fprintln(w)
 	r.cpuTable(w)
+	r.ceilingTable(w)
 	for _, wl := range Workloads {
 		fmt.Fprintf(w, "- **%s**: %s.\n", wl, workloadTitles[wl])
 	}
@@ -103,6 +105,56 @@ func (r *Result) cpuTable(w io.Writer) {
 		es, eg := row.EtcdCPU.PerOp()
 		fmt.Fprintf(w, "| %s | %d | %s | %s | %.2f | %s | %s | %.2f |\n", row.Workload, row.Clients, us(rs), us(es), float64(es)/float64(rs),
 			us(rg), us(eg), float64(es+eg)/float64(rs+rg))
+	}
+	fmt.Fprintln(w)
+}
+
+// ceilingTable writes, per concurrency measured with both noop and lookup,
+// each system's lookup as a share of its own no-op round trip, and the
+// highest lookup ratio Regent could reach in this run: its no-op rate
+// over etcd's lookup rate (a lookup that cost Regent nothing still takes
+// a round trip).
+func (r *Result) ceilingTable(w io.Writer) {
+	type pair struct{ noop, lookup *Row }
+	var order []int
+	pairs := map[int]*pair{}
+	for i := range r.Rows {
+		row := &r.Rows[i]
+		if row.Workload != Noop && row.Workload != Lookup {
+			continue
+		}
+		p := pairs[row.Clients]
+		if p == nil {
+			p = &pair{}
+			pairs[row.Clients] = p
+			order = append(order, row.Clients)
+		}
+		if row.Workload == Noop {
+			p.noop = row
+		} else {
+			p.lookup = row
+		}
+	}
+	var lines []string
+	for _, c := range order {
+		p := pairs[c]
+		if p.noop == nil || p.lookup == nil || p.noop.Regent.Rate() == 0 || p.noop.Etcd.Rate() == 0 || p.lookup.Etcd.Rate() == 0 {
+			continue
+		}
+		lines = append(lines, fmt.Sprintf("| %d | %.0f | %.2f | %.0f | %.2f | %.2f | %.2f |", c,
+			p.noop.Regent.Rate(), p.lookup.Regent.Rate()/p.noop.Regent.Rate(),
+			p.noop.Etcd.Rate(), p.lookup.Etcd.Rate()/p.noop.Etcd.Rate(),
+			p.noop.Regent.Rate()/p.lookup.Etcd.Rate(), p.lookup.Ratio()))
+	}
+	if len(lines) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "Lookup beside each system's no-op round trip: the lookup's share of its own no-op rate, and the highest lookup ratio a Regent lookup costing nothing would reach (Regent no-op ops/s over etcd lookup ops/s):")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| clients | Regent no-op ops/s | Regent lookup/no-op | etcd no-op ops/s | etcd lookup/no-op | ceiling of Regent/etcd lookup | Regent/etcd lookup |")
+	fmt.Fprintln(w, "|---:|---:|---:|---:|---:|---:|---:|")
+	for _, l := range lines {
+		fmt.Fprintln(w, l)
 	}
 	fmt.Fprintln(w)
 }
