@@ -2,6 +2,7 @@ package registry
 
 import (
 	"sync"
+	"sync/atomic"
 
 	"github.com/regent-registry/regent/internal/naming"
 )
@@ -13,6 +14,9 @@ import (
 // older than one a reported change replaced.
 type persistentCache struct {
 	max int
+	// hits and misses count lookups answered from the cache and lookups
+	// that read the persistent side.
+	hits, misses atomic.Uint64
 	// mu guards everything below.
 	mu      sync.Mutex
 	gen     uint64
@@ -28,6 +32,11 @@ func (c *persistentCache) get(k naming.ServiceKey) (PersistentService, bool) {
 	c.mu.Lock()
 	ps, ok := c.entries[k]
 	c.mu.Unlock()
+	if ok {
+		c.hits.Add(1)
+	} else {
+		c.misses.Add(1)
+	}
 	return ps, ok
 }
 

@@ -64,6 +64,9 @@ func TestPersistentCacheServesUntilAChange(t *testing.T) {
 	if n := per.reads.Load(); n != 1 {
 		t.Fatalf("5 lookups read the persistent side %d times, want 1", n)
 	}
+	if st := r.PersistentCache(); st != (CacheStats{Hits: 4, Misses: 1, Entries: 1}) {
+		t.Fatalf("cache stats after 5 lookups: %+v, want 4 hits, 1 miss, 1 entry", st)
+	}
 	if _, err := per.Register(ctx, k, []naming.Instance{persistentInst("10.0.0.2")}); err != nil {
 		t.Fatal(err)
 	}
@@ -73,6 +76,9 @@ func TestPersistentCacheServesUntilAChange(t *testing.T) {
 	}
 	if n := per.reads.Load(); n != 2 {
 		t.Fatalf("reads %d, want 2", n)
+	}
+	if st := r.PersistentCache(); st.Misses != 2 || st.Hits != 4 {
+		t.Fatalf("cache stats after a change: %+v, want the lookup after it counted a miss", st)
 	}
 	// A change to an ephemeral instance of the service does not
 	// invalidate anything it needs; the answer still merges both sides.

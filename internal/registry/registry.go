@@ -198,6 +198,24 @@ func (r *Registry) Ephemeral() *ephemeral.Store { return r.eph }
 // Persistent returns the persistent side.
 func (r *Registry) Persistent() Persistent { return r.per }
 
+// CacheStats are the counts of the registry's cache of persistent states.
+type CacheStats struct {
+	// Hits are lookups of a service's persistent state answered from the
+	// cache; Misses are those that read the persistent side.
+	Hits, Misses uint64
+	// Entries is the number of services whose state is kept now.
+	Entries int
+}
+
+// PersistentCache returns the counts of the cache of persistent states (all
+// zero when there is none).
+func (r *Registry) PersistentCache() CacheStats {
+	if r.pcache == nil {
+		return CacheStats{}
+	}
+	return CacheStats{Hits: r.pcache.hits.Load(), Misses: r.pcache.misses.Load(), Entries: r.pcache.len()}
+}
+
 // Pushes counts snapshots delivered to subscribers.
 func (r *Registry) Pushes() uint64 { return r.pushes.Load() }
 
