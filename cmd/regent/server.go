@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -102,20 +103,7 @@ Stop with Ctrl-C (or SIGTERM): clients are told to reconnect elsewhere.
 			<-cmd.Context().Done()
 			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 			defer cancel()
-			done := make(chan struct{})
-			go func() { d.Shutdown(ctx); close(done) }()
-			select {
-			case <-done:
-			case <-time.After(shutdownGrace):
-				// Every acknowledged write is in the fsynced Raft log and
-				// the state is rebuilt from it, so exiting now loses
-				// nothing; a SIGTERM must end the process.
-				logger.Error("shutdown did not finish; exiting anyway, after every goroutine's stack", "after", shutdownGrace)
-				// What held the stop up, for the report (chaos finding 7).
-				_ = pprof.Lookup("goroutine").WriteTo(os.Stderr, 2)
-				return errShutdownHung
-			}
-			return nil
+			return stopWithin(func() { d.Shutdown(ctx) }, shutdownGrace, logger, os.Stderr)
 		},
 	}
 	f := cmd.Flags()
@@ -150,14 +138,35 @@ Stop with Ctrl-C (or SIGTERM): clients are told to reconnect elsewhere.
 	return cmd
 }
 
-// applyEnvAndFile sets every flag not given on the command line from
-// REGENT_<FLAG> in the environment, or else from the config file.
 // shutdownGrace bounds a graceful stop: the drain's own deadline (15 s)
 // plus time for the stores to close.
 const shutdownGrace = 25 * time.Second
 
-var errShutdownHung = errors.New("shutdown did not finish within 25 s")
+var errShutdownHung = errors.New("shutdown did not finish in time")
 
+// stopWithin runs stop and waits for it at most grace. If it has not
+// returned by then, it writes every goroutine's stack to dump (what held
+// the stop up, for the report: chaos finding 7) and returns
+// errShutdownHung, and the process exits anyway: every acknowledged write
+// is in the fsynced Raft log and the state is rebuilt from it, so exiting
+// loses nothing, and a SIGTERM must end the process.
+func stopWithin(stop func(), grace time.Duration, logger *slog.Logger, dump io.Writer) error {
+	done := make(chan struct{})
+	go func() { stop(); close(done) }()
+	timer := time.NewTimer(grace)
+	defer timer.Stop()
+	select {
+	case <-done:
+		return nil
+	case <-timer.C:
+		logger.Error("shutdown did not finish; exiting anyway, after every goroutine's stack", "after", grace)
+		_ = pprof.Lookup("goroutine").WriteTo(dump, 2)
+		return fmt.Errorf("%w (%v)", errShutdownHung, grace)
+	}
+}
+
+// applyEnvAndFile sets every flag not given on the command line from
+// REGENT_<FLAG> in the environment, or else from the config file.
 func applyEnvAndFile(fs *pflag.FlagSet, file string) error {
 	fileVals := map[string]any{}
 	if file == "" {
