@@ -1,6 +1,7 @@
 // Command regent-compare measures a 3-node Regent cluster beside a
-// 3-member etcd cluster on this machine, in one run (internal/bench/compare);
-// `make bench-compare` installs etcd with apt-get and runs it.
+// 3-member etcd cluster (and, with -zookeeper, a 3-server ZooKeeper
+// ensemble) on this machine, in one run (internal/bench/compare);
+// `make bench-compare` installs etcd and ZooKeeper with apt-get and runs it.
 package main
 
 import (
@@ -31,12 +32,14 @@ func main() {
 	var keep bool
 	flag.StringVar(&o.RegentBin, "regent", "bin/regent", "the regent binary")
 	flag.StringVar(&o.EtcdBin, "etcd", "/usr/bin/etcd", "the etcd binary (Debian's etcd-server)")
+	flag.StringVar(&o.ZooKeeperJar, "zookeeper", "", "ZooKeeper's server jar (Debian's zookeeperd: /usr/share/java/zookeeper.jar); adds ZooKeeper columns")
+	flag.StringVar(&o.Java, "java", "java", "java, to run ZooKeeper")
 	flag.StringVar(&clients, "clients", "1,16,64", "concurrencies, comma-separated (at most 64)")
 	flag.StringVar(&workloads, "workloads", strings.Join(compare.Workloads, ","), "workloads, comma-separated")
 	flag.DurationVar(&o.Duration, "duration", o.Duration, "time of each measurement")
 	flag.IntVar(&o.Rounds, "rounds", o.Rounds, "rounds per workload and concurrency; the systems alternate")
 	flag.Int64Var(&o.EtcdTTL, "etcd-ttl", o.EtcdTTL, "lease TTL (s) of etcd's removal workload")
-	flag.StringVar(&dir, "dir", "", "folder for both clusters' data and logs (default: a new temporary folder)")
+	flag.StringVar(&dir, "dir", "", "folder for the clusters' data and logs (default: a new temporary folder)")
 	flag.BoolVar(&keep, "keep", false, "keep the folder after the run")
 	flag.StringVar(&o.ProfileDir, "regent-profile", "", "write a CPU profile of every Regent node over each Regent measurement to this folder")
 	flag.StringVar(&regentArgs, "regent-args", "", "extra flags for every regent server, space-separated (e.g. --pprof)")

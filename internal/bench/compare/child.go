@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/go-zookeeper/zk"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/regent-registry/regent/client"
@@ -77,14 +78,15 @@ func (c *child) kill() { c.once.Do(func() { c.cmd.Process.Kill() }) }
 
 // ChildMain runs a client process of the removal workload: it registers
 // one instance (Regent: an ephemeral instance on its session; etcd: a key
-// on a lease it keeps alive), prints "ready" and waits to be killed.
+// on a lease it keeps alive; ZooKeeper: an ephemeral znode of its session),
+// prints "ready" and waits to be killed.
 func ChildMain(args []string) error {
 	fs := flag.NewFlagSet(ChildArg, flag.ContinueOnError)
-	system := fs.String("system", "", "regent or etcd")
-	server := fs.String("server", "", "a Regent gRPC address or an etcd endpoint")
-	name := fs.String("name", "", "service (Regent) or key (etcd)")
+	system := fs.String("system", "", "regent, etcd or zookeeper")
+	server := fs.String("server", "", "a Regent gRPC address, an etcd endpoint or a ZooKeeper server")
+	name := fs.String("name", "", "service (Regent), key (etcd) or znode path (ZooKeeper)")
 	ip := fs.String("ip", "", "the instance's IP")
-	ttl := fs.Int64("ttl", 2, "etcd lease TTL in seconds")
+	ttl := fs.Int64("ttl", 2, "etcd lease TTL or ZooKeeper session timeout, in seconds")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -118,8 +120,16 @@ func ChildMain(args []string) error {
 			for range ch {
 			}
 		}()
+	case "zookeeper":
+		c, err := zkConnect(ctx, *server, time.Duration(*ttl)*time.Second)
+		if err != nil {
+			return err
+		}
+		if _, err := c.Create(*name, []byte(instanceValue(*ip)), zk.FlagEphemeral, zkACL); err != nil {
+			return err
+		}
 	default:
-		return fmt.Errorf("-system %q: want regent or etcd", *system)
+		return fmt.Errorf("-system %q: want regent, etcd or zookeeper", *system)
 	}
 	fmt.Println("ready")
 	sctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)

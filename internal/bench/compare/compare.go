@@ -1,5 +1,5 @@
-// Package compare measures Regent beside etcd on the same machine, in the
-// same run: a 3-node Regent cluster and a 3-member etcd cluster of real
+// Package compare measures Regent beside etcd (and, optionally, ZooKeeper)
+// on the same machine, in the same run: a 3-node Regent cluster and a 3-member etcd cluster of real
 // processes on loopback, driven by the same Go load generator at each
 // concurrency, the two systems alternating in rounds so that machine drift
 // hits both alike. `make bench-compare` runs it through cmd/regent-compare.
@@ -70,11 +70,16 @@ var Workloads = []string{Ephemeral, Shared, Persistent, Noop, Lookup, Watched, N
 type Options struct {
 	RegentBin string // the regent binary
 	EtcdBin   string // etcd (Debian's etcd-server: /usr/bin/etcd)
-	Self      string // this program, re-run as a client process for removal
-	Dir       string // data and logs; kept for reading after the run
-	Clients   []int  // concurrencies; each at most 64 (see DefaultConfig)
-	Duration  time.Duration
-	Rounds    int
+	// ZooKeeperJar, if set, adds a ZooKeeper ensemble as a third system:
+	// the server's jar (Debian's zookeeperd: /usr/share/java/zookeeper.jar),
+	// run with Java.
+	ZooKeeperJar string
+	Java         string // java for ZooKeeper (default: java on PATH)
+	Self         string // this program, re-run as a client process for removal
+	Dir          string // data and logs; kept for reading after the run
+	Clients      []int  // concurrencies; each at most 64 (see DefaultConfig)
+	Duration     time.Duration
+	Rounds       int
 	// EtcdTTL is the lease TTL, in seconds, of the etcd removal workload:
 	// the shortest etcd grants with its default timings is 2 s (it
 	// raises shorter ones to its minimum).
@@ -133,9 +138,17 @@ type Row struct {
 	Workload     string
 	Clients      int
 	Regent, Etcd load.Sample
-	// RegentCPU and EtcdCPU: CPU time over the timed windows (not for
-	// removal, whose clients are processes of their own).
-	RegentCPU, EtcdCPU CPU
+	// ZooKeeper is measured only when Options.ZooKeeperJar is set.
+	ZooKeeper load.Sample
+	// RegentCPU, EtcdCPU and ZooKeeperCPU: CPU time over the timed
+	// windows (not for removal, whose clients are processes of their own).
+	RegentCPU, EtcdCPU, ZooKeeperCPU CPU
+}
+
+// ZooKeeperRatio is Regent/ZooKeeper, as Ratio is Regent/etcd (0 when
+// ZooKeeper was not measured).
+func (r Row) ZooKeeperRatio() float64 {
+	return Row{Workload: r.Workload, Regent: r.Regent, Etcd: r.ZooKeeper}.Ratio()
 }
 
 // Ratio is Regent/etcd: of throughput for the throughput workloads, of p99
@@ -187,8 +200,11 @@ type Result struct {
 	// EtcdTerms: each member's Raft term before the first and after the
 	// last measurement; a rise means etcd changed leader during the run.
 	EtcdTermsBefore, EtcdTermsAfter []uint64
-	Started                         time.Time
-	Elapsed                         time.Duration
+	// ZooKeeperEpochs: each server's epoch (its last zxid's high half)
+	// before and after; a rise means a new ZooKeeper leader.
+	ZooKeeperEpochsBefore, ZooKeeperEpochsAfter []uint64
+	Started                                     time.Time
+	Elapsed                                     time.Duration
 }
 
 // Run starts both clusters, measures every workload at every concurrency
@@ -226,14 +242,41 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	if res.EtcdTermsBefore, _, err = ec.terms(ctx); err != nil {
 		return nil, err
 	}
+	systems := []system{reg, et}
+	var zs *zkSystem
+	var zc *zkCluster
+	if o.ZooKeeperJar != "" {
+		zkDir := o.Dir + "/zookeeper"
+		if err := os.MkdirAll(zkDir, 0o700); err != nil {
+			return nil, err
+		}
+		java := o.Java
+		if java == "" {
+			java = "java"
+		}
+		if zc, err = startZooKeeper(ctx, java, o.ZooKeeperJar, zkDir, 3); err != nil {
+			return nil, err
+		}
+		defer zc.stop()
+		logf("zookeeper up at %v", zc.Servers)
+		zs = &zkSystem{servers: zc.Servers, self: o.Self, procs: zc.pids()}
+		// The JVM runs cold at first (peers.md §4.4): an untimed warm-up
+		// of its write and read paths.
+		for _, w := range []string{Shared, Lookup} {
+			if _, err := zs.measure(ctx, w, 16, -1, 2*time.Second); err != nil {
+				return nil, fmt.Errorf("zookeeper warm-up: %w", err)
+			}
+		}
+		if res.ZooKeeperEpochsBefore, _, err = zc.epochs(); err != nil {
+			return nil, err
+		}
+		systems = append(systems, zs)
+	}
 	for _, w := range o.Workloads {
 		for _, c := range o.Clients {
 			row := Row{Workload: w, Clients: c}
 			for r := range o.Rounds {
-				order := []system{reg, et}
-				if r%2 == 1 {
-					slices.Reverse(order)
-				}
+				order := roundOrder(systems, r)
 				for _, sys := range order {
 					meter := &cpuMeter{pids: sys.pids()}
 					s, err := sys.measure(load.WithWindow(ctx, meter.window), w, c, r, o.Duration)
@@ -241,12 +284,16 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 						return nil, fmt.Errorf("%s %s at %d clients, round %d: %w", sys.name(), w, c, r, err)
 					}
 					logf("%-10s %2d clients round %d %-6s %s", w, c, r, sys.name(), summary(w, s))
-					if sys == system(reg) {
+					switch sys {
+					case system(reg):
 						row.Regent.Add(s)
 						meter.add(&row.RegentCPU, s.Ops)
-					} else {
+					case system(et):
 						row.Etcd.Add(s)
 						meter.add(&row.EtcdCPU, s.Ops)
+					default:
+						row.ZooKeeper.Add(s)
+						meter.add(&row.ZooKeeperCPU, s.Ops)
 					}
 				}
 			}
@@ -258,6 +305,14 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		}
 		logf("etcd Raft terms after %s: %v", w, terms)
 		res.EtcdTermsAfter = terms
+		if zc != nil {
+			epochs, _, err := zc.epochs()
+			if err != nil {
+				return nil, err
+			}
+			logf("zookeeper epochs after %s: %v", w, epochs)
+			res.ZooKeeperEpochsAfter = epochs
+		}
 	}
 	res.Elapsed = time.Since(res.Started)
 	return res, nil
@@ -276,8 +331,22 @@ func summary(w string, s load.Sample) string {
 	return out
 }
 
+// roundOrder is the order the systems run in round r: with two, they
+// alternate which goes first; with more, the order rotates by one each
+// round, so that each system runs in every position alike.
+func roundOrder(systems []system, r int) []system {
+	if len(systems) == 2 {
+		order := slices.Clone(systems)
+		if r%2 == 1 {
+			slices.Reverse(order)
+		}
+		return order
+	}
+	return rotated(systems, r)
+}
+
 // rotated returns list starting at index k (mod its length).
-func rotated(list []string, k int) []string {
+func rotated[T any](list []T, k int) []T {
 	k %= len(list)
 	return append(slices.Clone(list[k:]), list[:k]...)
 }

@@ -154,3 +154,60 @@ func TestCPUMeter(t *testing.T) {
 		t.Fatalf("window of ~150 ms of burning: server %v generator %v ops %d (err %q)", c.Server, c.Generator, c.Ops, c.Err)
 	}
 }
+
+// With ZooKeeper measured, the tables gain its columns after etcd's, and
+// a row ZooKeeper has no figure for shows it; without, they have none.
+func TestTableWithZooKeeper(t *testing.T) {
+	r := &Result{Rows: []Row{
+		{Workload: Persistent, Clients: 16, Regent: sample(3000, 1, time.Millisecond), Etcd: sample(2000, 1, time.Millisecond), ZooKeeper: sample(1500, 1, 2*time.Millisecond),
+			RegentCPU:    CPU{Server: 300 * time.Millisecond, Generator: 100 * time.Millisecond, Ops: 3000},
+			EtcdCPU:      CPU{Server: 400 * time.Millisecond, Generator: 100 * time.Millisecond, Ops: 2000},
+			ZooKeeperCPU: CPU{Server: 450 * time.Millisecond, Generator: 150 * time.Millisecond, Ops: 1500}},
+		{Workload: Removal, Clients: 1, Regent: sample(1, 1, 20*time.Millisecond), Etcd: sample(1, 1, 2*time.Second), ZooKeeper: sample(1, 1, 4*time.Second)},
+	}, ZooKeeperEpochsBefore: []uint64{1, 1, 1}, ZooKeeperEpochsAfter: []uint64{1, 1, 1}}
+	var b strings.Builder
+	r.Table(&b, "regent-compare")
+	out := b.String()
+	for _, want := range []string{
+		"| Regent/etcd | target | met | ZooKeeper ops/s | ZooKeeper p50 | ZooKeeper p99 | Regent/ZooKeeper |",
+		"| persistent | 16 | 3000 | 1.00 ms | 1.00 ms | 2000 | 1.00 ms | 1.00 ms | 1.50 (throughput) | ≥ 1.2× | yes | 1500 | 2.00 ms | 2.00 ms | 2.00 (throughput) |",
+		"| removal | 1 | 1 | 20.00 ms | 20.00 ms | 1 | 2000.00 ms | 2000.00 ms | 0.01 (p99) | ≤ 0.2× (p99) | yes | 1 | 4000.00 ms | 4000.00 ms | 0.01 (p99) |",
+		// 133 µs per op for Regent in all; 400 for ZooKeeper.
+		"| persistent | 16 | 100 µs | 200 µs | 2.00 | 33 µs | 50 µs | 1.88 | 300 µs | 100 µs | 3.00 |",
+		"ZooKeeper: a persistent znode", "ZooKeeper epoch of each server before the first measurement [1 1 1], after the last [1 1 1] (no leader change",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("table lacks %q:\n%s", want, out)
+		}
+	}
+	r.Rows = r.Rows[:1]
+	r.Rows[0].ZooKeeper, r.Rows[0].ZooKeeperCPU = load.Sample{}, CPU{}
+	b.Reset()
+	r.Table(&b, "regent-compare")
+	if strings.Contains(b.String(), "ZooKeeper") {
+		t.Errorf("a run without ZooKeeper mentions it:\n%s", b.String())
+	}
+}
+
+// Two systems alternate which goes first; three rotate, so that over three
+// rounds each runs first, second and third once.
+func TestRoundOrder(t *testing.T) {
+	a, b, c := &regentSystem{}, &etcdSystem{}, &zkSystem{}
+	name := func(o []system) string {
+		var s []string
+		for _, x := range o {
+			s = append(s, x.name())
+		}
+		return strings.Join(s, ",")
+	}
+	for r, want := range []string{"regent,etcd", "etcd,regent", "regent,etcd"} {
+		if got := name(roundOrder([]system{a, b}, r)); got != want {
+			t.Errorf("two systems, round %d: %s, want %s", r, got, want)
+		}
+	}
+	for r, want := range []string{"regent,etcd,zookeeper", "etcd,zookeeper,regent", "zookeeper,regent,etcd", "regent,etcd,zookeeper"} {
+		if got := name(roundOrder([]system{a, b, c}, r)); got != want {
+			t.Errorf("three systems, round %d: %s, want %s", r, got, want)
+		}
+	}
+}

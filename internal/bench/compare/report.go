@@ -31,13 +31,42 @@ func targetText(w string) string {
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond)) }
 
+// zkTitles say how ZooKeeper does each workload, when it was measured.
+var zkTitles = map[string]string{
+	Ephemeral:  "a new session on the client's server and an ephemeral znode on it, kept open",
+	Shared:     "an ephemeral znode on the client's one session",
+	Persistent: "a persistent znode",
+	Noop:       "exists on /, its cheapest request",
+	Lookup:     "the service znode's children (an instance is its child's name, as in Dubbo's registry), a local read",
+	Watched:    "the same children read (its client has no cache)",
+	Notify:     "create → a children watch on another server fires and the re-read lists it",
+	Removal:    "session expiry at its shortest timeout (2 ticks of 1 s)",
+}
+
+// measuredZK reports whether the run had a ZooKeeper column.
+func (r *Result) measuredZK() bool {
+	for _, row := range r.Rows {
+		if row.ZooKeeper.Ops > 0 || row.ZooKeeper.Errors > 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // Table writes the result as Markdown: one table, a row per workload and
-// concurrency, with each side's throughput and latency and the ratio.
+// concurrency, with each side's throughput and latency and the ratio (and
+// ZooKeeper's, in columns after the target, when it was measured).
 func (r *Result) Table(w io.Writer, cmdline string) {
 	fmt.Fprintf(w, "Command: `%s`; %s, %d CPUs, %s/%s; started %s, took %v.\n\n", cmdline, runtime.Version(), runtime.NumCPU(), runtime.GOOS, runtime.GOARCH,
 		r.Started.UTC().Format("2006-01-02 15:04 UTC"), r.Elapsed.Round(time.Second))
-	fmt.Fprintln(w, "| workload | clients | Regent ops/s | Regent p50 | Regent p99 | etcd ops/s | etcd p50 | etcd p99 | Regent/etcd | target | met |")
-	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
+	zk := r.measuredZK()
+	head, rule := "| workload | clients | Regent ops/s | Regent p50 | Regent p99 | etcd ops/s | etcd p50 | etcd p99 | Regent/etcd | target | met |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"
+	if zk {
+		head += " ZooKeeper ops/s | ZooKeeper p50 | ZooKeeper p99 | Regent/ZooKeeper |"
+		rule += "---:|---:|---:|---:|"
+	}
+	fmt.Fprintln(w, head)
+	fmt.Fprintln(w, rule)
 	for _, row := range r.Rows {
 		kind := "throughput"
 		if latencyWorkload(row.Workload) {
@@ -49,16 +78,24 @@ func (r *Result) Table(w io.Writer, cmdline string) {
 		} else if _, ok := targets[row.Workload]; !ok {
 			met = "—"
 		}
-		fmt.Fprintf(w, "| %s | %d | %.0f | %s | %s | %.0f | %s | %s | %.2f (%s) | %s | %s |\n", row.Workload, row.Clients,
+		fmt.Fprintf(w, "| %s | %d | %.0f | %s | %s | %.0f | %s | %s | %.2f (%s) | %s | %s |", row.Workload, row.Clients,
 			row.Regent.Rate(), ms(row.Regent.Pct(0.5)), ms(row.Regent.Pct(0.99)),
 			row.Etcd.Rate(), ms(row.Etcd.Pct(0.5)), ms(row.Etcd.Pct(0.99)),
 			row.Ratio(), kind, targetText(row.Workload), met)
+		if zk {
+			fmt.Fprintf(w, " %.0f | %s | %s | %.2f (%s) |", row.ZooKeeper.Rate(), ms(row.ZooKeeper.Pct(0.5)), ms(row.ZooKeeper.Pct(0.99)), row.ZooKeeperRatio(), kind)
+		}
+		fmt.Fprintln(w)
 	}
 	fmt.Fprintln(w)
 	r.cpuTable(w)
 	r.ceilingTable(w)
 	for _, wl := range Workloads {
-		fmt.Fprintf(w, "- **%s**: %s.\n", wl, workloadTitles[wl])
+		fmt.Fprintf(w, "- **%s**: %s", wl, workloadTitles[wl])
+		if zk {
+			fmt.Fprintf(w, "; ZooKeeper: %s", zkTitles[wl])
+		}
+		fmt.Fprintln(w, ".")
 	}
 	fmt.Fprintf(w, "- etcd Raft term of each member before the first measurement %v, after the last %v", r.EtcdTermsBefore, r.EtcdTermsAfter)
 	if fmt.Sprint(r.EtcdTermsBefore) == fmt.Sprint(r.EtcdTermsAfter) {
@@ -66,10 +103,22 @@ func (r *Result) Table(w io.Writer, cmdline string) {
 	} else {
 		fmt.Fprintln(w, " (etcd changed leader during the run: its figures include elections).")
 	}
+	if zk {
+		fmt.Fprintf(w, "- ZooKeeper epoch of each server before the first measurement %v, after the last %v", r.ZooKeeperEpochsBefore, r.ZooKeeperEpochsAfter)
+		if fmt.Sprint(r.ZooKeeperEpochsBefore) == fmt.Sprint(r.ZooKeeperEpochsAfter) {
+			fmt.Fprintln(w, " (no leader change during the run).")
+		} else {
+			fmt.Fprintln(w, " (ZooKeeper changed leader during the run: its figures include elections).")
+		}
+	}
 	var errs []string
 	for _, row := range r.Rows {
-		if row.Regent.Errors+row.Etcd.Errors > 0 {
-			errs = append(errs, fmt.Sprintf("%s at %d clients: Regent %d (%s), etcd %d (%s)", row.Workload, row.Clients, row.Regent.Errors, row.Regent.FirstErr, row.Etcd.Errors, row.Etcd.FirstErr))
+		if row.Regent.Errors+row.Etcd.Errors+row.ZooKeeper.Errors > 0 {
+			e := fmt.Sprintf("%s at %d clients: Regent %d (%s), etcd %d (%s)", row.Workload, row.Clients, row.Regent.Errors, row.Regent.FirstErr, row.Etcd.Errors, row.Etcd.FirstErr)
+			if zk {
+				e += fmt.Sprintf(", ZooKeeper %d (%s)", row.ZooKeeper.Errors, row.ZooKeeper.FirstErr)
+			}
+			errs = append(errs, e)
 		}
 	}
 	for _, e := range errs {
@@ -98,13 +147,27 @@ func (r *Result) cpuTable(w io.Writer) {
 	}
 	fmt.Fprintln(w, "CPU per operation over the timed windows (user+system, from /proc): the three server processes of each system, and the load generator while it drove each:")
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "| workload | clients | Regent servers | etcd servers | etcd/Regent (servers) | generator, Regent | generator, etcd | etcd/Regent (all) |")
-	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|")
+	zk := r.measuredZK()
+	head, rule := "| workload | clients | Regent servers | etcd servers | etcd/Regent (servers) | generator, Regent | generator, etcd | etcd/Regent (all) |", "|---|---:|---:|---:|---:|---:|---:|---:|"
+	if zk {
+		head += " ZooKeeper servers | generator, ZooKeeper | ZooKeeper/Regent (all) |"
+		rule += "---:|---:|---:|"
+	}
+	fmt.Fprintln(w, head)
+	fmt.Fprintln(w, rule)
 	for _, row := range rows {
 		rs, rg := row.RegentCPU.PerOp()
 		es, eg := row.EtcdCPU.PerOp()
-		fmt.Fprintf(w, "| %s | %d | %s | %s | %.2f | %s | %s | %.2f |\n", row.Workload, row.Clients, us(rs), us(es), float64(es)/float64(rs),
+		fmt.Fprintf(w, "| %s | %d | %s | %s | %.2f | %s | %s | %.2f |", row.Workload, row.Clients, us(rs), us(es), float64(es)/float64(rs),
 			us(rg), us(eg), float64(es+eg)/float64(rs+rg))
+		if zk {
+			if zs, zg := row.ZooKeeperCPU.PerOp(); zs > 0 {
+				fmt.Fprintf(w, " %s | %s | %.2f |", us(zs), us(zg), float64(zs+zg)/float64(rs+rg))
+			} else {
+				fmt.Fprint(w, " — | — | — |")
+			}
+		}
+		fmt.Fprintln(w)
 	}
 	fmt.Fprintln(w)
 }
