@@ -18,6 +18,11 @@ test: ## every test, race detector on
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 20m ./...
 
+.PHONY: test-compare
+test-compare: ## the etcd and ZooKeeper sides of bench-compare against real clusters (needs Debian's etcd-server and zookeeperd; .ci/run installs them)
+	$(GO) vet -tags compare ./internal/bench/compare/
+	$(GO) test -tags compare -race -count=1 -timeout 10m -run 'TestEtcdWorkloads|TestZooKeeperWorkloads' ./internal/bench/compare/
+
 test-short: ## quick tests without the race detector
 	$(GO) test -short -count=1 ./...
 
