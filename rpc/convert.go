@@ -59,32 +59,36 @@ func idFromProto(p *regentv1.Instance) (naming.InstanceID, error) {
 	return in.ID(), err
 }
 
-func instanceToProto(in *naming.Instance) *regentv1.Instance {
-	w, h, e := in.Weight, in.Healthy, in.Enabled
-	return &regentv1.Instance{
-		Ip:        in.IP,
-		Port:      uint32(in.Port),
-		Cluster:   in.Cluster,
-		Weight:    &w,
-		Healthy:   &h,
-		Enabled:   &e,
-		Ephemeral: in.Ephemeral,
-		Metadata:  in.Metadata,
+// instancesToProto converts a list of instances with four allocations
+// whatever its length (the messages, their optional fields and the slice
+// of pointers each come from one array), not four per instance: lookups,
+// pushes and Distro syncs convert whole lists. The messages share the
+// instances' metadata maps and are only to be encoded, never changed.
+func instancesToProto(ins []naming.Instance) []*regentv1.Instance {
+	n := len(ins)
+	msgs := make([]regentv1.Instance, n)
+	weights := make([]float64, n)
+	flags := make([]bool, 2*n)
+	out := make([]*regentv1.Instance, n)
+	for i := range ins {
+		in, m := &ins[i], &msgs[i]
+		weights[i], flags[2*i], flags[2*i+1] = in.Weight, in.Healthy, in.Enabled
+		m.Ip, m.Port, m.Cluster = in.IP, uint32(in.Port), in.Cluster
+		m.Weight, m.Healthy, m.Enabled = &weights[i], &flags[2*i], &flags[2*i+1]
+		m.Ephemeral, m.Metadata = in.Ephemeral, in.Metadata
+		out[i] = m
 	}
+	return out
 }
 
 func snapshotToProto(s registry.Snapshot) *regentv1.ServiceSnapshot {
-	out := &regentv1.ServiceSnapshot{
+	return &regentv1.ServiceSnapshot{
 		Service:             keyToProto(s.Key),
 		Revision:            s.Revision,
-		Instances:           make([]*regentv1.Instance, len(s.Instances)),
+		Instances:           instancesToProto(s.Instances),
 		ProtectionTriggered: s.Protected,
 		ProtectThreshold:    s.Threshold,
 	}
-	for i := range s.Instances {
-		out.Instances[i] = instanceToProto(&s.Instances[i])
-	}
-	return out
 }
 
 func metaFromProto(p *regentv1.ServiceMeta) (naming.ServiceMeta, error) {

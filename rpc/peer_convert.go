@@ -88,14 +88,7 @@ func clientStateToProto(c *ephemeral.ClientState) *clusterv1.ClientState {
 	}
 	for i := range c.Services {
 		s := &c.Services[i]
-		ps := &clusterv1.ServiceInstances{
-			Service:   keyToProto(s.Key),
-			Instances: make([]*regentv1.Instance, len(s.Instances)),
-		}
-		for j := range s.Instances {
-			ps.Instances[j] = instanceToProto(&s.Instances[j])
-		}
-		out.Services[i] = ps
+		out.Services[i] = &clusterv1.ServiceInstances{Service: keyToProto(s.Key), Instances: instancesToProto(s.Instances)}
 	}
 	return out
 }
@@ -123,10 +116,7 @@ func clientDeltaToProto(c *ephemeral.ClientDelta) *clusterv1.ClientDelta {
 		s := &c.Services[i]
 		ps := &clusterv1.ServiceDelta{Service: keyToProto(s.Key)}
 		if len(s.Put) > 0 {
-			ps.Put = make([]*regentv1.Instance, len(s.Put))
-			for j := range s.Put {
-				ps.Put[j] = instanceToProto(&s.Put[j])
-			}
+			ps.Put = instancesToProto(s.Put)
 		}
 		if len(s.Removed) > 0 {
 			ps.Removed = make([]*regentv1.Instance, len(s.Removed))
