@@ -21,9 +21,59 @@ import (
 // (default settings: fsync on, 100 ms heartbeat, 1 s election timeout).
 type etcdCluster struct {
 	Endpoints []string
-	procs     []*exec.Cmd
-	done      []chan struct{}
-	logs      []*os.File
+	procGroup
+}
+
+// procGroup is the server processes of a cluster, with their logs.
+type procGroup struct {
+	procs []*exec.Cmd
+	done  []chan struct{}
+	logs  []*os.File
+}
+
+// start runs cmd with its output to logf and keeps it in the group; the
+// process is killed if this one dies.
+func (g *procGroup) start(cmd *exec.Cmd, logf *os.File) error {
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return err
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	g.procs, g.done, g.logs = append(g.procs, cmd), append(g.done, done), append(g.logs, logf)
+	return nil
+}
+
+// stop ends the processes (SIGTERM, then SIGKILL after 10 s) and waits for
+// them, so that nothing rewrites their folders afterwards.
+func (g *procGroup) stop() {
+	for _, p := range g.procs {
+		p.Process.Signal(syscall.SIGTERM)
+	}
+	for i, p := range g.procs {
+		select {
+		case <-g.done[i]:
+		case <-time.After(10 * time.Second):
+			p.Process.Kill()
+			<-g.done[i]
+		}
+	}
+	for _, l := range g.logs {
+		l.Close()
+	}
+}
+
+// pids are the processes' IDs.
+func (g *procGroup) pids() []int {
+	var out []int
+	for _, p := range g.procs {
+		if p.Process != nil {
+			out = append(out, p.Process.Pid)
+		}
+	}
+	return out
 }
 
 func freePort() (string, error) {
@@ -66,16 +116,10 @@ func startEtcd(ctx context.Context, bin, dir string, n int) (*etcdCluster, error
 			"--listen-peer-urls", peerURLs[i], "--initial-advertise-peer-urls", peerURLs[i],
 			"--initial-cluster", strings.Join(initial, ","), "--initial-cluster-token", "regent-compare",
 			"--initial-cluster-state", "new")
-		cmd.Stdout, cmd.Stderr = logf, logf
-		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-		if err := cmd.Start(); err != nil {
-			logf.Close()
+		if err := c.start(cmd, logf); err != nil {
 			c.stop()
 			return nil, fmt.Errorf("start etcd %s: %w", name, err)
 		}
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		c.procs, c.done, c.logs = append(c.procs, cmd), append(c.done, done), append(c.logs, logf)
 	}
 	deadline := time.Now().Add(60 * time.Second)
 	for {
@@ -115,25 +159,6 @@ func (c *etcdCluster) terms(ctx context.Context) ([]uint64, map[uint64]bool, err
 	return terms, leaders, nil
 }
 
-// stop ends the members (SIGTERM, then SIGKILL) and waits for them, so
-// that nothing rewrites their folders afterwards.
-func (c *etcdCluster) stop() {
-	for _, p := range c.procs {
-		p.Process.Signal(syscall.SIGTERM)
-	}
-	for i, p := range c.procs {
-		select {
-		case <-c.done[i]:
-		case <-time.After(10 * time.Second):
-			p.Process.Kill()
-			<-c.done[i]
-		}
-	}
-	for _, l := range c.logs {
-		l.Close()
-	}
-}
-
 func newEtcdClient(endpoints []string) (*clientv3.Client, error) {
 	cli, err := clientv3.New(clientv3.Config{
 		Endpoints:   endpoints,
@@ -147,14 +172,3 @@ func newEtcdClient(endpoints []string) (*clientv3.Client, error) {
 }
 
 var errNotSeen = errors.New("not seen in time")
-
-// pids are the members' process IDs.
-func (c *etcdCluster) pids() []int {
-	var out []int
-	for _, p := range c.procs {
-		if p.Process != nil {
-			out = append(out, p.Process.Pid)
-		}
-	}
-	return out
-}

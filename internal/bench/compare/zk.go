@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 )
 
@@ -25,9 +24,7 @@ const zkTick = time.Second
 // machine with Debian's zookeeperd.
 type zkCluster struct {
 	Servers []string // client addresses
-	procs   []*exec.Cmd
-	done    []chan struct{}
-	logs    []*os.File
+	procGroup
 }
 
 // startZooKeeper writes each server's zoo.cfg under dir, starts them with
@@ -84,16 +81,10 @@ func startZooKeeper(ctx context.Context, java, jar, dir string, n int) (*zkClust
 			return nil, err
 		}
 		cmd := exec.Command(java, "-Xmx1g", "-cp", home+":"+jar, "org.apache.zookeeper.server.quorum.QuorumPeerMain", filepath.Join(home, "zoo.cfg"))
-		cmd.Stdout, cmd.Stderr = logf, logf
-		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-		if err := cmd.Start(); err != nil {
-			logf.Close()
+		if err := c.start(cmd, logf); err != nil {
 			c.stop()
 			return nil, fmt.Errorf("start zookeeper %s: %w", name, err)
 		}
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		c.procs, c.done, c.logs = append(c.procs, cmd), append(c.done, done), append(c.logs, logf)
 	}
 	deadline := time.Now().Add(90 * time.Second)
 	for {
@@ -165,32 +156,4 @@ func srvr(addr string) (mode string, zxid uint64, err error) {
 		return "", 0, fmt.Errorf("srvr of %s: no mode (%v)", addr, sc.Err())
 	}
 	return mode, zxid, nil
-}
-
-// stop ends the servers (SIGTERM, then SIGKILL) and waits for them.
-func (c *zkCluster) stop() {
-	for _, p := range c.procs {
-		p.Process.Signal(syscall.SIGTERM)
-	}
-	for i, p := range c.procs {
-		select {
-		case <-c.done[i]:
-		case <-time.After(10 * time.Second):
-			p.Process.Kill()
-			<-c.done[i]
-		}
-	}
-	for _, l := range c.logs {
-		l.Close()
-	}
-}
-
-func (c *zkCluster) pids() []int {
-	var out []int
-	for _, p := range c.procs {
-		if p.Process != nil {
-			out = append(out, p.Process.Pid)
-		}
-	}
-	return out
 }
