@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -28,7 +29,7 @@ func main() {
 		return
 	}
 	o := compare.DefaultOptions()
-	var clients, workloads, dir, regentArgs string
+	var clients, workloads, dir, regentArgs, cpuProfile string
 	var keep bool
 	flag.StringVar(&o.RegentBin, "regent", "bin/regent", "the regent binary")
 	flag.StringVar(&o.EtcdBin, "etcd", "/usr/bin/etcd", "the etcd binary (Debian's etcd-server)")
@@ -42,6 +43,7 @@ func main() {
 	flag.StringVar(&dir, "dir", "", "folder for the clusters' data and logs (default: a new temporary folder)")
 	flag.BoolVar(&keep, "keep", false, "keep the folder after the run")
 	flag.StringVar(&o.ProfileDir, "regent-profile", "", "write a CPU profile of every Regent node over each Regent measurement to this folder")
+	flag.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of this load generator over the whole run to this file")
 	flag.StringVar(&regentArgs, "regent-args", "", "extra flags for every regent server, space-separated (e.g. --pprof)")
 	flag.Parse()
 	o.Clients = nil
@@ -73,6 +75,16 @@ func main() {
 	defer stop()
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Minute) // every run ends by itself
 	defer cancel()
+	if cpuProfile != "" {
+		f, err := os.Create(cpuProfile)
+		if err != nil {
+			fail(err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fail(err)
+		}
+		defer func() { pprof.StopCPUProfile(); f.Close() }()
+	}
 	res, err := compare.Run(ctx, o)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "data and logs kept in %s\n", dir)
