@@ -107,6 +107,12 @@ type Client struct {
 	// leader is the index of the server that the latest persistent write
 	// learnt leads Raft, or -1 (see write).
 	leader atomic.Int64
+
+	// wsMu guards ws, the Write stream persistent writes go on (nil until
+	// the first); noWriteStream is set once a server lacks Write.
+	wsMu          sync.Mutex
+	ws            *writeStream
+	noWriteStream atomic.Bool
 }
 
 type regEntry struct {

@@ -492,6 +492,17 @@ func protoList(ins []Instance) []*regentv1.Instance {
 // is durable. Persistent instances outlive sessions and are health-checked
 // by the cluster.
 func (c *Client) RegisterPersistent(ctx context.Context, svc Service, in Instance) (revision uint64, err error) {
+	ctx, cancel := c.withTimeout(ctx)
+	defer cancel()
+	r, err := c.streamWrite(ctx, func() *regentv1.WriteRequest {
+		return &regentv1.WriteRequest{Body: &regentv1.WriteRequest_Register{Register: &regentv1.RegisterInstanceRequest{Service: svc.proto(), Instance: in.proto()}}}
+	})
+	if !errors.Is(err, errNoStream) {
+		if err != nil {
+			return 0, err
+		}
+		return r.GetRevision(), writeReplyErr(r)
+	}
 	err = c.write(ctx, func(ctx context.Context, rc regentv1.RegistryClient, opts ...grpc.CallOption) error {
 		r, err := rc.RegisterInstance(ctx, &regentv1.RegisterInstanceRequest{Service: svc.proto(), Instance: in.proto()}, opts...)
 		revision = r.GetRevision()
@@ -512,6 +523,17 @@ func (c *Client) BatchRegisterPersistent(ctx context.Context, svc Service, ins [
 
 // DeregisterPersistent removes a persistent instance (idempotent).
 func (c *Client) DeregisterPersistent(ctx context.Context, svc Service, in Instance) (revision uint64, err error) {
+	ctx, cancel := c.withTimeout(ctx)
+	defer cancel()
+	r, err := c.streamWrite(ctx, func() *regentv1.WriteRequest {
+		return &regentv1.WriteRequest{Body: &regentv1.WriteRequest_Deregister{Deregister: &regentv1.DeregisterInstanceRequest{Service: svc.proto(), Instance: in.proto()}}}
+	})
+	if !errors.Is(err, errNoStream) {
+		if err != nil {
+			return 0, err
+		}
+		return r.GetRevision(), writeReplyErr(r)
+	}
 	err = c.write(ctx, func(ctx context.Context, rc regentv1.RegistryClient, opts ...grpc.CallOption) error {
 		r, err := rc.DeregisterInstance(ctx, &regentv1.DeregisterInstanceRequest{Service: svc.proto(), Instance: in.proto()}, opts...)
 		revision = r.GetRevision()

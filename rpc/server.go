@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"runtime/debug"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -40,6 +41,9 @@ type Config struct {
 	KeepaliveTime, KeepaliveTimeout time.Duration
 	// MinClientPing is the most frequent client keepalive ping allowed.
 	MinClientPing time.Duration
+	// WriteInFlight bounds the writes one Write stream has in flight; a
+	// client with more waits until one is answered.
+	WriteInFlight int
 }
 
 // DefaultConfig returns production settings.
@@ -56,6 +60,8 @@ func DefaultConfig() Config {
 		// Clients (our SDK pings every 20 s) may ping this often; Nacos'
 		// 5-minute permit made grpc-go clients get GOAWAY too_many_pings.
 		MinClientPing: 5 * time.Second,
+		// Each write in flight holds a goroutine until Raft commits it.
+		WriteInFlight: 256,
 	}
 }
 
@@ -69,6 +75,9 @@ func (c Config) Validate() error {
 	}
 	if c.KeepaliveTime <= 0 || c.KeepaliveTimeout <= 0 || c.MinClientPing <= 0 {
 		return fmt.Errorf("rpc: keepalive settings must be positive")
+	}
+	if c.WriteInFlight < 1 {
+		return fmt.Errorf("rpc: writes in flight per stream must be at least 1")
 	}
 	return c.Session.Validate()
 }
@@ -124,6 +133,10 @@ type Server struct {
 	logger   *slog.Logger
 	grpc     *grpc.Server
 	health   *health.Server
+	// latency is the RPC latency histogram (nil without metrics).
+	latency *prometheus.HistogramVec
+	// streamWrites counts writes served on Write streams.
+	streamWrites atomic.Uint64
 }
 
 // NewServer assembles the gRPC server with every interceptor, the Registry,
@@ -159,6 +172,7 @@ func NewServer(cfg Config, deps Deps) (*Server, error) {
 			return nil, err
 		}
 	}
+	s.latency = latency
 	s.grpc = grpc.NewServer(
 		grpc.MaxRecvMsgSize(cfg.MaxRecvBytes),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: cfg.KeepaliveTime, Timeout: cfg.KeepaliveTimeout}),

@@ -14,41 +14,61 @@ import (
 
 // RegisterInstance writes a persistent instance.
 func (s *Server) RegisterInstance(ctx context.Context, r *regentv1.RegisterInstanceRequest) (*regentv1.RegisterInstanceResponse, error) {
-	key, err := keyFromProto(r.GetService())
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	if r.GetInstance().GetEphemeral() {
-		return nil, toStatus(fmt.Errorf("%w: ephemeral instances are registered over a Session", naming.ErrInvalid))
-	}
-	in, err := instanceFromProto(r.GetInstance(), false)
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	rev, err := s.reg.Persistent().Register(ctx, key, []naming.Instance{in})
+	rev, err := s.registerPersistent(ctx, r)
 	if err != nil {
 		return nil, toStatus(err)
 	}
 	s.tellLeader(ctx)
-	return &regentv1.RegisterInstanceResponse{Revision: s.serviceRevision(key, rev)}, nil
+	return &regentv1.RegisterInstanceResponse{Revision: rev}, nil
+}
+
+// registerPersistent is RegisterInstance's write, for the unary call and
+// the Write stream alike: the service's revision after it.
+func (s *Server) registerPersistent(ctx context.Context, r *regentv1.RegisterInstanceRequest) (uint64, error) {
+	key, err := keyFromProto(r.GetService())
+	if err != nil {
+		return 0, err
+	}
+	if r.GetInstance().GetEphemeral() {
+		return 0, fmt.Errorf("%w: ephemeral instances are registered over a Session", naming.ErrInvalid)
+	}
+	in, err := instanceFromProto(r.GetInstance(), false)
+	if err != nil {
+		return 0, err
+	}
+	rev, err := s.reg.Persistent().Register(ctx, key, []naming.Instance{in})
+	if err != nil {
+		return 0, err
+	}
+	return s.serviceRevision(key, rev), nil
 }
 
 // DeregisterInstance removes a persistent instance.
 func (s *Server) DeregisterInstance(ctx context.Context, r *regentv1.DeregisterInstanceRequest) (*regentv1.DeregisterInstanceResponse, error) {
-	key, err := keyFromProto(r.GetService())
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	id, err := idFromProto(r.GetInstance())
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	rev, err := s.reg.Persistent().Deregister(ctx, key, id)
+	rev, err := s.deregisterPersistent(ctx, r)
 	if err != nil {
 		return nil, toStatus(err)
 	}
 	s.tellLeader(ctx)
-	return &regentv1.DeregisterInstanceResponse{Revision: s.serviceRevision(key, rev)}, nil
+	return &regentv1.DeregisterInstanceResponse{Revision: rev}, nil
+}
+
+// deregisterPersistent is DeregisterInstance's write, for the unary call
+// and the Write stream alike.
+func (s *Server) deregisterPersistent(ctx context.Context, r *regentv1.DeregisterInstanceRequest) (uint64, error) {
+	key, err := keyFromProto(r.GetService())
+	if err != nil {
+		return 0, err
+	}
+	id, err := idFromProto(r.GetInstance())
+	if err != nil {
+		return 0, err
+	}
+	rev, err := s.reg.Persistent().Deregister(ctx, key, id)
+	if err != nil {
+		return 0, err
+	}
+	return s.serviceRevision(key, rev), nil
 }
 
 // BatchRegisterInstances writes several persistent instances, all or none.

@@ -495,6 +495,10 @@ func (d *Daemon) Registry() *registry.Registry { return d.reg }
 // Sessions returns the node's session manager.
 func (d *Daemon) Sessions() *rpc.SessionManager { return d.rpc.Sessions() }
 
+// StreamWrites counts the persistent writes this node served on Write
+// streams.
+func (d *Daemon) StreamWrites() uint64 { return d.rpc.StreamWrites() }
+
 // Distro returns the node's ephemeral replication engine.
 func (d *Daemon) Distro() *ephemeral.Distro { return d.distro }
 
@@ -619,6 +623,7 @@ func (d *Daemon) registerMetrics() {
 		gauge("regent_ephemeral_services", "Services with ephemeral instances.", func() float64 { return float64(eph.Stats().Services) }),
 		gauge("regent_subscriptions", "Live (service, session) subscriptions.", func() float64 { return float64(d.reg.Subscriptions()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regent_raft_forwarded_writes_total", Help: "Persistent writes this node sent to the Raft leader for its clients."}, func() float64 { return float64(d.raft.Forwarded()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regent_stream_writes_total", Help: "Persistent writes served on Write streams."}, func() float64 { return float64(d.rpc.StreamWrites()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regent_pushes_total", Help: "Snapshots pushed to subscribers."}, func() float64 { return float64(d.reg.Pushes()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regent_registry_persistent_cache_hits_total", Help: "Lookups of a service's persistent state answered from the registry's cache."}, func() float64 { return float64(d.reg.PersistentCache().Hits) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regent_registry_persistent_cache_misses_total", Help: "Lookups of a service's persistent state that read the state database."}, func() float64 { return float64(d.reg.PersistentCache().Misses) }),

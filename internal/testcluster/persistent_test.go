@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -264,5 +265,61 @@ func TestSDKWritesGoStraightToTheLeader(t *testing.T) {
 		if err := c.WaitListed(ctx, key, ip, 80, c.live()...); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// The SDK's persistent writes go on one Write stream, to the leader once a
+// reply has named it: 40 concurrent writes through a client whose first
+// server is a follower are all served on streams, at most one of them
+// forwarded, and every one is listed on every node.
+func TestSDKPersistentWritesGoOnAWriteStream(t *testing.T) {
+	c := Start(t, 3, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	count := func(f func(*daemon.Daemon) uint64) (n uint64) {
+		for _, i := range c.live() {
+			n += f(c.Node(i))
+		}
+		return n
+	}
+	leader := c.Leader(ctx)
+	f := (leader + 1) % 3
+	cl := c.Client(t, f, (f+1)%3, (f+2)%3)
+	svc := client.Service{Name: "tc-write-stream"}
+	if _, err := cl.RegisterPersistent(ctx, svc, client.Instance{IP: "10.64.0.250", Port: 80}); err != nil {
+		t.Fatal(err)
+	}
+	streamed, forwarded := count((*daemon.Daemon).StreamWrites), count(func(d *daemon.Daemon) uint64 { return d.Raft().Forwarded() })
+	var wg sync.WaitGroup
+	errs := make(chan error, 40)
+	for i := range 40 {
+		wg.Go(func() {
+			if _, err := cl.RegisterPersistent(ctx, svc, client.Instance{IP: fmt.Sprintf("10.64.0.%d", i+1), Port: 80}); err != nil {
+				errs <- err
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if got := count((*daemon.Daemon).StreamWrites) - streamed; got != 40 {
+		t.Fatalf("%d of 40 writes served on a Write stream", got)
+	}
+	if got := count(func(d *daemon.Daemon) uint64 { return d.Raft().Forwarded() }) - forwarded; got != 0 {
+		t.Fatalf("%d of 40 writes forwarded after the first named the leader", got)
+	}
+	key := naming.ServiceKey{Service: svc.Name}
+	for i := range 40 {
+		if err := c.WaitListed(ctx, key, fmt.Sprintf("10.64.0.%d", i+1), 80, c.live()...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := cl.DeregisterPersistent(ctx, svc, client.Instance{IP: "10.64.0.1", Port: 80}); err != nil {
+		t.Fatal(err)
+	}
+	if got := count((*daemon.Daemon).StreamWrites) - streamed; got != 41 {
+		t.Fatalf("the deregister did not go on the stream (%d stream writes)", got)
 	}
 }

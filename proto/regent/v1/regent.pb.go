@@ -1693,6 +1693,181 @@ func (x *RegisterInstanceResponse) GetRevision() uint64 {
 	return 0
 }
 
+// WriteRequest is one persistent write on a Write stream.
+type WriteRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Tags the reply; non-zero, and not reused while the write is in flight.
+	RequestId uint64 `protobuf:"varint,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// Types that are valid to be assigned to Body:
+	//
+	//	*WriteRequest_Register
+	//	*WriteRequest_Deregister
+	Body          isWriteRequest_Body `protobuf_oneof:"body"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WriteRequest) Reset() {
+	*x = WriteRequest{}
+	mi := &file_regent_v1_regent_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WriteRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WriteRequest) ProtoMessage() {}
+
+func (x *WriteRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_regent_v1_regent_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WriteRequest.ProtoReflect.Descriptor instead.
+func (*WriteRequest) Descriptor() ([]byte, []int) {
+	return file_regent_v1_regent_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *WriteRequest) GetRequestId() uint64 {
+	if x != nil {
+		return x.RequestId
+	}
+	return 0
+}
+
+func (x *WriteRequest) GetBody() isWriteRequest_Body {
+	if x != nil {
+		return x.Body
+	}
+	return nil
+}
+
+func (x *WriteRequest) GetRegister() *RegisterInstanceRequest {
+	if x != nil {
+		if x, ok := x.Body.(*WriteRequest_Register); ok {
+			return x.Register
+		}
+	}
+	return nil
+}
+
+func (x *WriteRequest) GetDeregister() *DeregisterInstanceRequest {
+	if x != nil {
+		if x, ok := x.Body.(*WriteRequest_Deregister); ok {
+			return x.Deregister
+		}
+	}
+	return nil
+}
+
+type isWriteRequest_Body interface {
+	isWriteRequest_Body()
+}
+
+type WriteRequest_Register struct {
+	Register *RegisterInstanceRequest `protobuf:"bytes,2,opt,name=register,proto3,oneof"`
+}
+
+type WriteRequest_Deregister struct {
+	Deregister *DeregisterInstanceRequest `protobuf:"bytes,3,opt,name=deregister,proto3,oneof"`
+}
+
+func (*WriteRequest_Register) isWriteRequest_Body() {}
+
+func (*WriteRequest_Deregister) isWriteRequest_Body() {}
+
+// WriteReply answers one WriteRequest.
+type WriteReply struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The request's id.
+	RequestId uint64 `protobuf:"varint,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// A google.rpc.Code; 0 (OK) on success.
+	Code int32 `protobuf:"varint,2,opt,name=code,proto3" json:"code,omitempty"`
+	// Why it failed, when it did.
+	Message string `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	// The service's revision after the write, when it succeeded.
+	Revision uint64 `protobuf:"varint,4,opt,name=revision,proto3" json:"revision,omitempty"`
+	// The Raft leader's client address, when the node knows it (as the
+	// regent-leader header of the unary writes).
+	Leader        string `protobuf:"bytes,5,opt,name=leader,proto3" json:"leader,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WriteReply) Reset() {
+	*x = WriteReply{}
+	mi := &file_regent_v1_regent_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WriteReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WriteReply) ProtoMessage() {}
+
+func (x *WriteReply) ProtoReflect() protoreflect.Message {
+	mi := &file_regent_v1_regent_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WriteReply.ProtoReflect.Descriptor instead.
+func (*WriteReply) Descriptor() ([]byte, []int) {
+	return file_regent_v1_regent_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *WriteReply) GetRequestId() uint64 {
+	if x != nil {
+		return x.RequestId
+	}
+	return 0
+}
+
+func (x *WriteReply) GetCode() int32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *WriteReply) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *WriteReply) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *WriteReply) GetLeader() string {
+	if x != nil {
+		return x.Leader
+	}
+	return ""
+}
+
 // DeregisterInstanceRequest removes a persistent instance.
 type DeregisterInstanceRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1706,7 +1881,7 @@ type DeregisterInstanceRequest struct {
 
 func (x *DeregisterInstanceRequest) Reset() {
 	*x = DeregisterInstanceRequest{}
-	mi := &file_regent_v1_regent_proto_msgTypes[22]
+	mi := &file_regent_v1_regent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1718,7 +1893,7 @@ func (x *DeregisterInstanceRequest) String() string {
 func (*DeregisterInstanceRequest) ProtoMessage() {}
 
 func (x *DeregisterInstanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_regent_proto_msgTypes[22]
+	mi := &file_regent_v1_regent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1731,7 +1906,7 @@ func (x *DeregisterInstanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeregisterInstanceRequest.ProtoReflect.Descriptor instead.
 func (*DeregisterInstanceRequest) Descriptor() ([]byte, []int) {
-	return file_regent_v1_regent_proto_rawDescGZIP(), []int{22}
+	return file_regent_v1_regent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *DeregisterInstanceRequest) GetService() *ServiceRef {
@@ -1759,7 +1934,7 @@ type DeregisterInstanceResponse struct {
 
 func (x *DeregisterInstanceResponse) Reset() {
 	*x = DeregisterInstanceResponse{}
-	mi := &file_regent_v1_regent_proto_msgTypes[23]
+	mi := &file_regent_v1_regent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1771,7 +1946,7 @@ func (x *DeregisterInstanceResponse) String() string {
 func (*DeregisterInstanceResponse) ProtoMessage() {}
 
 func (x *DeregisterInstanceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_regent_proto_msgTypes[23]
+	mi := &file_regent_v1_regent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1784,7 +1959,7 @@ func (x *DeregisterInstanceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeregisterInstanceResponse.ProtoReflect.Descriptor instead.
 func (*DeregisterInstanceResponse) Descriptor() ([]byte, []int) {
-	return file_regent_v1_regent_proto_rawDescGZIP(), []int{23}
+	return file_regent_v1_regent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *DeregisterInstanceResponse) GetRevision() uint64 {
@@ -1807,7 +1982,7 @@ type BatchRegisterInstancesRequest struct {
 
 func (x *BatchRegisterInstancesRequest) Reset() {
 	*x = BatchRegisterInstancesRequest{}
-	mi := &file_regent_v1_regent_proto_msgTypes[24]
+	mi := &file_regent_v1_regent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1819,7 +1994,7 @@ func (x *BatchRegisterInstancesRequest) String() string {
 func (*BatchRegisterInstancesRequest) ProtoMessage() {}
 
 func (x *BatchRegisterInstancesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_regent_proto_msgTypes[24]
+	mi := &file_regent_v1_regent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1832,7 +2007,7 @@ func (x *BatchRegisterInstancesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchRegisterInstancesRequest.ProtoReflect.Descriptor instead.
 func (*BatchRegisterInstancesRequest) Descriptor() ([]byte, []int) {
-	return file_regent_v1_regent_proto_rawDescGZIP(), []int{24}
+	return file_regent_v1_regent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *BatchRegisterInstancesRequest) GetService() *ServiceRef {
@@ -1860,7 +2035,7 @@ type BatchRegisterInstancesResponse struct {
 
 func (x *BatchRegisterInstancesResponse) Reset() {
 	*x = BatchRegisterInstancesResponse{}
-	mi := &file_regent_v1_regent_proto_msgTypes[25]
+	mi := &file_regent_v1_regent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1872,7 +2047,7 @@ func (x *BatchRegisterInstancesResponse) String() string {
 func (*BatchRegisterInstancesResponse) ProtoMessage() {}
 
 func (x *BatchRegisterInstancesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_regent_proto_msgTypes[25]
+	mi := &file_regent_v1_regent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1885,7 +2060,7 @@ func (x *BatchRegisterInstancesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchRegisterInstancesResponse.ProtoReflect.Descriptor instead.
 func (*BatchRegisterInstancesResponse) Descriptor() ([]byte, []int) {
-	return file_regent_v1_regent_proto_rawDescGZIP(), []int{25}
+	return file_regent_v1_regent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *BatchRegisterInstancesResponse) GetRevision() uint64 {
@@ -1917,7 +2092,7 @@ type GetServiceRequest struct {
 
 func (x *GetServiceRequest) Reset() {
 	*x = GetServiceRequest{}
-	mi := &file_regent_v1_regent_proto_msgTypes[26]
+	mi := &file_regent_v1_regent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1929,7 +2104,7 @@ func (x *GetServiceRequest) String() string {
 func (*GetServiceRequest) ProtoMessage() {}
 
 func (x *GetServiceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_regent_proto_msgTypes[26]
+	mi := &file_regent_v1_regent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1942,7 +2117,7 @@ func (x *GetServiceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetServiceRequest.ProtoReflect.Descriptor instead.
 func (*GetServiceRequest) Descriptor() ([]byte, []int) {
-	return file_regent_v1_regent_proto_rawDescGZIP(), []int{26}
+	return file_regent_v1_regent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *GetServiceRequest) GetService() *ServiceRef {
@@ -1986,7 +2161,7 @@ type GetServiceResponse struct {
 
 func (x *GetServiceResponse) Reset() {
 	*x = GetServiceResponse{}
-	mi := &file_regent_v1_regent_proto_msgTypes[27]
+	mi := &file_regent_v1_regent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1998,7 +2173,7 @@ func (x *GetServiceResponse) String() string {
 func (*GetServiceResponse) ProtoMessage() {}
 
 func (x *GetServiceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_regent_proto_msgTypes[27]
+	mi := &file_regent_v1_regent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2011,7 +2186,7 @@ func (x *GetServiceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetServiceResponse.ProtoReflect.Descriptor instead.
 func (*GetServiceResponse) Descriptor() ([]byte, []int) {
-	return file_regent_v1_regent_proto_rawDescGZIP(), []int{27}
+	return file_regent_v1_regent_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *GetServiceResponse) GetSnapshot() *ServiceSnapshot {
@@ -2045,7 +2220,7 @@ type ListServicesRequest struct {
 
 func (x *ListServicesRequest) Reset() {
 	*x = ListServicesRequest{}
-	mi := &file_regent_v1_regent_proto_msgTypes[28]
+	mi := &file_regent_v1_regent_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2057,7 +2232,7 @@ func (x *ListServicesRequest) String() string {
 func (*ListServicesRequest) ProtoMessage() {}
 
 func (x *ListServicesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_regent_proto_msgTypes[28]
+	mi := &file_regent_v1_regent_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2070,7 +2245,7 @@ func (x *ListServicesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServicesRequest.ProtoReflect.Descriptor instead.
 func (*ListServicesRequest) Descriptor() ([]byte, []int) {
-	return file_regent_v1_regent_proto_rawDescGZIP(), []int{28}
+	return file_regent_v1_regent_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ListServicesRequest) GetNamespace() string {
@@ -2116,7 +2291,7 @@ type ServiceSummary struct {
 
 func (x *ServiceSummary) Reset() {
 	*x = ServiceSummary{}
-	mi := &file_regent_v1_regent_proto_msgTypes[29]
+	mi := &file_regent_v1_regent_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2128,7 +2303,7 @@ func (x *ServiceSummary) String() string {
 func (*ServiceSummary) ProtoMessage() {}
 
 func (x *ServiceSummary) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_regent_proto_msgTypes[29]
+	mi := &file_regent_v1_regent_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2141,7 +2316,7 @@ func (x *ServiceSummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceSummary.ProtoReflect.Descriptor instead.
 func (*ServiceSummary) Descriptor() ([]byte, []int) {
-	return file_regent_v1_regent_proto_rawDescGZIP(), []int{29}
+	return file_regent_v1_regent_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ServiceSummary) GetService() *ServiceRef {
@@ -2178,7 +2353,7 @@ type ListServicesResponse struct {
 
 func (x *ListServicesResponse) Reset() {
 	*x = ListServicesResponse{}
-	mi := &file_regent_v1_regent_proto_msgTypes[30]
+	mi := &file_regent_v1_regent_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2190,7 +2365,7 @@ func (x *ListServicesResponse) String() string {
 func (*ListServicesResponse) ProtoMessage() {}
 
 func (x *ListServicesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_regent_proto_msgTypes[30]
+	mi := &file_regent_v1_regent_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2203,7 +2378,7 @@ func (x *ListServicesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServicesResponse.ProtoReflect.Descriptor instead.
 func (*ListServicesResponse) Descriptor() ([]byte, []int) {
-	return file_regent_v1_regent_proto_rawDescGZIP(), []int{30}
+	return file_regent_v1_regent_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ListServicesResponse) GetServices() []*ServiceSummary {
@@ -2233,7 +2408,7 @@ type UpdateServiceMetadataRequest struct {
 
 func (x *UpdateServiceMetadataRequest) Reset() {
 	*x = UpdateServiceMetadataRequest{}
-	mi := &file_regent_v1_regent_proto_msgTypes[31]
+	mi := &file_regent_v1_regent_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2245,7 +2420,7 @@ func (x *UpdateServiceMetadataRequest) String() string {
 func (*UpdateServiceMetadataRequest) ProtoMessage() {}
 
 func (x *UpdateServiceMetadataRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_regent_proto_msgTypes[31]
+	mi := &file_regent_v1_regent_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2258,7 +2433,7 @@ func (x *UpdateServiceMetadataRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateServiceMetadataRequest.ProtoReflect.Descriptor instead.
 func (*UpdateServiceMetadataRequest) Descriptor() ([]byte, []int) {
-	return file_regent_v1_regent_proto_rawDescGZIP(), []int{31}
+	return file_regent_v1_regent_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *UpdateServiceMetadataRequest) GetService() *ServiceRef {
@@ -2286,7 +2461,7 @@ type UpdateServiceMetadataResponse struct {
 
 func (x *UpdateServiceMetadataResponse) Reset() {
 	*x = UpdateServiceMetadataResponse{}
-	mi := &file_regent_v1_regent_proto_msgTypes[32]
+	mi := &file_regent_v1_regent_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2298,7 +2473,7 @@ func (x *UpdateServiceMetadataResponse) String() string {
 func (*UpdateServiceMetadataResponse) ProtoMessage() {}
 
 func (x *UpdateServiceMetadataResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_regent_proto_msgTypes[32]
+	mi := &file_regent_v1_regent_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2311,7 +2486,7 @@ func (x *UpdateServiceMetadataResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateServiceMetadataResponse.ProtoReflect.Descriptor instead.
 func (*UpdateServiceMetadataResponse) Descriptor() ([]byte, []int) {
-	return file_regent_v1_regent_proto_rawDescGZIP(), []int{32}
+	return file_regent_v1_regent_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *UpdateServiceMetadataResponse) GetMeta() *ServiceMeta {
@@ -2330,7 +2505,7 @@ type ListMembersRequest struct {
 
 func (x *ListMembersRequest) Reset() {
 	*x = ListMembersRequest{}
-	mi := &file_regent_v1_regent_proto_msgTypes[33]
+	mi := &file_regent_v1_regent_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2342,7 +2517,7 @@ func (x *ListMembersRequest) String() string {
 func (*ListMembersRequest) ProtoMessage() {}
 
 func (x *ListMembersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_regent_proto_msgTypes[33]
+	mi := &file_regent_v1_regent_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2355,7 +2530,7 @@ func (x *ListMembersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMembersRequest.ProtoReflect.Descriptor instead.
 func (*ListMembersRequest) Descriptor() ([]byte, []int) {
-	return file_regent_v1_regent_proto_rawDescGZIP(), []int{33}
+	return file_regent_v1_regent_proto_rawDescGZIP(), []int{35}
 }
 
 // Member is one node.
@@ -2375,7 +2550,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_regent_v1_regent_proto_msgTypes[34]
+	mi := &file_regent_v1_regent_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2387,7 +2562,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_regent_proto_msgTypes[34]
+	mi := &file_regent_v1_regent_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2400,7 +2575,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_regent_v1_regent_proto_rawDescGZIP(), []int{34}
+	return file_regent_v1_regent_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *Member) GetName() string {
@@ -2442,7 +2617,7 @@ type ListMembersResponse struct {
 
 func (x *ListMembersResponse) Reset() {
 	*x = ListMembersResponse{}
-	mi := &file_regent_v1_regent_proto_msgTypes[35]
+	mi := &file_regent_v1_regent_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2454,7 +2629,7 @@ func (x *ListMembersResponse) String() string {
 func (*ListMembersResponse) ProtoMessage() {}
 
 func (x *ListMembersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_regent_proto_msgTypes[35]
+	mi := &file_regent_v1_regent_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2467,7 +2642,7 @@ func (x *ListMembersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMembersResponse.ProtoReflect.Descriptor instead.
 func (*ListMembersResponse) Descriptor() ([]byte, []int) {
-	return file_regent_v1_regent_proto_rawDescGZIP(), []int{35}
+	return file_regent_v1_regent_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ListMembersResponse) GetMembers() []*Member {
@@ -2609,7 +2784,23 @@ const file_regent_v1_regent_proto_rawDesc = "" +
 	"\aservice\x18\x01 \x01(\v2\x15.regent.v1.ServiceRefR\aservice\x12/\n" +
 	"\binstance\x18\x02 \x01(\v2\x13.regent.v1.InstanceR\binstance\"6\n" +
 	"\x18RegisterInstanceResponse\x12\x1a\n" +
-	"\brevision\x18\x01 \x01(\x04R\brevision\"}\n" +
+	"\brevision\x18\x01 \x01(\x04R\brevision\"\xbf\x01\n" +
+	"\fWriteRequest\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\x04R\trequestId\x12@\n" +
+	"\bregister\x18\x02 \x01(\v2\".regent.v1.RegisterInstanceRequestH\x00R\bregister\x12F\n" +
+	"\n" +
+	"deregister\x18\x03 \x01(\v2$.regent.v1.DeregisterInstanceRequestH\x00R\n" +
+	"deregisterB\x06\n" +
+	"\x04body\"\x8d\x01\n" +
+	"\n" +
+	"WriteReply\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\x04R\trequestId\x12\x12\n" +
+	"\x04code\x18\x02 \x01(\x05R\x04code\x12\x18\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\x12\x1a\n" +
+	"\brevision\x18\x04 \x01(\x04R\brevision\x12\x16\n" +
+	"\x06leader\x18\x05 \x01(\tR\x06leader\"}\n" +
 	"\x19DeregisterInstanceRequest\x12/\n" +
 	"\aservice\x18\x01 \x01(\v2\x15.regent.v1.ServiceRefR\aservice\x12/\n" +
 	"\binstance\x18\x02 \x01(\v2\x13.regent.v1.InstanceR\binstance\"8\n" +
@@ -2653,11 +2844,12 @@ const file_regent_v1_regent_proto_rawDesc = "" +
 	"\x06status\x18\x03 \x01(\tR\x06status\x12\x12\n" +
 	"\x04raft\x18\x04 \x01(\tR\x04raft\"B\n" +
 	"\x13ListMembersResponse\x12+\n" +
-	"\amembers\x18\x01 \x03(\v2\x11.regent.v1.MemberR\amembers2\xd2\x05\n" +
+	"\amembers\x18\x01 \x03(\v2\x11.regent.v1.MemberR\amembers2\x8f\x06\n" +
 	"\bRegistry\x12A\n" +
 	"\aSession\x12\x18.regent.v1.ClientMessage\x1a\x18.regent.v1.ServerMessage(\x010\x01\x12[\n" +
 	"\x10RegisterInstance\x12\".regent.v1.RegisterInstanceRequest\x1a#.regent.v1.RegisterInstanceResponse\x12a\n" +
-	"\x12DeregisterInstance\x12$.regent.v1.DeregisterInstanceRequest\x1a%.regent.v1.DeregisterInstanceResponse\x12m\n" +
+	"\x12DeregisterInstance\x12$.regent.v1.DeregisterInstanceRequest\x1a%.regent.v1.DeregisterInstanceResponse\x12;\n" +
+	"\x05Write\x12\x17.regent.v1.WriteRequest\x1a\x15.regent.v1.WriteReply(\x010\x01\x12m\n" +
 	"\x16BatchRegisterInstances\x12(.regent.v1.BatchRegisterInstancesRequest\x1a).regent.v1.BatchRegisterInstancesResponse\x12I\n" +
 	"\n" +
 	"GetService\x12\x1c.regent.v1.GetServiceRequest\x1a\x1d.regent.v1.GetServiceResponse\x12O\n" +
@@ -2678,7 +2870,7 @@ func file_regent_v1_regent_proto_rawDescGZIP() []byte {
 }
 
 var file_regent_v1_regent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_regent_v1_regent_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
+var file_regent_v1_regent_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
 var file_regent_v1_regent_proto_goTypes = []any{
 	(HealthCheck_Type)(0),                  // 0: regent.v1.HealthCheck.Type
 	(*ServiceRef)(nil),                     // 1: regent.v1.ServiceRef
@@ -2703,28 +2895,30 @@ var file_regent_v1_regent_proto_goTypes = []any{
 	(*Reconnect)(nil),                      // 20: regent.v1.Reconnect
 	(*RegisterInstanceRequest)(nil),        // 21: regent.v1.RegisterInstanceRequest
 	(*RegisterInstanceResponse)(nil),       // 22: regent.v1.RegisterInstanceResponse
-	(*DeregisterInstanceRequest)(nil),      // 23: regent.v1.DeregisterInstanceRequest
-	(*DeregisterInstanceResponse)(nil),     // 24: regent.v1.DeregisterInstanceResponse
-	(*BatchRegisterInstancesRequest)(nil),  // 25: regent.v1.BatchRegisterInstancesRequest
-	(*BatchRegisterInstancesResponse)(nil), // 26: regent.v1.BatchRegisterInstancesResponse
-	(*GetServiceRequest)(nil),              // 27: regent.v1.GetServiceRequest
-	(*GetServiceResponse)(nil),             // 28: regent.v1.GetServiceResponse
-	(*ListServicesRequest)(nil),            // 29: regent.v1.ListServicesRequest
-	(*ServiceSummary)(nil),                 // 30: regent.v1.ServiceSummary
-	(*ListServicesResponse)(nil),           // 31: regent.v1.ListServicesResponse
-	(*UpdateServiceMetadataRequest)(nil),   // 32: regent.v1.UpdateServiceMetadataRequest
-	(*UpdateServiceMetadataResponse)(nil),  // 33: regent.v1.UpdateServiceMetadataResponse
-	(*ListMembersRequest)(nil),             // 34: regent.v1.ListMembersRequest
-	(*Member)(nil),                         // 35: regent.v1.Member
-	(*ListMembersResponse)(nil),            // 36: regent.v1.ListMembersResponse
-	nil,                                    // 37: regent.v1.Instance.MetadataEntry
-	nil,                                    // 38: regent.v1.ServiceMeta.MetadataEntry
-	nil,                                    // 39: regent.v1.Hello.LabelsEntry
+	(*WriteRequest)(nil),                   // 23: regent.v1.WriteRequest
+	(*WriteReply)(nil),                     // 24: regent.v1.WriteReply
+	(*DeregisterInstanceRequest)(nil),      // 25: regent.v1.DeregisterInstanceRequest
+	(*DeregisterInstanceResponse)(nil),     // 26: regent.v1.DeregisterInstanceResponse
+	(*BatchRegisterInstancesRequest)(nil),  // 27: regent.v1.BatchRegisterInstancesRequest
+	(*BatchRegisterInstancesResponse)(nil), // 28: regent.v1.BatchRegisterInstancesResponse
+	(*GetServiceRequest)(nil),              // 29: regent.v1.GetServiceRequest
+	(*GetServiceResponse)(nil),             // 30: regent.v1.GetServiceResponse
+	(*ListServicesRequest)(nil),            // 31: regent.v1.ListServicesRequest
+	(*ServiceSummary)(nil),                 // 32: regent.v1.ServiceSummary
+	(*ListServicesResponse)(nil),           // 33: regent.v1.ListServicesResponse
+	(*UpdateServiceMetadataRequest)(nil),   // 34: regent.v1.UpdateServiceMetadataRequest
+	(*UpdateServiceMetadataResponse)(nil),  // 35: regent.v1.UpdateServiceMetadataResponse
+	(*ListMembersRequest)(nil),             // 36: regent.v1.ListMembersRequest
+	(*Member)(nil),                         // 37: regent.v1.Member
+	(*ListMembersResponse)(nil),            // 38: regent.v1.ListMembersResponse
+	nil,                                    // 39: regent.v1.Instance.MetadataEntry
+	nil,                                    // 40: regent.v1.ServiceMeta.MetadataEntry
+	nil,                                    // 41: regent.v1.Hello.LabelsEntry
 }
 var file_regent_v1_regent_proto_depIdxs = []int32{
-	37, // 0: regent.v1.Instance.metadata:type_name -> regent.v1.Instance.MetadataEntry
+	39, // 0: regent.v1.Instance.metadata:type_name -> regent.v1.Instance.MetadataEntry
 	0,  // 1: regent.v1.HealthCheck.type:type_name -> regent.v1.HealthCheck.Type
-	38, // 2: regent.v1.ServiceMeta.metadata:type_name -> regent.v1.ServiceMeta.MetadataEntry
+	40, // 2: regent.v1.ServiceMeta.metadata:type_name -> regent.v1.ServiceMeta.MetadataEntry
 	3,  // 3: regent.v1.ServiceMeta.health_check:type_name -> regent.v1.HealthCheck
 	1,  // 4: regent.v1.ServiceSnapshot.service:type_name -> regent.v1.ServiceRef
 	2,  // 5: regent.v1.ServiceSnapshot.instances:type_name -> regent.v1.Instance
@@ -2736,8 +2930,8 @@ var file_regent_v1_regent_proto_depIdxs = []int32{
 	13, // 11: regent.v1.ClientMessage.probe_reply:type_name -> regent.v1.ProbeReply
 	14, // 12: regent.v1.ClientMessage.ping:type_name -> regent.v1.Ping
 	8,  // 13: regent.v1.ClientMessage.register_all:type_name -> regent.v1.RegisterAll
-	27, // 14: regent.v1.ClientMessage.get_service:type_name -> regent.v1.GetServiceRequest
-	39, // 15: regent.v1.Hello.labels:type_name -> regent.v1.Hello.LabelsEntry
+	29, // 14: regent.v1.ClientMessage.get_service:type_name -> regent.v1.GetServiceRequest
+	41, // 15: regent.v1.Hello.labels:type_name -> regent.v1.Hello.LabelsEntry
 	9,  // 16: regent.v1.RegisterAll.services:type_name -> regent.v1.RegisterEphemeral
 	1,  // 17: regent.v1.RegisterEphemeral.service:type_name -> regent.v1.ServiceRef
 	2,  // 18: regent.v1.RegisterEphemeral.instances:type_name -> regent.v1.Instance
@@ -2750,44 +2944,48 @@ var file_regent_v1_regent_proto_depIdxs = []int32{
 	18, // 25: regent.v1.ServerMessage.push:type_name -> regent.v1.Push
 	19, // 26: regent.v1.ServerMessage.probe:type_name -> regent.v1.Probe
 	20, // 27: regent.v1.ServerMessage.reconnect:type_name -> regent.v1.Reconnect
-	28, // 28: regent.v1.Ack.service:type_name -> regent.v1.GetServiceResponse
+	30, // 28: regent.v1.Ack.service:type_name -> regent.v1.GetServiceResponse
 	5,  // 29: regent.v1.Push.snapshot:type_name -> regent.v1.ServiceSnapshot
 	1,  // 30: regent.v1.RegisterInstanceRequest.service:type_name -> regent.v1.ServiceRef
 	2,  // 31: regent.v1.RegisterInstanceRequest.instance:type_name -> regent.v1.Instance
-	1,  // 32: regent.v1.DeregisterInstanceRequest.service:type_name -> regent.v1.ServiceRef
-	2,  // 33: regent.v1.DeregisterInstanceRequest.instance:type_name -> regent.v1.Instance
-	1,  // 34: regent.v1.BatchRegisterInstancesRequest.service:type_name -> regent.v1.ServiceRef
-	2,  // 35: regent.v1.BatchRegisterInstancesRequest.instances:type_name -> regent.v1.Instance
-	1,  // 36: regent.v1.GetServiceRequest.service:type_name -> regent.v1.ServiceRef
-	5,  // 37: regent.v1.GetServiceResponse.snapshot:type_name -> regent.v1.ServiceSnapshot
-	4,  // 38: regent.v1.GetServiceResponse.meta:type_name -> regent.v1.ServiceMeta
-	1,  // 39: regent.v1.ServiceSummary.service:type_name -> regent.v1.ServiceRef
-	30, // 40: regent.v1.ListServicesResponse.services:type_name -> regent.v1.ServiceSummary
-	1,  // 41: regent.v1.UpdateServiceMetadataRequest.service:type_name -> regent.v1.ServiceRef
-	4,  // 42: regent.v1.UpdateServiceMetadataRequest.meta:type_name -> regent.v1.ServiceMeta
-	4,  // 43: regent.v1.UpdateServiceMetadataResponse.meta:type_name -> regent.v1.ServiceMeta
-	35, // 44: regent.v1.ListMembersResponse.members:type_name -> regent.v1.Member
-	6,  // 45: regent.v1.Registry.Session:input_type -> regent.v1.ClientMessage
-	21, // 46: regent.v1.Registry.RegisterInstance:input_type -> regent.v1.RegisterInstanceRequest
-	23, // 47: regent.v1.Registry.DeregisterInstance:input_type -> regent.v1.DeregisterInstanceRequest
-	25, // 48: regent.v1.Registry.BatchRegisterInstances:input_type -> regent.v1.BatchRegisterInstancesRequest
-	27, // 49: regent.v1.Registry.GetService:input_type -> regent.v1.GetServiceRequest
-	29, // 50: regent.v1.Registry.ListServices:input_type -> regent.v1.ListServicesRequest
-	32, // 51: regent.v1.Registry.UpdateServiceMetadata:input_type -> regent.v1.UpdateServiceMetadataRequest
-	34, // 52: regent.v1.Registry.ListMembers:input_type -> regent.v1.ListMembersRequest
-	15, // 53: regent.v1.Registry.Session:output_type -> regent.v1.ServerMessage
-	22, // 54: regent.v1.Registry.RegisterInstance:output_type -> regent.v1.RegisterInstanceResponse
-	24, // 55: regent.v1.Registry.DeregisterInstance:output_type -> regent.v1.DeregisterInstanceResponse
-	26, // 56: regent.v1.Registry.BatchRegisterInstances:output_type -> regent.v1.BatchRegisterInstancesResponse
-	28, // 57: regent.v1.Registry.GetService:output_type -> regent.v1.GetServiceResponse
-	31, // 58: regent.v1.Registry.ListServices:output_type -> regent.v1.ListServicesResponse
-	33, // 59: regent.v1.Registry.UpdateServiceMetadata:output_type -> regent.v1.UpdateServiceMetadataResponse
-	36, // 60: regent.v1.Registry.ListMembers:output_type -> regent.v1.ListMembersResponse
-	53, // [53:61] is the sub-list for method output_type
-	45, // [45:53] is the sub-list for method input_type
-	45, // [45:45] is the sub-list for extension type_name
-	45, // [45:45] is the sub-list for extension extendee
-	0,  // [0:45] is the sub-list for field type_name
+	21, // 32: regent.v1.WriteRequest.register:type_name -> regent.v1.RegisterInstanceRequest
+	25, // 33: regent.v1.WriteRequest.deregister:type_name -> regent.v1.DeregisterInstanceRequest
+	1,  // 34: regent.v1.DeregisterInstanceRequest.service:type_name -> regent.v1.ServiceRef
+	2,  // 35: regent.v1.DeregisterInstanceRequest.instance:type_name -> regent.v1.Instance
+	1,  // 36: regent.v1.BatchRegisterInstancesRequest.service:type_name -> regent.v1.ServiceRef
+	2,  // 37: regent.v1.BatchRegisterInstancesRequest.instances:type_name -> regent.v1.Instance
+	1,  // 38: regent.v1.GetServiceRequest.service:type_name -> regent.v1.ServiceRef
+	5,  // 39: regent.v1.GetServiceResponse.snapshot:type_name -> regent.v1.ServiceSnapshot
+	4,  // 40: regent.v1.GetServiceResponse.meta:type_name -> regent.v1.ServiceMeta
+	1,  // 41: regent.v1.ServiceSummary.service:type_name -> regent.v1.ServiceRef
+	32, // 42: regent.v1.ListServicesResponse.services:type_name -> regent.v1.ServiceSummary
+	1,  // 43: regent.v1.UpdateServiceMetadataRequest.service:type_name -> regent.v1.ServiceRef
+	4,  // 44: regent.v1.UpdateServiceMetadataRequest.meta:type_name -> regent.v1.ServiceMeta
+	4,  // 45: regent.v1.UpdateServiceMetadataResponse.meta:type_name -> regent.v1.ServiceMeta
+	37, // 46: regent.v1.ListMembersResponse.members:type_name -> regent.v1.Member
+	6,  // 47: regent.v1.Registry.Session:input_type -> regent.v1.ClientMessage
+	21, // 48: regent.v1.Registry.RegisterInstance:input_type -> regent.v1.RegisterInstanceRequest
+	25, // 49: regent.v1.Registry.DeregisterInstance:input_type -> regent.v1.DeregisterInstanceRequest
+	23, // 50: regent.v1.Registry.Write:input_type -> regent.v1.WriteRequest
+	27, // 51: regent.v1.Registry.BatchRegisterInstances:input_type -> regent.v1.BatchRegisterInstancesRequest
+	29, // 52: regent.v1.Registry.GetService:input_type -> regent.v1.GetServiceRequest
+	31, // 53: regent.v1.Registry.ListServices:input_type -> regent.v1.ListServicesRequest
+	34, // 54: regent.v1.Registry.UpdateServiceMetadata:input_type -> regent.v1.UpdateServiceMetadataRequest
+	36, // 55: regent.v1.Registry.ListMembers:input_type -> regent.v1.ListMembersRequest
+	15, // 56: regent.v1.Registry.Session:output_type -> regent.v1.ServerMessage
+	22, // 57: regent.v1.Registry.RegisterInstance:output_type -> regent.v1.RegisterInstanceResponse
+	26, // 58: regent.v1.Registry.DeregisterInstance:output_type -> regent.v1.DeregisterInstanceResponse
+	24, // 59: regent.v1.Registry.Write:output_type -> regent.v1.WriteReply
+	28, // 60: regent.v1.Registry.BatchRegisterInstances:output_type -> regent.v1.BatchRegisterInstancesResponse
+	30, // 61: regent.v1.Registry.GetService:output_type -> regent.v1.GetServiceResponse
+	33, // 62: regent.v1.Registry.ListServices:output_type -> regent.v1.ListServicesResponse
+	35, // 63: regent.v1.Registry.UpdateServiceMetadata:output_type -> regent.v1.UpdateServiceMetadataResponse
+	38, // 64: regent.v1.Registry.ListMembers:output_type -> regent.v1.ListMembersResponse
+	56, // [56:65] is the sub-list for method output_type
+	47, // [47:56] is the sub-list for method input_type
+	47, // [47:47] is the sub-list for extension type_name
+	47, // [47:47] is the sub-list for extension extendee
+	0,  // [0:47] is the sub-list for field type_name
 }
 
 func init() { file_regent_v1_regent_proto_init() }
@@ -2814,13 +3012,17 @@ func file_regent_v1_regent_proto_init() {
 		(*ServerMessage_Probe)(nil),
 		(*ServerMessage_Reconnect)(nil),
 	}
+	file_regent_v1_regent_proto_msgTypes[22].OneofWrappers = []any{
+		(*WriteRequest_Register)(nil),
+		(*WriteRequest_Deregister)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_regent_v1_regent_proto_rawDesc), len(file_regent_v1_regent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   39,
+			NumMessages:   41,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

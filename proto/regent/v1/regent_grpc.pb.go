@@ -35,6 +35,7 @@ const (
 	Registry_Session_FullMethodName                = "/regent.v1.Registry/Session"
 	Registry_RegisterInstance_FullMethodName       = "/regent.v1.Registry/RegisterInstance"
 	Registry_DeregisterInstance_FullMethodName     = "/regent.v1.Registry/DeregisterInstance"
+	Registry_Write_FullMethodName                  = "/regent.v1.Registry/Write"
 	Registry_BatchRegisterInstances_FullMethodName = "/regent.v1.Registry/BatchRegisterInstances"
 	Registry_GetService_FullMethodName             = "/regent.v1.Registry/GetService"
 	Registry_ListServices_FullMethodName           = "/regent.v1.Registry/ListServices"
@@ -64,6 +65,15 @@ type RegistryClient interface {
 	// DeregisterInstance removes one persistent instance. Removing an instance
 	// that does not exist succeeds (idempotent).
 	DeregisterInstance(ctx context.Context, in *DeregisterInstanceRequest, opts ...grpc.CallOption) (*DeregisterInstanceResponse, error)
+	// Write carries persistent writes (what RegisterInstance and
+	// DeregisterInstance do) on one stream, each tagged with a request id and
+	// answered as it completes, in any order: a client with many writes in
+	// flight pays gRPC's per-call cost once, not per write. Each write means
+	// what its unary call means; a node that does not lead Raft forwards it
+	// to the leader as it forwards theirs, and every reply names the
+	// leader's client address when the node knows it. A write that fails
+	// (bad input included) gets its code in its reply; the stream goes on.
+	Write(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[WriteRequest, WriteReply], error)
 	// BatchRegisterInstances writes several persistent instances of one service
 	// at once: all are written, or none (the whole batch is validated first).
 	BatchRegisterInstances(ctx context.Context, in *BatchRegisterInstancesRequest, opts ...grpc.CallOption) (*BatchRegisterInstancesResponse, error)
@@ -120,6 +130,19 @@ func (c *registryClient) DeregisterInstance(ctx context.Context, in *DeregisterI
 	}
 	return out, nil
 }
+
+func (c *registryClient) Write(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[WriteRequest, WriteReply], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Registry_ServiceDesc.Streams[1], Registry_Write_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WriteRequest, WriteReply]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Registry_WriteClient = grpc.BidiStreamingClient[WriteRequest, WriteReply]
 
 func (c *registryClient) BatchRegisterInstances(ctx context.Context, in *BatchRegisterInstancesRequest, opts ...grpc.CallOption) (*BatchRegisterInstancesResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
@@ -193,6 +216,15 @@ type RegistryServer interface {
 	// DeregisterInstance removes one persistent instance. Removing an instance
 	// that does not exist succeeds (idempotent).
 	DeregisterInstance(context.Context, *DeregisterInstanceRequest) (*DeregisterInstanceResponse, error)
+	// Write carries persistent writes (what RegisterInstance and
+	// DeregisterInstance do) on one stream, each tagged with a request id and
+	// answered as it completes, in any order: a client with many writes in
+	// flight pays gRPC's per-call cost once, not per write. Each write means
+	// what its unary call means; a node that does not lead Raft forwards it
+	// to the leader as it forwards theirs, and every reply names the
+	// leader's client address when the node knows it. A write that fails
+	// (bad input included) gets its code in its reply; the stream goes on.
+	Write(grpc.BidiStreamingServer[WriteRequest, WriteReply]) error
 	// BatchRegisterInstances writes several persistent instances of one service
 	// at once: all are written, or none (the whole batch is validated first).
 	BatchRegisterInstances(context.Context, *BatchRegisterInstancesRequest) (*BatchRegisterInstancesResponse, error)
@@ -225,6 +257,9 @@ func (UnimplementedRegistryServer) RegisterInstance(context.Context, *RegisterIn
 }
 func (UnimplementedRegistryServer) DeregisterInstance(context.Context, *DeregisterInstanceRequest) (*DeregisterInstanceResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeregisterInstance not implemented")
+}
+func (UnimplementedRegistryServer) Write(grpc.BidiStreamingServer[WriteRequest, WriteReply]) error {
+	return status.Error(codes.Unimplemented, "method Write not implemented")
 }
 func (UnimplementedRegistryServer) BatchRegisterInstances(context.Context, *BatchRegisterInstancesRequest) (*BatchRegisterInstancesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method BatchRegisterInstances not implemented")
@@ -304,6 +339,13 @@ func _Registry_DeregisterInstance_Handler(srv interface{}, ctx context.Context, 
 	}
 	return interceptor(ctx, in, info, handler)
 }
+
+func _Registry_Write_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(RegistryServer).Write(&grpc.GenericServerStream[WriteRequest, WriteReply]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Registry_WriteServer = grpc.BidiStreamingServer[WriteRequest, WriteReply]
 
 func _Registry_BatchRegisterInstances_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(BatchRegisterInstancesRequest)
@@ -435,6 +477,12 @@ var Registry_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "Session",
 			Handler:       _Registry_Session_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+		{
+			StreamName:    "Write",
+			Handler:       _Registry_Write_Handler,
 			ServerStreams: true,
 			ClientStreams: true,
 		},

@@ -1,0 +1,99 @@
+package rpc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/regent-registry/regent/internal/naming"
+	regentv1 "github.com/regent-registry/regent/proto/regent/v1"
+)
+
+// Write serves a Write stream: each request is served on a goroutine of
+// its own (at most Config.WriteInFlight at once; the stream is not read
+// further until one is answered), and answered as it completes. The
+// handler returns once every write it took has been answered or has
+// failed to be.
+func (s *Server) Write(stream regentv1.Registry_WriteServer) error {
+	ctx := stream.Context()
+	var (
+		sendMu sync.Mutex
+		wg     sync.WaitGroup
+	)
+	defer wg.Wait()
+	slots := make(chan struct{}, s.cfg.WriteInFlight)
+	for {
+		req, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		wg.Go(func() {
+			defer func() { <-slots }()
+			reply := s.serveWrite(ctx, req)
+			sendMu.Lock()
+			// A failed send means the stream is over; Recv says so too.
+			_ = stream.Send(reply)
+			sendMu.Unlock()
+		})
+	}
+}
+
+// serveWrite runs one write of a Write stream and builds its reply. Like
+// the unary calls, a panic becomes INTERNAL, not a dead node.
+func (s *Server) serveWrite(ctx context.Context, req *regentv1.WriteRequest) (reply *regentv1.WriteReply) {
+	start := time.Now()
+	method := "Write"
+	reply = &regentv1.WriteReply{RequestId: req.GetRequestId()}
+	var err error
+	defer func() {
+		if r := recover(); r != nil {
+			s.logger.Error("panic in a stream write", "panic", r, "stack", string(debug.Stack()))
+			err = status.Error(codes.Internal, "internal error")
+		}
+		st, _ := status.FromError(toStatus(err))
+		reply.Code, reply.Message = int32(st.Code()), st.Message()
+		if err != nil {
+			reply.Revision = 0
+		}
+		if s.leader != nil {
+			reply.Leader, _ = s.leader()
+		}
+		s.streamWrites.Add(1)
+		if s.latency != nil {
+			s.latency.WithLabelValues(method, st.Code().String()).Observe(time.Since(start).Seconds())
+		}
+	}()
+	if req.GetRequestId() == 0 {
+		err = fmt.Errorf("%w: a write needs a non-zero request_id", naming.ErrInvalid)
+		return reply
+	}
+	switch b := req.GetBody().(type) {
+	case *regentv1.WriteRequest_Register:
+		method = "Write.Register"
+		reply.Revision, err = s.registerPersistent(ctx, b.Register)
+	case *regentv1.WriteRequest_Deregister:
+		method = "Write.Deregister"
+		reply.Revision, err = s.deregisterPersistent(ctx, b.Deregister)
+	default:
+		err = fmt.Errorf("%w: empty or unknown write", naming.ErrInvalid)
+	}
+	return reply
+}
+
+// StreamWrites counts the writes served on Write streams.
+func (s *Server) StreamWrites() uint64 { return s.streamWrites.Load() }
