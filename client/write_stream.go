@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -56,6 +57,10 @@ func (c *Client) streamWrite(ctx context.Context, build func() *regentv1.WriteRe
 	ws.mu.Unlock()
 	req := build()
 	req.RequestId = id
+	if dl, ok := ctx.Deadline(); ok {
+		// The node's bound on the write, as a unary call's deadline.
+		req.TimeoutMs = uint64(max(time.Until(dl).Milliseconds(), 1))
+	}
 	ws.sendMu.Lock()
 	err = ws.stream.Send(req)
 	ws.sendMu.Unlock()

@@ -71,3 +71,56 @@ func TestPersistentWritesFallBackToUnary(t *testing.T) {
 		t.Fatalf("%d unary writes and %d Write streams, want 6 and 1", u, s)
 	}
 }
+
+// streamNode answers every stream write OK and notes each one's timeout_ms.
+type streamNode struct {
+	regentv1.UnimplementedRegistryServer
+	timeouts chan uint64
+}
+
+func (s *streamNode) Write(st regentv1.Registry_WriteServer) error {
+	for {
+		r, err := st.Recv()
+		if err != nil {
+			return nil
+		}
+		s.timeouts <- r.GetTimeoutMs()
+		if err := st.Send(&regentv1.WriteReply{RequestId: r.GetRequestId(), Revision: 7}); err != nil {
+			return err
+		}
+	}
+}
+
+// A stream write carries the time its caller still waits, as a unary call
+// carries its deadline, so that the node can give it up in time.
+func TestStreamWritesCarryTheirBound(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	node := &streamNode{timeouts: make(chan uint64, 4)}
+	srv := grpc.NewServer(wire.ServerOption())
+	regentv1.RegisterRegistryServer(srv, node)
+	go srv.Serve(lis)
+	defer srv.Stop()
+	c, err := New(testConfig(lis.Addr().String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if rev, err := c.RegisterPersistent(ctx, Service{Name: "bound"}, inst("10.7.1.1", 80)); err != nil || rev != 7 {
+		t.Fatalf("write: revision %d, %v", rev, err)
+	}
+	if ms := <-node.timeouts; ms <= 2000 || ms > 3000 {
+		t.Fatalf("timeout_ms %d for a caller with 3 s left, want (2000, 3000]", ms)
+	}
+	// Without a deadline of the caller's, the SDK's RequestTimeout bounds it.
+	if _, err := c.DeregisterPersistent(context.Background(), Service{Name: "bound"}, inst("10.7.1.1", 80)); err != nil {
+		t.Fatal(err)
+	}
+	if ms, want := <-node.timeouts, uint64(testConfig().RequestTimeout/time.Millisecond); ms == 0 || ms > want {
+		t.Fatalf("timeout_ms %d without a caller's deadline, want (0, %d]", ms, want)
+	}
+}

@@ -97,6 +97,9 @@ type envOptions struct {
 	members MembersFunc
 	metrics prometheus.Registerer
 	leader  func() (string, bool)
+	// per replaces the persistent side (default: persistent.Local on a
+	// test database).
+	per registry.Persistent
 }
 
 type testEnv struct {
@@ -114,11 +117,13 @@ func newEnv(t testing.TB, opt envOptions) *testEnv {
 	if opt.session == (SessionConfig{}) {
 		opt.session = testSessionConfig()
 	}
-	db := storage.OpenTest(t)
-	local := persistent.NewLocal(db)
+	per := opt.per
+	if per == nil {
+		per = persistent.NewLocal(storage.OpenTest(t))
+	}
 	rcfg := registry.DefaultConfig()
 	rcfg.MergeWindow = 5 * time.Millisecond
-	reg, err := registry.New(rcfg, ephemeral.NewStore(nil), local)
+	reg, err := registry.New(rcfg, ephemeral.NewStore(nil), per)
 	if err != nil {
 		t.Fatal(err)
 	}

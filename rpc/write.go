@@ -44,13 +44,33 @@ func (s *Server) Write(stream regentv1.Registry_WriteServer) error {
 		}
 		wg.Go(func() {
 			defer func() { <-slots }()
-			reply := s.serveWrite(ctx, req)
+			wctx, cancel := writeContext(ctx, req.GetTimeoutMs())
+			reply := s.serveWrite(wctx, req)
+			cancel()
 			sendMu.Lock()
 			// A failed send means the stream is over; Recv says so too.
 			_ = stream.Send(reply)
 			sendMu.Unlock()
 		})
 	}
+}
+
+// maxWriteTimeout caps a write's own bound (a larger one is taken as
+// this): nothing waits longer than a minute for one persistent write.
+const maxWriteTimeout = time.Minute
+
+// writeContext is the context of one stream write: the stream's, bounded
+// by the write's timeout_ms when it has one, as a unary call is by its
+// deadline.
+func writeContext(ctx context.Context, ms uint64) (context.Context, context.CancelFunc) {
+	if ms == 0 {
+		return context.WithCancel(ctx)
+	}
+	d := maxWriteTimeout
+	if ms < uint64(maxWriteTimeout/time.Millisecond) {
+		d = time.Duration(ms) * time.Millisecond
+	}
+	return context.WithTimeout(ctx, d)
 }
 
 // serveWrite runs one write of a Write stream and builds its reply. Like

@@ -3,12 +3,16 @@ package rpc
 import (
 	"context"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc/codes"
 
+	"github.com/regent-registry/regent/internal/naming"
+	"github.com/regent-registry/regent/persistent"
 	regentv1 "github.com/regent-registry/regent/proto/regent/v1"
+	"github.com/regent-registry/regent/storage"
 )
 
 func registerReq(id uint64, svc, ip string) *regentv1.WriteRequest {
@@ -117,5 +121,65 @@ func TestWriteStreamClientGone(t *testing.T) {
 	// The node still serves others.
 	if _, err := e.client.RegisterInstance(context.Background(), &regentv1.RegisterInstanceRequest{Service: svcRef("svc-gone"), Instance: inst("10.2.1.1", 80)}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// deadlineRecorder is the persistent side of a test node that notes the
+// deadline each register was given.
+type deadlineRecorder struct {
+	*persistent.Local
+	mu        sync.Mutex
+	deadlines []time.Duration // time left at the call; -1: none
+}
+
+func (d *deadlineRecorder) Register(ctx context.Context, k naming.ServiceKey, ins []naming.Instance) (uint64, error) {
+	left := time.Duration(-1)
+	if dl, ok := ctx.Deadline(); ok {
+		left = time.Until(dl)
+	}
+	d.mu.Lock()
+	d.deadlines = append(d.deadlines, left)
+	d.mu.Unlock()
+	return d.Local.Register(ctx, k, ins)
+}
+
+// A stream write is bounded by its timeout_ms as a unary call is by its
+// deadline (so that a node forwarding it hands the leader that bound); one
+// without runs on the stream's context alone.
+func TestWriteStreamCarriesEachWritesBound(t *testing.T) {
+	rec := &deadlineRecorder{Local: persistent.NewLocal(storage.OpenTest(t))}
+	e := newEnv(t, envOptions{per: rec})
+	// A stream without a deadline of its own, as the SDK opens it.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	st, err := e.client.Write(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bounded := registerReq(1, "svc-bound", "10.3.0.1")
+	bounded.TimeoutMs = 3000
+	huge := registerReq(3, "svc-bound", "10.3.0.3")
+	huge.TimeoutMs = 1 << 62 // capped, not overflowed into the past
+	for _, r := range []*regentv1.WriteRequest{bounded, registerReq(2, "svc-bound", "10.3.0.2"), huge} {
+		if err := st.Send(r); err != nil {
+			t.Fatal(err)
+		}
+		if rep, err := st.Recv(); err != nil || rep.GetCode() != 0 {
+			t.Fatalf("write %d: %v %v", r.GetRequestId(), rep, err)
+		}
+	}
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if len(rec.deadlines) != 3 {
+		t.Fatalf("%d registers reached the persistent side, want 3", len(rec.deadlines))
+	}
+	if d := rec.deadlines[0]; d <= 2*time.Second || d > 3*time.Second {
+		t.Errorf("write with timeout_ms 3000 had %v left, want (2s, 3s]", d)
+	}
+	if d := rec.deadlines[1]; d != -1 {
+		t.Errorf("write without timeout_ms had a deadline %v away", d)
+	}
+	if d := rec.deadlines[2]; d <= 0 || d > maxWriteTimeout {
+		t.Errorf("write with a huge timeout_ms had %v left, want (0, %v]", d, maxWriteTimeout)
 	}
 }

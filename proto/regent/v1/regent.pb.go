@@ -1702,7 +1702,13 @@ type WriteRequest struct {
 	//
 	//	*WriteRequest_Register
 	//	*WriteRequest_Deregister
-	Body          isWriteRequest_Body `protobuf_oneof:"body"`
+	Body isWriteRequest_Body `protobuf_oneof:"body"`
+	// How long the client waits for this write, in milliseconds (0: the
+	// node's own bound), as a unary call's deadline. The node gives the
+	// write up when it has waited that long, and a node that forwards it
+	// hands the leader the same bound, so that a write delivered late is
+	// refused rather than applied after its client's next one.
+	TimeoutMs     uint64 `protobuf:"varint,4,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1767,6 +1773,13 @@ func (x *WriteRequest) GetDeregister() *DeregisterInstanceRequest {
 		}
 	}
 	return nil
+}
+
+func (x *WriteRequest) GetTimeoutMs() uint64 {
+	if x != nil {
+		return x.TimeoutMs
+	}
+	return 0
 }
 
 type isWriteRequest_Body interface {
@@ -2784,14 +2797,16 @@ const file_regent_v1_regent_proto_rawDesc = "" +
 	"\aservice\x18\x01 \x01(\v2\x15.regent.v1.ServiceRefR\aservice\x12/\n" +
 	"\binstance\x18\x02 \x01(\v2\x13.regent.v1.InstanceR\binstance\"6\n" +
 	"\x18RegisterInstanceResponse\x12\x1a\n" +
-	"\brevision\x18\x01 \x01(\x04R\brevision\"\xbf\x01\n" +
+	"\brevision\x18\x01 \x01(\x04R\brevision\"\xde\x01\n" +
 	"\fWriteRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\x04R\trequestId\x12@\n" +
 	"\bregister\x18\x02 \x01(\v2\".regent.v1.RegisterInstanceRequestH\x00R\bregister\x12F\n" +
 	"\n" +
 	"deregister\x18\x03 \x01(\v2$.regent.v1.DeregisterInstanceRequestH\x00R\n" +
-	"deregisterB\x06\n" +
+	"deregister\x12\x1d\n" +
+	"\n" +
+	"timeout_ms\x18\x04 \x01(\x04R\ttimeoutMsB\x06\n" +
 	"\x04body\"\x8d\x01\n" +
 	"\n" +
 	"WriteReply\x12\x1d\n" +
