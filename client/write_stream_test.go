@@ -37,26 +37,35 @@ func (o *olderNode) Write(regentv1.Registry_WriteServer) error {
 	return status.Error(codes.Unimplemented, "method Write not implemented")
 }
 
-// Against a node without the Write stream the SDK's persistent writes go
-// unary: the first after one refused stream, and every later one without
-// trying a stream again.
-func TestPersistentWritesFallBackToUnary(t *testing.T) {
+// clientOfFake serves impl as a node on loopback and returns an SDK client
+// of it (not waiting for a session: the fakes have none); both end with
+// the test.
+func clientOfFake(t *testing.T, impl regentv1.RegistryServer) *Client {
+	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	old := &olderNode{}
 	srv := grpc.NewServer(wire.ServerOption())
-	regentv1.RegisterRegistryServer(srv, old)
+	regentv1.RegisterRegistryServer(srv, impl)
 	go srv.Serve(lis)
-	defer srv.Stop()
-	// No session either (the old node here lacks Session too): writes do
-	// not need one.
+	t.Cleanup(srv.Stop)
 	c, err := New(testConfig(lis.Addr().String()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// Against a node without the Write stream the SDK's persistent writes go
+// unary: the first after one refused stream, and every later one without
+// trying a stream again.
+func TestPersistentWritesFallBackToUnary(t *testing.T) {
+	old := &olderNode{}
+	// No session either (the old node here lacks Session too): writes do
+	// not need one.
+	c := clientOfFake(t, old)
 	ctx := ctxT(t, 20*time.Second)
 	svc := Service{Name: "older"}
 	if rev, err := c.RegisterPersistent(ctx, svc, inst("10.7.0.1", 80)); err != nil || rev != 1 {
@@ -94,20 +103,8 @@ func (s *streamNode) Write(st regentv1.Registry_WriteServer) error {
 // A stream write carries the time its caller still waits, as a unary call
 // carries its deadline, so that the node can give it up in time.
 func TestStreamWritesCarryTheirBound(t *testing.T) {
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	node := &streamNode{timeouts: make(chan uint64, 4)}
-	srv := grpc.NewServer(wire.ServerOption())
-	regentv1.RegisterRegistryServer(srv, node)
-	go srv.Serve(lis)
-	defer srv.Stop()
-	c, err := New(testConfig(lis.Addr().String()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := clientOfFake(t, node)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 	if rev, err := c.RegisterPersistent(ctx, Service{Name: "bound"}, inst("10.7.1.1", 80)); err != nil || rev != 7 {
