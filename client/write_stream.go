@@ -3,10 +3,12 @@ package client
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/status"
 
 	regentv1 "github.com/regent-registry/regent/proto/regent/v1"
@@ -42,7 +44,11 @@ func (c *Client) streamWrite(ctx context.Context, build func() *regentv1.WriteRe
 	if c.noWriteStream.Load() {
 		return nil, errNoStream
 	}
-	ws, err := c.writeStreamTo(c.writeTarget())
+	idx := c.writeTarget()
+	if !c.awaitReady(ctx, idx) {
+		return nil, errNoStream
+	}
+	ws, err := c.writeStreamTo(idx)
 	if err != nil {
 		return nil, errNoStream
 	}
@@ -62,7 +68,12 @@ func (c *Client) streamWrite(ctx context.Context, build func() *regentv1.WriteRe
 		req.TimeoutMs = uint64(max(time.Until(dl).Milliseconds(), 1))
 	}
 	ws.sendMu.Lock()
+	// Send can block on flow control (a node that stopped reading, say
+	// paused); the caller's time bounds it by breaking the stream, whose
+	// writes then go unary.
+	stop := context.AfterFunc(ctx, ws.cancel)
 	err = ws.stream.Send(req)
+	stop()
 	ws.sendMu.Unlock()
 	if err != nil {
 		ws.forget(id)
@@ -102,6 +113,28 @@ func (ws *writeStream) forget(id uint64) {
 	ws.mu.Unlock()
 }
 
+// awaitReady waits, within ctx, until the connection to server idx is up,
+// starting it if it is idle (as a unary call would); false if it fails or
+// ctx ends first.
+func (c *Client) awaitReady(ctx context.Context, idx int) bool {
+	conn := c.conns[idx]
+	for {
+		switch st := conn.GetState(); st {
+		case connectivity.Ready:
+			return true
+		case connectivity.TransientFailure, connectivity.Shutdown:
+			return false
+		case connectivity.Idle:
+			conn.Connect()
+			fallthrough
+		default:
+			if !conn.WaitForStateChange(ctx, st) {
+				return false
+			}
+		}
+	}
+}
+
 // writeTarget is the server writes go to first: the learnt leader, else
 // the session's server.
 func (c *Client) writeTarget() int {
@@ -131,6 +164,11 @@ func (c *Client) writeStreamTo(idx int) (*writeStream, error) {
 	}
 	if c.ctx.Err() != nil {
 		return nil, c.ctx.Err()
+	}
+	// Opening a stream on a connection that is not up would wait for it
+	// without the caller's deadline (streamWrite waits with it first).
+	if st := c.conns[idx].GetState(); st != connectivity.Ready {
+		return nil, fmt.Errorf("connection to %s is %v", c.cfg.Servers[idx], st)
 	}
 	sctx, cancel := context.WithCancel(c.ctx)
 	st, err := regentv1.NewRegistryClient(c.conns[idx]).Write(sctx)

@@ -2,13 +2,17 @@ package client
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/status"
 
 	"github.com/regent-registry/regent/internal/wire"
@@ -55,6 +59,10 @@ func clientOfFake(t *testing.T, impl regentv1.RegistryServer) *Client {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
+	// Up before the first write: writes open a stream only on a
+	// connection that is.
+	c.conns[0].Connect()
+	waitFor(t, waitLimit, "the connection to the fake node", func() bool { return c.conns[0].GetState() == connectivity.Ready })
 	return c
 }
 
@@ -119,5 +127,57 @@ func TestStreamWritesCarryTheirBound(t *testing.T) {
 	}
 	if ms, want := <-node.timeouts, uint64(testConfig().RequestTimeout/time.Millisecond); ms == 0 || ms > want {
 		t.Fatalf("timeout_ms %d without a caller's deadline, want (0, %d]", ms, want)
+	}
+}
+
+// stuckNode takes Write streams and never reads them (a node that stopped
+// reading, as a paused one does), counting them.
+type stuckNode struct {
+	regentv1.UnimplementedRegistryServer
+	streams atomic.Int64
+}
+
+func (s *stuckNode) Write(st regentv1.Registry_WriteServer) error {
+	s.streams.Add(1)
+	<-st.Context().Done()
+	return nil
+}
+
+// A stream write whose send is held up by flow control (its node stopped
+// reading) still ends within its caller's time: the stream is given up,
+// and the next writes open another.
+func TestStreamWriteStuckInSendEndsInTime(t *testing.T) {
+	node := &stuckNode{}
+	c := clientOfFake(t, node)
+	big := map[string]string{}
+	for i := range 7 {
+		big[fmt.Sprintf("k%d", i)] = strings.Repeat("x", 1000)
+	}
+	// Rounds of 64 concurrent writes fill the stream's flow-control window
+	// quickly; then sends block.
+	for round := 0; node.streams.Load() < 2; round++ {
+		if round == 50 {
+			t.Fatal("50 rounds of writes filled no stream's window: the test did not reach a blocked send")
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		done := make(chan error, 64)
+		for range 64 {
+			go func() {
+				_, err := c.RegisterPersistent(ctx, Service{Name: "stuck"}, Instance{IP: "10.7.2.1", Port: 80, Metadata: big})
+				done <- err
+			}()
+		}
+		watchdog := time.After(10 * time.Second)
+		for range 64 {
+			select {
+			case err := <-done:
+				if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+					t.Fatalf("round %d: %v", round, err)
+				}
+			case <-watchdog:
+				t.Fatalf("round %d: a write still blocked 10 s after its 300 ms ran out", round)
+			}
+		}
+		cancel()
 	}
 }
