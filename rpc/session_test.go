@@ -1261,6 +1261,7 @@ func TestSessionConfigValidate(t *testing.T) {
 		"zero keepalive":   func(c *Config) { c.KeepaliveTime = 0 },
 		"zero ka timeout":  func(c *Config) { c.KeepaliveTimeout = 0 },
 		"zero client ping": func(c *Config) { c.MinClientPing = 0 },
+		"no write slots":   func(c *Config) { c.WriteInFlight = 0 },
 	} {
 		c := DefaultConfig()
 		mod(&c)
