@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"runtime/debug"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -137,6 +138,10 @@ type Server struct {
 	latency *prometheus.HistogramVec
 	// streamWrites counts writes served on Write streams.
 	streamWrites atomic.Uint64
+	// draining is closed when Shutdown starts: Write streams then finish
+	// their writes in flight and end, which GracefulStop waits for.
+	draining  chan struct{}
+	drainOnce sync.Once
 }
 
 // NewServer assembles the gRPC server with every interceptor, the Registry,
@@ -159,7 +164,8 @@ func NewServer(cfg Config, deps Deps) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, reg: deps.Registry, eph: deps.Ephemeral, sessions: sm, members: deps.Members, leader: deps.Leader, logger: logger.With("component", "rpc")}
+	s := &Server{cfg: cfg, reg: deps.Registry, eph: deps.Ephemeral, sessions: sm, members: deps.Members, leader: deps.Leader, logger: logger.With("component", "rpc"),
+		draining: make(chan struct{})}
 
 	var latency *prometheus.HistogramVec
 	if deps.Metrics != nil {
@@ -208,6 +214,7 @@ func (s *Server) SetServing(ok bool) {
 // stops gRPC gracefully, falling back to a hard stop when ctx ends.
 func (s *Server) Shutdown(ctx context.Context) {
 	s.SetServing(false)
+	s.drainOnce.Do(func() { close(s.draining) })
 	s.sessions.Drain(ctx)
 	done := make(chan struct{})
 	go func() { s.grpc.GracefulStop(); close(done) }()

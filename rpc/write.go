@@ -18,7 +18,10 @@ import (
 
 // Write serves a Write stream: each request is served on a goroutine of
 // its own (at most Config.WriteInFlight at once; the stream is not read
-// further until one is answered), and answered as it completes. The
+// further until one is answered), and answered as it completes. When the
+// node shuts down, the stream takes no more writes, answers those in
+// flight and ends with UNAVAILABLE, so that the SDK goes elsewhere and the
+// graceful stop does not wait on a stream its client keeps open. The
 // handler returns once every write it took has been answered or has
 // failed to be.
 func (s *Server) Write(stream regentv1.Registry_WriteServer) error {
@@ -28,17 +31,44 @@ func (s *Server) Write(stream regentv1.Registry_WriteServer) error {
 		wg     sync.WaitGroup
 	)
 	defer wg.Wait()
+	// The reader hands requests over, so that the handler can end the
+	// stream at a shutdown while no request comes; it ends with the
+	// stream, which the handler's return ends.
+	reqs := make(chan *regentv1.WriteRequest)
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			req, err := stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			select {
+			case reqs <- req:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
 	slots := make(chan struct{}, s.cfg.WriteInFlight)
 	for {
-		req, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		if err != nil {
+		var req *regentv1.WriteRequest
+		select {
+		case req = <-reqs:
+		case err := <-recvErr:
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
 			return err
+		case <-s.draining:
+			return errDraining
+		case <-ctx.Done():
+			return ctx.Err()
 		}
 		select {
 		case slots <- struct{}{}:
+		case <-s.draining:
+			return errDraining
 		case <-ctx.Done():
 			return ctx.Err()
 		}
@@ -54,6 +84,8 @@ func (s *Server) Write(stream regentv1.Registry_WriteServer) error {
 		})
 	}
 }
+
+var errDraining = status.Error(codes.Unavailable, "node is shutting down: send writes to another node")
 
 // maxWriteTimeout caps a write's own bound (a larger one is taken as
 // this): nothing waits longer than a minute for one persistent write.

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/regent-registry/regent/internal/naming"
 	"github.com/regent-registry/regent/persistent"
@@ -181,5 +182,39 @@ func TestWriteStreamCarriesEachWritesBound(t *testing.T) {
 	}
 	if d := rec.deadlines[2]; d <= 0 || d > maxWriteTimeout {
 		t.Errorf("write with a huge timeout_ms had %v left, want (0, %v]", d, maxWriteTimeout)
+	}
+}
+
+// A Write stream its client keeps open does not hold a shutdown up: the
+// node answers the writes it took, ends the stream with UNAVAILABLE, and
+// the graceful stop finishes long before its deadline.
+func TestShutdownEndsWriteStreams(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	st, err := e.client.Write(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Send(registerReq(1, "svc-drain", "10.4.0.1")); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := st.Recv(); err != nil || r.GetCode() != 0 {
+		t.Fatalf("write before the shutdown: %v %v", r, err)
+	}
+	sctx, scancel := context.WithTimeout(context.Background(), time.Minute)
+	defer scancel()
+	done := make(chan struct{})
+	go func() { e.srv.Shutdown(sctx); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Shutdown still waiting 30 s on an open Write stream")
+	}
+	if sctx.Err() != nil {
+		t.Fatal("Shutdown returned only at its deadline: it stopped hard, not gracefully")
+	}
+	if _, err := st.Recv(); status.Code(err) != codes.Unavailable {
+		t.Fatalf("the stream ended with %v, want UNAVAILABLE", err)
 	}
 }
