@@ -492,11 +492,20 @@ func protoList(ins []Instance) []*regentv1.Instance {
 // is durable. Persistent instances outlive sessions and are health-checked
 // by the cluster.
 func (c *Client) RegisterPersistent(ctx context.Context, svc Service, in Instance) (revision uint64, err error) {
+	req := &regentv1.RegisterInstanceRequest{Service: svc.proto(), Instance: in.proto()}
+	return c.persistentWrite(ctx, &regentv1.WriteRequest{Body: &regentv1.WriteRequest_Register{Register: req}},
+		func(ctx context.Context, rc regentv1.RegistryClient, opts ...grpc.CallOption) (uint64, error) {
+			r, err := rc.RegisterInstance(ctx, req, opts...)
+			return r.GetRevision(), err
+		})
+}
+
+// persistentWrite sends a register or deregister on the Write stream, and
+// as its unary call when no stream answers it (see streamWrite).
+func (c *Client) persistentWrite(ctx context.Context, w *regentv1.WriteRequest, unary func(ctx context.Context, rc regentv1.RegistryClient, opts ...grpc.CallOption) (uint64, error)) (revision uint64, err error) {
 	ctx, cancel := c.withTimeout(ctx)
 	defer cancel()
-	r, err := c.streamWrite(ctx, func() *regentv1.WriteRequest {
-		return &regentv1.WriteRequest{Body: &regentv1.WriteRequest_Register{Register: &regentv1.RegisterInstanceRequest{Service: svc.proto(), Instance: in.proto()}}}
-	})
+	r, err := c.streamWrite(ctx, w)
 	if !errors.Is(err, errNoStream) {
 		if err != nil {
 			return 0, err
@@ -504,8 +513,8 @@ func (c *Client) RegisterPersistent(ctx context.Context, svc Service, in Instanc
 		return r.GetRevision(), writeReplyErr(r)
 	}
 	err = c.write(ctx, func(ctx context.Context, rc regentv1.RegistryClient, opts ...grpc.CallOption) error {
-		r, err := rc.RegisterInstance(ctx, &regentv1.RegisterInstanceRequest{Service: svc.proto(), Instance: in.proto()}, opts...)
-		revision = r.GetRevision()
+		var err error
+		revision, err = unary(ctx, rc, opts...)
 		return err
 	})
 	return revision, err
@@ -523,23 +532,12 @@ func (c *Client) BatchRegisterPersistent(ctx context.Context, svc Service, ins [
 
 // DeregisterPersistent removes a persistent instance (idempotent).
 func (c *Client) DeregisterPersistent(ctx context.Context, svc Service, in Instance) (revision uint64, err error) {
-	ctx, cancel := c.withTimeout(ctx)
-	defer cancel()
-	r, err := c.streamWrite(ctx, func() *regentv1.WriteRequest {
-		return &regentv1.WriteRequest{Body: &regentv1.WriteRequest_Deregister{Deregister: &regentv1.DeregisterInstanceRequest{Service: svc.proto(), Instance: in.proto()}}}
-	})
-	if !errors.Is(err, errNoStream) {
-		if err != nil {
-			return 0, err
-		}
-		return r.GetRevision(), writeReplyErr(r)
-	}
-	err = c.write(ctx, func(ctx context.Context, rc regentv1.RegistryClient, opts ...grpc.CallOption) error {
-		r, err := rc.DeregisterInstance(ctx, &regentv1.DeregisterInstanceRequest{Service: svc.proto(), Instance: in.proto()}, opts...)
-		revision = r.GetRevision()
-		return err
-	})
-	return revision, err
+	req := &regentv1.DeregisterInstanceRequest{Service: svc.proto(), Instance: in.proto()}
+	return c.persistentWrite(ctx, &regentv1.WriteRequest{Body: &regentv1.WriteRequest_Deregister{Deregister: req}},
+		func(ctx context.Context, rc regentv1.RegistryClient, opts ...grpc.CallOption) (uint64, error) {
+			r, err := rc.DeregisterInstance(ctx, req, opts...)
+			return r.GetRevision(), err
+		})
 }
 
 // GetService returns a service's instances. A subscribed service is answered

@@ -35,12 +35,12 @@ type writeStream struct {
 // may safely go again.
 var errNoStream = errors.New("no write stream")
 
-// streamWrite sends the write built by build on the stream to the server
+// streamWrite sends the write req on the stream to the server
 // that writes go to first (the Raft leader once a write has named it), and
 // waits for its reply. A reply with UNAVAILABLE (a node with no quorum, or
 // draining) counts as no answer: the unary path then tries the other
 // servers.
-func (c *Client) streamWrite(ctx context.Context, build func() *regentv1.WriteRequest) (*regentv1.WriteReply, error) {
+func (c *Client) streamWrite(ctx context.Context, req *regentv1.WriteRequest) (*regentv1.WriteReply, error) {
 	if c.noWriteStream.Load() {
 		return nil, errNoStream
 	}
@@ -61,7 +61,6 @@ func (c *Client) streamWrite(ctx context.Context, build func() *regentv1.WriteRe
 	}
 	ws.pending[id] = ch
 	ws.mu.Unlock()
-	req := build()
 	req.RequestId = id
 	if dl, ok := ctx.Deadline(); ok {
 		// The node's bound on the write, as a unary call's deadline.
