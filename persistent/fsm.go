@@ -29,6 +29,12 @@ type FSM struct {
 
 	applied atomic.Uint64 // mirrors the index stored in bbolt
 
+	// durable, if set, waits until the Raft log holds an index on disk:
+	// raft may hand the leader's FSM an entry it counted committed while
+	// the leader's own copy is still being written (see leaderLog). Set
+	// before raft starts.
+	durable func(index uint64) error
+
 	// mu guards observer; waitMu and waiters implement WaitApplied.
 	mu       sync.RWMutex
 	observer Observer
@@ -50,6 +56,11 @@ func NewFSM(db *storage.DB, logger *slog.Logger) *FSM {
 	f.applied.Store(f.readApplied())
 	return f
 }
+
+// setDurableGate makes ApplyBatch wait, before it applies a batch, until
+// wait says the batch's last index is on the log's disk. Call it before
+// raft starts.
+func (f *FSM) setDurableGate(wait func(index uint64) error) { f.durable = wait }
 
 func (f *FSM) readApplied() uint64 {
 	var i uint64
@@ -111,7 +122,18 @@ func (f *FSM) Apply(l *raft.Log) any { return f.ApplyBatch([]*raft.Log{l})[0] }
 // validate changes nothing and answers its error; every node decides that
 // alike. A failure of the storage itself stops the node (panic): its state
 // could no longer follow the log, and Raft has no way to retry an entry.
+//
+// A batch is applied only once its entries are on the Raft log's disk on
+// this node (the durable gate), so an entry in the state, and the answer
+// to its write, stand for a majority's disks. A log that cannot get there
+// stops the node as a storage failure does.
 func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
+	if f.durable != nil && len(logs) > 0 {
+		if err := f.durable(logs[len(logs)-1].Index); err != nil {
+			f.logger.Error("cannot apply the Raft log: it is not on disk; stopping", "err", err)
+			panic(err)
+		}
+	}
 	out := make([]any, len(logs))
 	var changed map[naming.ServiceKey]struct{}
 	var last uint64

@@ -103,6 +103,11 @@ type RaftConfig struct {
 	BootstrapExpect int
 	// NoSync skips fsync of the Raft log (tests and throwaway nodes only).
 	NoSync bool
+	// SerialLeaderWrite makes the leader store each entry before it
+	// replicates it (hashicorp/raft's own order: two log commits in series
+	// per write) instead of in parallel with replication (see leaderLog).
+	// For comparison; off by default.
+	SerialLeaderWrite bool
 	// TransportTimeout bounds each Raft RPC's network I/O on the TCP
 	// transport (raft.NetworkTransportConfig.Timeout; 0: 10 s).
 	TransportTimeout time.Duration
@@ -136,6 +141,10 @@ type RaftConfig struct {
 	Logger *slog.Logger
 	// Now is the clock of dead-server clean-up (default time.Now).
 	Now func() time.Time
+
+	// disk, if set, stands between the log and raft-boltdb (tests: a
+	// disk slow to sync).
+	disk func(raft.LogStore) raft.LogStore
 }
 
 // DefaultRaftConfig returns production settings. Raft's own defaults (1 s
@@ -212,6 +221,7 @@ type Store struct {
 	fsm    *FSM
 	raft   *raft.Raft
 	logs   *raftboltdb.BoltStore
+	log    *leaderLog // the log raft writes: logs, the leader's appends in parallel with replication
 	trans  raft.Transport
 	tcp    *raft.NetworkTransport // nil when cfg.Transport is set
 	stream *streamLayer           // tcp's connections; nil when cfg.Transport is set
@@ -272,7 +282,18 @@ func OpenRaft(cfg RaftConfig, db *storage.DB) (*Store, error) {
 	if s.logs, err = openLogStore(cfg.Dir, cfg.NoSync); err != nil {
 		return nil, err
 	}
-	cached, err := raft.NewLogCache(logCacheEntries, s.logs)
+	var disk raft.LogStore = s.logs
+	if cfg.disk != nil {
+		disk = cfg.disk(s.logs)
+	}
+	if s.log, err = newLeaderLog(disk, func(err error) {
+		logger.Error("cannot write the raft log; stopping", "err", err)
+		panic(err)
+	}); err != nil {
+		return nil, err
+	}
+	s.fsm.setDurableGate(s.log.WaitDurable)
+	cached, err := raft.NewLogCache(logCacheEntries, s.log)
 	if err != nil {
 		return nil, fmt.Errorf("persistent: raft log cache: %w", err)
 	}
@@ -284,8 +305,14 @@ func OpenRaft(cfg RaftConfig, db *storage.DB) (*Store, error) {
 	if err := s.catchUpFromSnapshot(snaps); err != nil {
 		return nil, err
 	}
-	s.trans = cfg.Transport
-	if s.trans == nil {
+	var inner transport
+	if cfg.Transport != nil {
+		t, ok := cfg.Transport.(transport)
+		if !ok {
+			return nil, fmt.Errorf("persistent: the raft transport %T lacks Close or RequestPreVote", cfg.Transport)
+		}
+		inner = t
+	} else {
 		if s.stream, err = newStreamLayer(cfg.BindAddr); err != nil {
 			return nil, fmt.Errorf("persistent: raft transport on %s: %w", cfg.BindAddr, err)
 		}
@@ -294,8 +321,9 @@ func OpenRaft(cfg RaftConfig, db *storage.DB) (*Store, error) {
 			timeout = DefaultRaftConfig().TransportTimeout
 		}
 		s.tcp = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{Stream: s.stream, MaxPool: 3, Timeout: timeout, Logger: hlog})
-		s.trans = noPipeline{s.tcp}
+		inner = s.tcp
 	}
+	s.trans = raftTransport{transport: inner, commitBound: s.log.Durable}
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(cfg.NodeID)
 	rc.Logger = hlog
@@ -306,6 +334,9 @@ func OpenRaft(cfg RaftConfig, db *storage.DB) (*Store, error) {
 	rc.MaxAppendEntries = 256
 	if s.raft, err = raft.NewRaft(rc, s.fsm, cached, s.logs, snaps, s.trans); err != nil {
 		return nil, fmt.Errorf("persistent: start raft: %w", err)
+	}
+	if !cfg.SerialLeaderWrite {
+		s.log.setLeader(func() bool { return s.raft.State() == raft.Leader })
 	}
 	ok = true
 	ctx, cancel := context.WithCancel(context.Background())
@@ -349,8 +380,19 @@ func (s *Store) FSM() *FSM { return s.fsm }
 // Raft returns the raft node (for tests, metrics and operators).
 func (s *Store) Raft() *raft.Raft { return s.raft }
 
-// noPipeline is the TCP transport without pipelined replication, which
-// hashicorp/raft v1.8.0 can deadlock: when a follower answers an append
+// transport is what raft finds on its transports by assertion, beside
+// raft.Transport; both raft.NetworkTransport and raft.InmemTransport have
+// it.
+type transport interface {
+	raft.Transport
+	raft.WithClose
+	raft.WithPreVote
+}
+
+// raftTransport is the transport raft gets. It tells followers a commit
+// index no higher than the leader's durable index (see leaderLog), and
+// offers no pipelined replication, which hashicorp/raft v1.8.0 can
+// deadlock: when a follower answers an append
 // with Success=false (or the connection breaks), the pipeline's decoder
 // returns and nobody reads its responses any more; if the send loop picks
 // one more trigger first, that send parks on the full in-flight channel
@@ -360,16 +402,27 @@ func (s *Store) Raft() *raft.Raft { return s.raft }
 // finding 7; grafana/pyroscope#5518 met and fixed it the same way). Raft
 // falls back to one AppendEntries call at a time, each carrying up to
 // MaxAppendEntries entries.
-type noPipeline struct{ *raft.NetworkTransport }
+type raftTransport struct {
+	transport
+	commitBound func() uint64 // the leader's durable log index
+}
 
-// What raft finds on a transport by assertion stays there.
-var (
-	_ raft.WithClose   = noPipeline{}
-	_ raft.WithPreVote = noPipeline{}
-)
+var _ transport = raftTransport{}
+
+// AppendEntries sends args with its commit index cut to the leader's
+// durable index: a follower applies an entry only once a majority has it
+// on disk, the leader counted among them only when its copy is there.
+func (t raftTransport) AppendEntries(id raft.ServerID, target raft.ServerAddress, args *raft.AppendEntriesRequest, resp *raft.AppendEntriesResponse) error {
+	if b := t.commitBound(); args.LeaderCommitIndex > b {
+		cut := *args
+		cut.LeaderCommitIndex = b
+		args = &cut
+	}
+	return t.transport.AppendEntries(id, target, args, resp)
+}
 
 // AppendEntriesPipeline refuses: raft then replicates without a pipeline.
-func (noPipeline) AppendEntriesPipeline(raft.ServerID, raft.ServerAddress) (raft.AppendPipeline, error) {
+func (raftTransport) AppendEntriesPipeline(raft.ServerID, raft.ServerAddress) (raft.AppendPipeline, error) {
 	return nil, raft.ErrPipelineReplicationNotSupported
 }
 
@@ -925,6 +978,9 @@ func (s *Store) shutdownRaft() error {
 func (s *Store) closeStores() {
 	if s.tcp != nil {
 		_ = s.tcp.Close()
+	}
+	if s.log != nil {
+		_ = s.log.Close() // writes what the leader queued
 	}
 	if s.logs != nil {
 		_ = s.logs.Close()
