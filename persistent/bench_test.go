@@ -23,6 +23,8 @@ package persistent
 //	                             BenchmarkRaftRegisterVsBareRaft into DIR
 //	-raftbench.fsm-baseline      BenchmarkRaftRegisterVsBareRaft also runs bare
 //	                             raft with Regent's FSM (where the gap comes from)
+//	-raftbench.serial-baseline   BenchmarkRaftRegisterVsBareRaft also runs Regent
+//	                             with SerialLeaderWrite (hashicorp/raft's order)
 //
 // The harness is in cluster_bench_test.go; BenchmarkRaftRestart1M is in
 // restart_bench_test.go and BenchmarkRaftFailover in failover_bench_test.go.
@@ -54,6 +56,7 @@ var (
 	benchRaftInstances   = flag.Int("raftbench.instances", 1_000_000, "persistent instances of BenchmarkRaftRestart1M")
 	benchRaftCPUProfile  = flag.String("raftbench.cpuprofile", "", "directory for a CPU profile of each measured phase of BenchmarkRaftRegisterVsBareRaft")
 	benchRaftFSMBaseline = flag.Bool("raftbench.fsm-baseline", false, "BenchmarkRaftRegisterVsBareRaft also runs bare raft with Regent's FSM")
+	benchRaftSerial      = flag.Bool("raftbench.serial-baseline", false, "BenchmarkRaftRegisterVsBareRaft also runs Regent with SerialLeaderWrite (the leader stores each entry before it replicates it)")
 )
 
 // benchLoad is what a run of writers did in its measured window.
@@ -198,6 +201,9 @@ func BenchmarkRaftRegisterVsBareRaft(b *testing.B) {
 	if *benchRaftFSMBaseline {
 		systems = append(systems, "bare+fsm")
 	}
+	if *benchRaftSerial {
+		systems = append(systems, "regent-serial")
+	}
 	for _, w := range []int{1, 16, 64} {
 		b.Run(fmt.Sprintf("writers=%d", w), func(b *testing.B) {
 			loads := map[string]*benchLoad{}
@@ -221,7 +227,9 @@ func BenchmarkRaftRegisterVsBareRaft(b *testing.B) {
 						dir := b.TempDir()
 						profile := fmt.Sprintf("%s-w%d-r%d", strings.ReplaceAll(sys, "+", "-"), w, r)
 						switch sys {
-						case "regent":
+						case "regent", "regent-serial":
+							cfg := cfg
+							cfg.SerialLeaderWrite = sys == "regent-serial"
 							c := startBenchCluster(b, dir, 3, cfg, nil)
 							st := c.nodes[c.waitLeader(30*time.Second)].store
 							stop := benchProfile(b, profile)
@@ -309,6 +317,14 @@ func BenchmarkRaftRegisterVsBareRaft(b *testing.B) {
 				b.ReportMetric(fb.rate()/bare.rate(), "bare+fsm-ratio")
 				b.Logf("bare raft with Regent's FSM: %.0f ops/s (p50 %v p99 %v, %d errors; per op %s); ratio to bare raft %.2f",
 					fb.rate(), fb.pct(0.50), fb.pct(0.99), fb.Errors, ioBy["bare+fsm"].per(fb.All), fb.rate()/bare.rate())
+			}
+			if rs, ok := loads["regent-serial"]; ok {
+				rs.summarize()
+				b.ReportMetric(rs.rate(), "regent-serial-ops/s")
+				b.ReportMetric(benchMS(rs.pct(0.50)), "regent-serial-p50-ms")
+				b.ReportMetric(reg.rate()/rs.rate(), "parallel/serial")
+				b.Logf("regent with SerialLeaderWrite: %.0f ops/s (p50 %v p99 %v, %d errors; per op %s); regent (leader writes in parallel) / serial %.2f",
+					rs.rate(), rs.pct(0.50), rs.pct(0.99), rs.Errors, ioBy["regent-serial"].per(rs.All), reg.rate()/rs.rate())
 			}
 			b.Logf("ratio of each round (regent and bare raft back to back): median %.2f, min %.2f, max %.2f over %d rounds", median, pairs[0], pairs[len(pairs)-1], len(pairs))
 			if reg.Errors+bare.Errors > 0 {
