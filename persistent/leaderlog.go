@@ -137,13 +137,7 @@ func (l *leaderLog) run() {
 // for entries queued meanwhile: a compaction must not wait out a leader
 // that keeps appending). l.mu is held.
 func (l *leaderLog) flushLocked() error {
-	var target uint64
-	switch {
-	case len(l.pending) > 0:
-		target = l.pending[len(l.pending)-1].Index
-	case len(l.writing) > 0:
-		target = l.writing[len(l.writing)-1].Index
-	}
+	target := l.lastQueuedLocked()
 	if l.flushFrom != nil {
 		l.flushFrom(target)
 	}
@@ -151,6 +145,18 @@ func (l *leaderLog) flushLocked() error {
 		l.cond.Wait()
 	}
 	return l.err
+}
+
+// lastQueuedLocked returns the index of the newest entry not yet in the
+// store (0: none). l.mu is held.
+func (l *leaderLog) lastQueuedLocked() uint64 {
+	switch {
+	case len(l.pending) > 0:
+		return l.pending[len(l.pending)-1].Index
+	case len(l.writing) > 0:
+		return l.writing[len(l.writing)-1].Index
+	}
+	return 0
 }
 
 // queuedUpTo reports whether run holds an entry at or below index.
@@ -241,13 +247,7 @@ func findEntry(run []*raft.Log, index uint64) *raft.Log {
 // LastIndex returns the last entry's index, queued or stored.
 func (l *leaderLog) LastIndex() (uint64, error) {
 	l.mu.Lock()
-	var last uint64
-	switch {
-	case len(l.pending) > 0:
-		last = l.pending[len(l.pending)-1].Index
-	case len(l.writing) > 0:
-		last = l.writing[len(l.writing)-1].Index
-	}
+	last := l.lastQueuedLocked()
 	l.mu.Unlock()
 	if last != 0 {
 		return last, nil

@@ -119,6 +119,26 @@ func (d *slowDisk) awaitEntered(t *testing.T) {
 	}
 }
 
+// heldLeaderLog returns a leader's log over a slow disk that holds every
+// write until stepped or released.
+func heldLeaderLog(t *testing.T) (*slowDisk, *atomic.Bool, *leaderLog) {
+	t.Helper()
+	d := newSlowDisk()
+	leader := new(atomic.Bool)
+	leader.Store(true)
+	l := newTestLeaderLog(t, d, leader, nil)
+	d.hold()
+	return d, leader, l
+}
+
+// wantCalls checks the indexes of every StoreLogs call the disk got.
+func (d *slowDisk) wantCalls(t *testing.T, want [][]uint64) {
+	t.Helper()
+	if got := d.storeCalls(); !slices.EqualFunc(got, want, slices.Equal) {
+		t.Fatalf("store calls %v, want %v", got, want)
+	}
+}
+
 func cmds(from, to uint64) []*raft.Log {
 	var out []*raft.Log
 	for i := from; i <= to; i++ {
@@ -178,11 +198,7 @@ func notYet[T any](t *testing.T, ch chan T, what string) {
 // replicate at once. The entries are readable meanwhile, and durable only
 // once the store has them.
 func TestLeaderLogReturnsBeforeTheLeadersDiskHasTheEntries(t *testing.T) {
-	d := newSlowDisk()
-	var leader atomic.Bool
-	leader.Store(true)
-	l := newTestLeaderLog(t, d, &leader, nil)
-	d.hold()
+	d, _, l := heldLeaderLog(t)
 	if err := l.StoreLogs(cmds(1, 3)); err != nil {
 		t.Fatal(err)
 	}
@@ -214,11 +230,7 @@ func TestLeaderLogReturnsBeforeTheLeadersDiskHasTheEntries(t *testing.T) {
 
 // What the leader appends while the disk is busy goes to it as one write.
 func TestLeaderLogWritesTheQueueAsOneCommit(t *testing.T) {
-	d := newSlowDisk()
-	var leader atomic.Bool
-	leader.Store(true)
-	l := newTestLeaderLog(t, d, &leader, nil)
-	d.hold()
+	d, _, l := heldLeaderLog(t)
 	for _, r := range [][2]uint64{{1, 1}, {2, 3}, {4, 4}, {5, 7}} {
 		if err := l.StoreLogs(cmds(r[0], r[1])); err != nil {
 			t.Fatal(err)
@@ -231,20 +243,13 @@ func TestLeaderLogWritesTheQueueAsOneCommit(t *testing.T) {
 	if err := l.WaitDurable(7); err != nil {
 		t.Fatal(err)
 	}
-	want := [][]uint64{{1}, {2, 3, 4, 5, 6, 7}}
-	if got := d.storeCalls(); !slices.EqualFunc(got, want, slices.Equal) {
-		t.Fatalf("store calls %v, want %v", got, want)
-	}
+	d.wantCalls(t, [][]uint64{{1}, {2, 3, 4, 5, 6, 7}})
 }
 
 // A follower's answer counts for the quorum: its StoreLogs returns only
 // once the disk has the entries, and after whatever it queued as leader.
 func TestLeaderLogFollowerAppendsAreOnDiskWhenStoreLogsReturns(t *testing.T) {
-	d := newSlowDisk()
-	var leader atomic.Bool
-	leader.Store(true)
-	l := newTestLeaderLog(t, d, &leader, nil)
-	d.hold()
+	d, leader, l := heldLeaderLog(t)
 	if err := l.StoreLogs(cmds(1, 2)); err != nil {
 		t.Fatal(err)
 	}
@@ -259,20 +264,13 @@ func TestLeaderLogFollowerAppendsAreOnDiskWhenStoreLogsReturns(t *testing.T) {
 	if got := l.Durable(); got != 4 {
 		t.Fatalf("Durable = %d after the follower's StoreLogs, want 4", got)
 	}
-	want := [][]uint64{{1, 2}, {3, 4}}
-	if got := d.storeCalls(); !slices.EqualFunc(got, want, slices.Equal) {
-		t.Fatalf("store calls %v, want %v (the queue first)", got, want)
-	}
+	d.wantCalls(t, [][]uint64{{1, 2}, {3, 4}})
 }
 
 // Entries other than commands (a configuration change, say) are on disk
 // before StoreLogs returns, even on the leader, after the queue.
 func TestLeaderLogStoresNonCommandEntriesSynchronously(t *testing.T) {
-	d := newSlowDisk()
-	var leader atomic.Bool
-	leader.Store(true)
-	l := newTestLeaderLog(t, d, &leader, nil)
-	d.hold()
+	d, _, l := heldLeaderLog(t)
 	if err := l.StoreLogs(cmds(1, 1)); err != nil {
 		t.Fatal(err)
 	}
@@ -287,20 +285,13 @@ func TestLeaderLogStoresNonCommandEntriesSynchronously(t *testing.T) {
 	if got := l.Durable(); got != 2 {
 		t.Fatalf("Durable = %d, want 2", got)
 	}
-	want := [][]uint64{{1}, {2}}
-	if got := d.storeCalls(); !slices.EqualFunc(got, want, slices.Equal) {
-		t.Fatalf("store calls %v, want %v", got, want)
-	}
+	d.wantCalls(t, [][]uint64{{1}, {2}})
 }
 
 // DeleteRange and FirstIndex work on the store once the queue is in it;
 // a removed tail is no longer durable, and entries stored after it are.
 func TestLeaderLogDeleteRangeAfterTheQueue(t *testing.T) {
-	d := newSlowDisk()
-	var leader atomic.Bool
-	leader.Store(true)
-	l := newTestLeaderLog(t, d, &leader, nil)
-	d.hold()
+	d, leader, l := heldLeaderLog(t)
 	if err := l.StoreLogs(cmds(1, 5)); err != nil {
 		t.Fatal(err)
 	}
@@ -403,11 +394,7 @@ func TestLeaderLogFailedWriteIsSticky(t *testing.T) {
 
 // Close writes the queue before it returns.
 func TestLeaderLogCloseWritesTheQueue(t *testing.T) {
-	d := newSlowDisk()
-	var leader atomic.Bool
-	leader.Store(true)
-	l := newTestLeaderLog(t, d, &leader, nil)
-	d.hold()
+	d, _, l := heldLeaderLog(t)
 	if err := l.StoreLogs(cmds(1, 2)); err != nil {
 		t.Fatal(err)
 	}
