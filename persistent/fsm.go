@@ -34,6 +34,7 @@ type FSM struct {
 	// the leader's own copy is still being written (see leaderLog). Set
 	// before raft starts.
 	durable func(index uint64) error
+	fatal   func(error) // told when durable fails; stops the node
 
 	// mu guards observer; waitMu and waiters implement WaitApplied.
 	mu       sync.RWMutex
@@ -58,9 +59,12 @@ func NewFSM(db *storage.DB, logger *slog.Logger) *FSM {
 }
 
 // setDurableGate makes ApplyBatch wait, before it applies a batch, until
-// wait says the batch's last index is on the log's disk. Call it before
-// raft starts.
-func (f *FSM) setDurableGate(wait func(index uint64) error) { f.durable = wait }
+// wait says the batch's last index is on the log's disk; if wait fails,
+// fatal is told (it stops the node) and the batch is not applied. Call it
+// before raft starts.
+func (f *FSM) setDurableGate(wait func(index uint64) error, fatal func(error)) {
+	f.durable, f.fatal = wait, fatal
+}
 
 func (f *FSM) readApplied() uint64 {
 	var i uint64
@@ -128,13 +132,17 @@ func (f *FSM) Apply(l *raft.Log) any { return f.ApplyBatch([]*raft.Log{l})[0] }
 // to its write, stand for a majority's disks. A log that cannot get there
 // stops the node as a storage failure does.
 func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
+	out := make([]any, len(logs))
 	if f.durable != nil && len(logs) > 0 {
 		if err := f.durable(logs[len(logs)-1].Index); err != nil {
 			f.logger.Error("cannot apply the Raft log: it is not on disk; stopping", "err", err)
-			panic(err)
+			f.fatal(err)
+			for i := range out {
+				out[i] = applyResult{Err: fmt.Errorf("%w: the raft log is not on disk: %w", ErrUnavailable, err)}
+			}
+			return out
 		}
 	}
-	out := make([]any, len(logs))
 	var changed map[naming.ServiceKey]struct{}
 	var last uint64
 	err := f.db.Update(func(tx *storage.Tx) error {

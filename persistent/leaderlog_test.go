@@ -62,8 +62,11 @@ func (d *slowDisk) release() {
 	}
 }
 
-// cut releases held calls without storing their entries, and stores
-// nothing after: the disk lost power.
+// errPowerCut is what a cut disk's writes return.
+var errPowerCut = errors.New("test disk: power cut")
+
+// cut fails held calls without storing their entries, and every call
+// after: the disk lost power.
 func (d *slowDisk) cut() {
 	d.mu.Lock()
 	d.drop = true
@@ -97,7 +100,7 @@ func (d *slowDisk) StoreLogs(logs []*raft.Log) error {
 		return fail
 	}
 	if drop {
-		return nil
+		return errPowerCut
 	}
 	return d.LogStore.StoreLogs(logs)
 }
@@ -466,7 +469,7 @@ func TestFSMAppliesABatchOnlyOnceItIsOnDisk(t *testing.T) {
 		asked <- index
 		<-onDisk
 		return nil
-	})
+	}, func(err error) { t.Errorf("fatal: %v", err) })
 	var batch []*raft.Log
 	for i := range 3 {
 		data, err := Command{Op: OpRegister, Key: tkey, Instances: []naming.Instance{tinst(i)}}.Encode()
@@ -564,4 +567,110 @@ func TestWriteIsAnsweredOnlyOnceTheLeadersDiskHasIt(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.waitApplied(idx)
+}
+
+// The case the transport's cut is for: raft counts a write committed on
+// the leader and one follower, A, while the leader's own copy is still in
+// memory; the leader loses power before its disk has it. The other
+// follower, B, never got the write, so B and the restarted leader, a
+// majority without it, elect a leader and go on without it. The write was
+// never answered, and A never applied it, so when A rejoins and its copy
+// is overwritten, every node still holds the same state. Without the cut,
+// A applies the write (it is told the commit index) and its state keeps an
+// entry the cluster's log no longer has.
+func TestLeaderPowerCutLosesOnlyAnUnansweredWrite(t *testing.T) {
+	var mu sync.Mutex
+	disks := map[string]*slowDisk{}
+	var fatals atomic.Int64
+	c := newTestCluster(t, 3, func(cfg *RaftConfig) {
+		id := cfg.NodeID
+		cfg.disk = func(ls raft.LogStore) raft.LogStore {
+			d := &slowDisk{LogStore: ls, gate: make(chan struct{}), entered: make(chan struct{}, 64)}
+			mu.Lock()
+			disks[id] = d
+			mu.Unlock()
+			return d
+		}
+		cfg.fatal = func(error) { fatals.Add(1) }
+	})
+	li := c.waitLeader()
+	leader := c.node(li).store
+	if _, err := leader.Register(context.Background(), tkey, []naming.Instance{tinst(0)}); err != nil {
+		t.Fatal(err)
+	}
+	c.waitApplied(leader.FSM().AppliedIndex())
+	ai, bi := (li+1)%3, (li+2)%3
+	a, b := c.node(ai), c.node(bi)
+	cutOff := func(ids ...string) {
+		c.mu.Lock()
+		clear(c.cut)
+		for _, id := range ids {
+			c.cut[id] = true
+		}
+		c.mu.Unlock()
+		c.rewire()
+	}
+	cutOff(b.id) // B never gets the write
+
+	mu.Lock()
+	disk := disks[c.node(li).id]
+	mu.Unlock()
+	idx := leader.Raft().LastIndex() + 1
+	disk.hold()
+	defer disk.release() // a failure below must not leave raft's shutdown waiting on it
+	answered := done(func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, err := leader.Register(ctx, tkey, []naming.Instance{tinst(1)})
+		return err
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for leader.Raft().CommitIndex() < idx || a.store.Raft().LastIndex() < idx {
+		if time.Now().After(deadline) {
+			t.Fatalf("raft did not count entry %d committed on the leader and A", idx)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(20 * c.config(c.node(li)).CommitTimeout) // rounds that would tell A the commit index
+	if got := a.store.FSM().AppliedIndex(); got >= idx {
+		t.Fatalf("A applied entry %d while only its disk had it", got)
+	}
+
+	disk.cut() // the leader's power goes: its held write never lands
+	if err := await(t, answered, "the write's answer"); err == nil {
+		t.Fatal("the write was answered though only one disk of three holds it")
+	}
+	c.crash(li)
+	if fatals.Load() == 0 {
+		t.Fatal("the failed log write was not reported")
+	}
+	cutOff(a.id) // the old leader comes back beside B, without the write
+	c.start(li)
+	nl := c.node(c.waitLeader()).store
+	if _, err := nl.Register(context.Background(), tkey, []naming.Instance{tinst(2)}); err != nil {
+		t.Fatal(err)
+	}
+	if got := a.store.FSM().AppliedIndex(); got >= idx {
+		t.Fatalf("A applied entry %d while cut off", got)
+	}
+	cutOff()
+	c.waitApplied(nl.Raft().LastIndex())
+	for i := range 3 {
+		nd := c.node(i)
+		var ips []string
+		err := nd.store.FSM().db.View(func(tx *storage.Tx) error {
+			ins, err := tx.Instances(tkey)
+			for _, in := range ins {
+				ips = append(ips, in.IP)
+			}
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		slices.Sort(ips)
+		if want := []string{tinst(0).IP, tinst(2).IP}; !slices.Equal(ips, want) {
+			t.Errorf("%s holds %v, want %v (the lost write's %s nowhere)", nd.id, ips, want, tinst(1).IP)
+		}
+	}
 }

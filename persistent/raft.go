@@ -145,6 +145,9 @@ type RaftConfig struct {
 	// disk, if set, stands between the log and raft-boltdb (tests: a
 	// disk slow to sync).
 	disk func(raft.LogStore) raft.LogStore
+	// fatal, if set, is told that the log could not be written, instead
+	// of the node stopping (tests: a power cut).
+	fatal func(error)
 }
 
 // DefaultRaftConfig returns production settings. Raft's own defaults (1 s
@@ -286,13 +289,17 @@ func OpenRaft(cfg RaftConfig, db *storage.DB) (*Store, error) {
 	if cfg.disk != nil {
 		disk = cfg.disk(s.logs)
 	}
-	if s.log, err = newLeaderLog(disk, func(err error) {
-		logger.Error("cannot write the raft log; stopping", "err", err)
-		panic(err)
-	}); err != nil {
+	fatal := cfg.fatal
+	if fatal == nil {
+		fatal = func(err error) {
+			logger.Error("cannot write the raft log; stopping", "err", err)
+			panic(err)
+		}
+	}
+	if s.log, err = newLeaderLog(disk, fatal); err != nil {
 		return nil, err
 	}
-	s.fsm.setDurableGate(s.log.WaitDurable)
+	s.fsm.setDurableGate(s.log.WaitDurable, fatal)
 	cached, err := raft.NewLogCache(logCacheEntries, s.log)
 	if err != nil {
 		return nil, fmt.Errorf("persistent: raft log cache: %w", err)
