@@ -134,7 +134,8 @@ Stop with Ctrl-C (or SIGTERM): clients are told to reconnect elsewhere.
 	f.DurationVar(&cfg.RPC.Session.IdleTimeout, "session-idle-timeout", cfg.RPC.Session.IdleTimeout, "probe a session silent for this long")
 	f.DurationVar(&cfg.RPC.Session.ProbeTimeout, "session-probe-timeout", cfg.RPC.Session.ProbeTimeout, "close a probed session that does not answer within this")
 	f.DurationVar(&cfg.RPC.Session.CheckInterval, "session-check-interval", cfg.RPC.Session.CheckInterval, "how often sessions are checked")
-	f.DurationVar(&cfg.Registry.MergeWindow, "push-merge-window", cfg.Registry.MergeWindow, "changes within this window go out as one push")
+	f.DurationVar(&cfg.Registry.MergeWindow, "push-merge-window", cfg.Registry.MergeWindow, "pushes of one service are paced to one per window on average; changes that wait go out as one push")
+	f.IntVar(&cfg.Registry.MergeBurst, "push-merge-burst", cfg.Registry.MergeBurst, "pushes of one service that may go out back to back after a quiet spell, before the window paces them")
 	return cmd
 }
 

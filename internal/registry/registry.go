@@ -81,12 +81,17 @@ type Subscriber interface {
 
 // Config tunes the registry.
 type Config struct {
-	// MergeWindow is the shortest time between two pushes of one service:
-	// a change to a service not pushed within the window goes out at
-	// once, and changes that come while the window since its last push
-	// runs go out together when it ends. A subscriber thus hears of a lone
-	// change without delay, and of a burst in at most one push per window.
+	// MergeWindow and MergeBurst pace the pushes of one service: on
+	// average at most one per MergeWindow, and up to MergeBurst back to
+	// back after a quiet spell (a token bucket, as Distro paces its
+	// batches). A change that the pace allows goes out at once; changes
+	// that come while it does not go out together when it next allows
+	// one. A subscriber thus hears of a lone change, or of the few quick
+	// changes of a rolling restart (an instance gone, its successor up),
+	// without delay, and of a storm in at most one push per window.
+	// MergeBurst 0 counts as 1: pushes spaced MergeWindow apart.
 	MergeWindow time.Duration
+	MergeBurst  int
 	// PersistentCache is how many services' persistent state the registry
 	// keeps decoded (0: none), for a persistent side that reports its
 	// changes (ChangeNotifier): a lookup or push then reads no bbolt
@@ -99,13 +104,18 @@ func DefaultConfig() Config {
 	// 20 ms merges a burst of registrations (a deploy) into a few pushes
 	// while staying well inside the 50 ms promised to subscribers; a lone
 	// change does not wait for it.
-	return Config{MergeWindow: 20 * time.Millisecond, PersistentCache: 4096}
+	// A burst of 4 lets a deploy's deregister and register of one
+	// service, and a retry or two, go out unmerged.
+	return Config{MergeWindow: 20 * time.Millisecond, MergeBurst: 4, PersistentCache: 4096}
 }
 
 // Validate checks the settings.
 func (c Config) Validate() error {
 	if c.MergeWindow <= 0 || c.MergeWindow > time.Second {
 		return fmt.Errorf("registry: merge window %v outside (0, 1s]", c.MergeWindow)
+	}
+	if c.MergeBurst < 0 || c.MergeBurst > 1000 {
+		return fmt.Errorf("registry: merge burst %d outside [0, 1000]", c.MergeBurst)
 	}
 	if c.PersistentCache < 0 || c.PersistentCache > 1<<20 {
 		return fmt.Errorf("registry: persistent cache of %d services outside [0, 2^20]", c.PersistentCache)
@@ -242,13 +252,17 @@ func (r *Registry) Changed(keys []naming.ServiceKey) {
 	}
 }
 
-// Run pushes changes until ctx ends. Each service is paced on its own: a
-// change to a service not pushed within the merge window goes out at once;
-// one to a service pushed more recently waits until the window since that
-// push ends, and takes every change that came meanwhile with it.
+// Run pushes changes until ctx ends. Each service is paced on its own (see
+// Config.MergeWindow): a change the pace allows goes out at once; one it
+// does not waits until it does, and takes every change that came meanwhile
+// with it.
 func (r *Registry) Run(ctx context.Context) {
 	gate := r.gateCh()
-	pushed := map[naming.ServiceKey]time.Time{} // services pushed within the window
+	// pushed holds each recently pushed service's theoretical arrival
+	// time (GCRA): the pace allows a push at now once now >= tat -
+	// (burst-1)*window; a push moves tat to max(tat, now) + window. A
+	// service whose tat has passed has its whole burst again and leaves.
+	pushed := map[naming.ServiceKey]time.Time{}
 	var timer <-chan time.Time
 	var timerAt time.Time
 	for {
@@ -271,15 +285,15 @@ func (r *Registry) Run(ctx context.Context) {
 			continue // dirty services wait for the gate
 		}
 		now := r.now()
-		for k, t := range pushed {
-			if now.Sub(t) >= r.cfg.MergeWindow {
+		for k, tat := range pushed {
+			if !tat.After(now) {
 				delete(pushed, k)
 			}
 		}
 		due, next := r.take(pushed, now)
 		r.flush(due)
 		for k := range due {
-			pushed[k] = now
+			pushed[k] = later(pushed[k], now).Add(r.cfg.MergeWindow)
 		}
 		if !next.IsZero() && (timer == nil || next.Before(timerAt)) {
 			timer, timerAt = r.after(next.Sub(now)), next
@@ -287,22 +301,32 @@ func (r *Registry) Run(ctx context.Context) {
 	}
 }
 
+// later returns the later of a and b.
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
 type target struct {
 	sub    Subscriber
 	filter naming.Filter
 }
 
-// take removes from the dirty set the services due for a push (not in
-// pushed) and returns them with their subscribers, and the time the
-// earliest service it holds back becomes due (zero if none).
+// take removes from the dirty set the services due for a push (those the
+// pace allows at now, given pushed) and returns them with their
+// subscribers, and the time the earliest service it holds back becomes
+// due (zero if none).
 func (r *Registry) take(pushed map[naming.ServiceKey]time.Time, now time.Time) (map[naming.ServiceKey][]target, time.Time) {
 	r.subMu.Lock()
 	defer r.subMu.Unlock()
 	work := make(map[naming.ServiceKey][]target, len(r.dirty))
 	var next time.Time
+	slack := time.Duration(max(r.cfg.MergeBurst, 1)-1) * r.cfg.MergeWindow
 	for k := range r.dirty {
-		if t, held := pushed[k]; held {
-			if at := t.Add(r.cfg.MergeWindow); next.IsZero() || at.Before(next) {
+		if tat, ok := pushed[k]; ok && now.Before(tat.Add(-slack)) {
+			if at := tat.Add(-slack); next.IsZero() || at.Before(next) {
 				next = at
 			}
 			continue

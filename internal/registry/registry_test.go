@@ -342,25 +342,8 @@ func (f *fakeTimer) after(d time.Duration) <-chan time.Time {
 // back no other service.
 func TestLoneChangeIsPushedAtOnce(t *testing.T) {
 	cfg := DefaultConfig()
-	cfg.MergeWindow = 30 * time.Millisecond
-	r, err := New(cfg, ephemeral.NewStore(nil), newMem())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ft := &fakeTimer{t: time.Unix(1000, 0), waits: make(chan fakeWait, 4)}
-	r.now, r.after = ft.now, ft.after
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { r.Run(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
-	noWait := func(what string) {
-		t.Helper()
-		select {
-		case w := <-ft.waits:
-			t.Fatalf("%s waited %v", what, w.d)
-		default:
-		}
-	}
+	cfg.MergeWindow, cfg.MergeBurst = 30*time.Millisecond, 1
+	r, ft, noWait := startFakeTimed(t, cfg)
 
 	other := naming.ServiceKey{Namespace: key.Namespace, Group: key.Group, Service: "other"}
 	s, so := &sink{}, &sink{}
@@ -408,4 +391,72 @@ func TestLoneChangeIsPushedAtOnce(t *testing.T) {
 	r.Ephemeral().Register("c1", "n1", key, []naming.Instance{inst("10.0.0.4", 80, true)})
 	s.waitFor(t, func(last Snapshot, _ int) bool { return len(last.Instances) == 4 })
 	noWait("a change after a quiet second")
+}
+
+// startFakeTimed runs a registry on a virtual clock; noWait fails the test
+// if the pusher has asked the clock to wait.
+func startFakeTimed(t *testing.T, cfg Config) (*Registry, *fakeTimer, func(string)) {
+	t.Helper()
+	r, err := New(cfg, ephemeral.NewStore(nil), newMem())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ft := &fakeTimer{t: time.Unix(1000, 0), waits: make(chan fakeWait, 4)}
+	r.now, r.after = ft.now, ft.after
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { r.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	noWait := func(what string) {
+		t.Helper()
+		select {
+		case w := <-ft.waits:
+			t.Fatalf("%s waited %v", what, w.d)
+		default:
+		}
+	}
+	return r, ft, noWait
+}
+
+// Up to MergeBurst quick changes of one service go out at once, each in
+// its own push (a rolling restart: the old instance gone, the new one
+// up); the next waits until the pace allows it, and the long-run rate
+// stays one push per window.
+func TestQuickChangesWithinTheBurstArePushedAtOnce(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.MergeWindow, cfg.MergeBurst = 30*time.Millisecond, 2
+	r, ft, noWait := startFakeTimed(t, cfg)
+	s := &sink{}
+	if err := r.Subscribe(key, naming.Filter{}, s); err != nil {
+		t.Fatal(err)
+	}
+	r.Ephemeral().Register("c1", "n1", key, []naming.Instance{inst("10.0.0.1", 80, true)})
+	s.waitFor(t, func(last Snapshot, _ int) bool { return len(last.Instances) == 1 })
+	noWait("the first change")
+	ft.advance(5 * time.Millisecond)
+	gone := inst("10.0.0.1", 80, true)
+	r.Ephemeral().Deregister("c1", key, []naming.InstanceID{gone.ID()})
+	s.waitFor(t, func(last Snapshot, _ int) bool { return len(last.Instances) == 0 })
+	noWait("the second change, 5 ms later, inside the burst")
+
+	// The third, 5 ms after that: two pushes in 5 ms used the burst of
+	// two; the pace allows the next 30 ms after the first, 20 ms on.
+	ft.advance(5 * time.Millisecond)
+	pushes := len(s.all())
+	r.Ephemeral().Register("c1", "n1", key, []naming.Instance{inst("10.0.0.2", 80, true)})
+	var w fakeWait
+	select {
+	case w = <-ft.waits:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the pusher neither pushed nor waited")
+	}
+	if w.d != 20*time.Millisecond {
+		t.Fatalf("waited %v, want 20 ms", w.d)
+	}
+	if got := len(s.all()); got != pushes {
+		t.Fatalf("%d pushes beyond the burst before the pace allowed one", got-pushes)
+	}
+	ft.advance(20 * time.Millisecond)
+	w.fire <- ft.now()
+	s.waitFor(t, func(last Snapshot, _ int) bool { return len(last.Instances) == 1 && last.Instances[0].IP == "10.0.0.2" })
 }
