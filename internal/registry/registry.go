@@ -258,11 +258,7 @@ func (r *Registry) Changed(keys []naming.ServiceKey) {
 // with it.
 func (r *Registry) Run(ctx context.Context) {
 	gate := r.gateCh()
-	// pushed holds each recently pushed service's theoretical arrival
-	// time (GCRA): the pace allows a push at now once now >= tat -
-	// (burst-1)*window; a push moves tat to max(tat, now) + window. A
-	// service whose tat has passed has its whole burst again and leaves.
-	pushed := map[naming.ServiceKey]time.Time{}
+	pushed := map[naming.ServiceKey]paced{}
 	var timer <-chan time.Time
 	var timerAt time.Time
 	for {
@@ -285,20 +281,30 @@ func (r *Registry) Run(ctx context.Context) {
 			continue // dirty services wait for the gate
 		}
 		now := r.now()
-		for k, tat := range pushed {
-			if !tat.After(now) {
+		for k, p := range pushed {
+			if !p.tat.After(now) {
 				delete(pushed, k)
 			}
 		}
 		due, next := r.take(pushed, now)
-		r.flush(due)
-		for k := range due {
-			pushed[k] = later(pushed[k], now).Add(r.cfg.MergeWindow)
-		}
+		r.flush(due, pushed, now)
 		if !next.IsZero() && (timer == nil || next.Before(timerAt)) {
 			timer, timerAt = r.after(next.Sub(now)), next
 		}
 	}
+}
+
+// paced is the pace of a recently pushed service, and what it pushed. tat
+// is its theoretical arrival time (GCRA): the pace allows a push at now
+// once now >= tat - (burst-1)*window, and a push moves tat to max(tat,
+// now) + window; a service whose tat has passed has its whole burst again
+// and is forgotten. rev and threshold are those of its last push: a
+// service marked changed again by a change its last push already carried
+// (the mark came after the read) is not pushed twice.
+type paced struct {
+	tat       time.Time
+	rev       uint64
+	threshold float64
 }
 
 // later returns the later of a and b.
@@ -318,15 +324,15 @@ type target struct {
 // pace allows at now, given pushed) and returns them with their
 // subscribers, and the time the earliest service it holds back becomes
 // due (zero if none).
-func (r *Registry) take(pushed map[naming.ServiceKey]time.Time, now time.Time) (map[naming.ServiceKey][]target, time.Time) {
+func (r *Registry) take(pushed map[naming.ServiceKey]paced, now time.Time) (map[naming.ServiceKey][]target, time.Time) {
 	r.subMu.Lock()
 	defer r.subMu.Unlock()
 	work := make(map[naming.ServiceKey][]target, len(r.dirty))
 	var next time.Time
 	slack := time.Duration(max(r.cfg.MergeBurst, 1)-1) * r.cfg.MergeWindow
 	for k := range r.dirty {
-		if tat, ok := pushed[k]; ok && now.Before(tat.Add(-slack)) {
-			if at := tat.Add(-slack); next.IsZero() || at.Before(next) {
+		if p, ok := pushed[k]; ok && now.Before(p.tat.Add(-slack)) {
+			if at := p.tat.Add(-slack); next.IsZero() || at.Before(next) {
 				next = at
 			}
 			continue
@@ -339,8 +345,9 @@ func (r *Registry) take(pushed map[naming.ServiceKey]time.Time, now time.Time) (
 	return work, next
 }
 
-// flush pushes each service of work to its subscribers.
-func (r *Registry) flush(work map[naming.ServiceKey][]target) {
+// flush pushes each service of work to its subscribers, unless its last
+// push (in pushed) carried the same state, and paces the ones it pushes.
+func (r *Registry) flush(work map[naming.ServiceKey][]target, pushed map[naming.ServiceKey]paced, now time.Time) {
 	for k, targets := range work {
 		all, rev, threshold, err := r.merged(k)
 		if err != nil {
@@ -350,6 +357,11 @@ func (r *Registry) flush(work map[naming.ServiceKey][]target) {
 			r.Changed([]naming.ServiceKey{k})
 			continue
 		}
+		p, seen := pushed[k]
+		if seen && p.rev == rev && p.threshold == threshold {
+			continue // both revisions only grow: nothing changed since
+		}
+		pushed[k] = paced{tat: later(p.tat, now).Add(r.cfg.MergeWindow), rev: rev, threshold: threshold}
 		byFilter := make(map[string]Snapshot, 1)
 		for _, t := range targets {
 			fk := filterKey(t.filter)
