@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/hashicorp/raft"
 )
@@ -54,6 +55,8 @@ type leaderLog struct {
 	// durable: every entry at or below it that the log holds is on disk.
 	durable uint64
 	err     error // sticky: a failed write of the queue
+
+	commits, entries atomic.Uint64 // the writer's commits of the queue, and the entries they held
 	closed  bool
 	done    chan struct{}
 
@@ -123,6 +126,8 @@ func (l *leaderLog) run() {
 			err = l.err
 		} else {
 			l.durable = batch[len(batch)-1].Index
+			l.commits.Add(1)
+			l.entries.Add(uint64(len(batch)))
 		}
 		l.cond.Broadcast()
 		l.mu.Unlock()
@@ -279,6 +284,12 @@ func (l *leaderLog) DeleteRange(min, max uint64) error {
 	l.cond.Broadcast()
 	l.mu.Unlock()
 	return nil
+}
+
+// QueueWrites returns how many commits wrote the leader's queue, and how
+// many entries they held: their ratio is the group commit's batch.
+func (l *leaderLog) QueueWrites() (commits, entries uint64) {
+	return l.commits.Load(), l.entries.Load()
 }
 
 // Durable returns the index up to which the log is on disk.

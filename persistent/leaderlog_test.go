@@ -247,6 +247,9 @@ func TestLeaderLogWritesTheQueueAsOneCommit(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.wantCalls(t, [][]uint64{{1}, {2, 3, 4, 5, 6, 7}})
+	if c, e := l.QueueWrites(); c != 2 || e != 7 {
+		t.Fatalf("QueueWrites = %d commits, %d entries; want 2, 7", c, e)
+	}
 }
 
 // A follower's answer counts for the quorum: its StoreLogs returns only

@@ -516,6 +516,11 @@ func (s *Store) Exec(ctx context.Context, c Command) (Result, error) {
 		})
 }
 
+// LeaderLogWrites returns how many raft-boltdb commits wrote this node's
+// queued appends as leader, and how many entries they held
+// (regent_raft_leader_log_commits_total, _entries_total).
+func (s *Store) LeaderLogWrites() (commits, entries uint64) { return s.log.QueueWrites() }
+
 // Forwarded counts the writes this node has sent to the leader on behalf
 // of its clients (each attempt once): what clients that write to the
 // leader directly save (regent_raft_forwarded_writes_total).

@@ -623,6 +623,8 @@ func (d *Daemon) registerMetrics() {
 		gauge("regent_ephemeral_services", "Services with ephemeral instances.", func() float64 { return float64(eph.Stats().Services) }),
 		gauge("regent_subscriptions", "Live (service, session) subscriptions.", func() float64 { return float64(d.reg.Subscriptions()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regent_raft_forwarded_writes_total", Help: "Persistent writes this node sent to the Raft leader for its clients."}, func() float64 { return float64(d.raft.Forwarded()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regent_raft_leader_log_commits_total", Help: "Raft log commits that wrote this node's appends as leader, each holding all that queued meanwhile."}, func() float64 { c, _ := d.raft.LeaderLogWrites(); return float64(c) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regent_raft_leader_log_entries_total", Help: "Entries those leader log commits held."}, func() float64 { _, e := d.raft.LeaderLogWrites(); return float64(e) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regent_stream_writes_total", Help: "Persistent writes served on Write streams."}, func() float64 { return float64(d.rpc.StreamWrites()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regent_pushes_total", Help: "Snapshots pushed to subscribers."}, func() float64 { return float64(d.reg.Pushes()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "regent_registry_persistent_cache_hits_total", Help: "Lookups of a service's persistent state answered from the registry's cache."}, func() float64 { return float64(d.reg.PersistentCache().Hits) }),
