@@ -57,8 +57,8 @@ type leaderLog struct {
 	err     error // sticky: a failed write of the queue
 
 	commits, entries atomic.Uint64 // the writer's commits of the queue, and the entries they held
-	closed  bool
-	done    chan struct{}
+	closed           bool
+	done             chan struct{}
 
 	flushFrom func(target uint64) // tests: told when a flush begins, under mu
 }
