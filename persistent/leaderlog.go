@@ -55,10 +55,10 @@ type leaderLog struct {
 	// durable: every entry at or below it that the log holds is on disk.
 	durable uint64
 	err     error // sticky: a failed write of the queue
+	closed  bool
+	done    chan struct{}
 
 	commits, entries atomic.Uint64 // the writer's commits of the queue, and the entries they held
-	closed           bool
-	done             chan struct{}
 
 	flushFrom func(target uint64) // tests: told when a flush begins, under mu
 }
