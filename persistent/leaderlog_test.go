@@ -462,6 +462,32 @@ func TestRaftTransportCutsTheCommitIndexToTheDurableIndex(t *testing.T) {
 	}
 }
 
+// slowDiskCluster starts a 3-node cluster whose nodes' logs sit on slow
+// disks; diskOf returns a node's current one (a restart gets a new one).
+func slowDiskCluster(t *testing.T, mut func(*RaftConfig)) (*tcluster, func(id string) *slowDisk) {
+	t.Helper()
+	var mu sync.Mutex
+	disks := map[string]*slowDisk{}
+	c := newTestCluster(t, 3, func(cfg *RaftConfig) {
+		id := cfg.NodeID
+		cfg.disk = func(ls raft.LogStore) raft.LogStore {
+			d := &slowDisk{LogStore: ls, gate: make(chan struct{}), entered: make(chan struct{}, 64)}
+			mu.Lock()
+			disks[id] = d
+			mu.Unlock()
+			return d
+		}
+		if mut != nil {
+			mut(cfg)
+		}
+	})
+	return c, func(id string) *slowDisk {
+		mu.Lock()
+		defer mu.Unlock()
+		return disks[id]
+	}
+}
+
 // The FSM applies a batch only once the log says its last entry is on
 // disk; until then the state does not change.
 func TestFSMAppliesABatchOnlyOnceItIsOnDisk(t *testing.T) {
@@ -515,23 +541,10 @@ func TestFSMAppliesABatchOnlyOnceItIsOnDisk(t *testing.T) {
 // gate the answer comes early; without the transport's cut, the followers
 // apply early.
 func TestWriteIsAnsweredOnlyOnceTheLeadersDiskHasIt(t *testing.T) {
-	var mu sync.Mutex
-	disks := map[string]*slowDisk{}
-	c := newTestCluster(t, 3, func(cfg *RaftConfig) {
-		id := cfg.NodeID
-		cfg.disk = func(ls raft.LogStore) raft.LogStore {
-			d := &slowDisk{LogStore: ls, gate: make(chan struct{}), entered: make(chan struct{}, 64)}
-			mu.Lock()
-			disks[id] = d
-			mu.Unlock()
-			return d
-		}
-	})
+	c, diskOf := slowDiskCluster(t, nil)
 	li := c.waitLeader()
 	leader := c.node(li).store
-	mu.Lock()
-	disk := disks[c.node(li).id]
-	mu.Unlock()
+	disk := diskOf(c.node(li).id)
 	defer disk.release()
 	idx := leader.Raft().LastIndex() + 1
 	disk.hold()
@@ -582,20 +595,8 @@ func TestWriteIsAnsweredOnlyOnceTheLeadersDiskHasIt(t *testing.T) {
 // A applies the write (it is told the commit index) and its state keeps an
 // entry the cluster's log no longer has.
 func TestLeaderPowerCutLosesOnlyAnUnansweredWrite(t *testing.T) {
-	var mu sync.Mutex
-	disks := map[string]*slowDisk{}
 	var fatals atomic.Int64
-	c := newTestCluster(t, 3, func(cfg *RaftConfig) {
-		id := cfg.NodeID
-		cfg.disk = func(ls raft.LogStore) raft.LogStore {
-			d := &slowDisk{LogStore: ls, gate: make(chan struct{}), entered: make(chan struct{}, 64)}
-			mu.Lock()
-			disks[id] = d
-			mu.Unlock()
-			return d
-		}
-		cfg.fatal = func(error) { fatals.Add(1) }
-	})
+	c, diskOf := slowDiskCluster(t, func(cfg *RaftConfig) { cfg.fatal = func(error) { fatals.Add(1) } })
 	li := c.waitLeader()
 	leader := c.node(li).store
 	if _, err := leader.Register(context.Background(), tkey, []naming.Instance{tinst(0)}); err != nil {
@@ -615,9 +616,7 @@ func TestLeaderPowerCutLosesOnlyAnUnansweredWrite(t *testing.T) {
 	}
 	cutOff(b.id) // B never gets the write
 
-	mu.Lock()
-	disk := disks[c.node(li).id]
-	mu.Unlock()
+	disk := diskOf(c.node(li).id)
 	idx := leader.Raft().LastIndex() + 1
 	disk.hold()
 	defer disk.release() // a failure below must not leave raft's shutdown waiting on it

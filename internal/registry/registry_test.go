@@ -330,6 +330,18 @@ func (f *fakeTimer) advance(d time.Duration) {
 	f.mu.Unlock()
 }
 
+// awaitWait returns the wait the pusher asks for next.
+func (f *fakeTimer) awaitWait(t *testing.T) fakeWait {
+	t.Helper()
+	select {
+	case w := <-f.waits:
+		return w
+	case <-time.After(5 * time.Second):
+		t.Fatal("the pusher neither pushed nor waited")
+	}
+	return fakeWait{}
+}
+
 func (f *fakeTimer) after(d time.Duration) <-chan time.Time {
 	w := fakeWait{d: d, fire: make(chan time.Time, 1)}
 	f.waits <- w
@@ -362,12 +374,7 @@ func TestLoneChangeIsPushedAtOnce(t *testing.T) {
 	ft.advance(5 * time.Millisecond)
 	pushes := len(s.all())
 	r.Ephemeral().Register("c1", "n1", key, []naming.Instance{inst("10.0.0.2", 80, true)})
-	var w fakeWait
-	select {
-	case w = <-ft.waits:
-	case <-time.After(5 * time.Second):
-		t.Fatal("the pusher neither pushed nor waited")
-	}
+	w := ft.awaitWait(t)
 	if w.d != 25*time.Millisecond {
 		t.Fatalf("waited %v, want the 25 ms left of the window", w.d)
 	}
@@ -444,12 +451,7 @@ func TestQuickChangesWithinTheBurstArePushedAtOnce(t *testing.T) {
 	ft.advance(5 * time.Millisecond)
 	pushes := len(s.all())
 	r.Ephemeral().Register("c1", "n1", key, []naming.Instance{inst("10.0.0.2", 80, true)})
-	var w fakeWait
-	select {
-	case w = <-ft.waits:
-	case <-time.After(5 * time.Second):
-		t.Fatal("the pusher neither pushed nor waited")
-	}
+	w := ft.awaitWait(t)
 	if w.d != 20*time.Millisecond {
 		t.Fatalf("waited %v, want 20 ms", w.d)
 	}
