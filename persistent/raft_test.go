@@ -291,7 +291,8 @@ func TestRaftSnapshotCompactionAndRestore(t *testing.T) {
 		t.Fatalf("log not compacted: first index %d", first)
 	}
 	// A fresh node joins: it must get everything by snapshot.
-	nd := &tnode{id: "n4", dir: t.TempDir()}
+	// Beside the others, in the directory the cluster's stop outlives.
+	nd := &tnode{id: "n4", dir: filepath.Join(filepath.Dir(c.nodes[0].dir), "n4")}
 	c.nodes = append(c.nodes, nd)
 	c.up = append(c.up, false)
 	c.start(3)

@@ -135,8 +135,8 @@ func newMemberCluster(t *testing.T, expect int, ids ...string) *mcluster {
 		cfg.Now = m.clock.Now
 	}
 	m.tcluster = c
+	dir := t.TempDir() // before the stop, so the nodes stop before it goes
 	t.Cleanup(c.stopAll)
-	dir := t.TempDir()
 	for _, id := range ids {
 		c.nodes = append(c.nodes, &tnode{id: id, dir: filepath.Join(dir, id)})
 		c.up = append(c.up, false)

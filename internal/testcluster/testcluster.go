@@ -47,8 +47,11 @@ func Start(tb testing.TB, n int, mut func(i int, cfg *daemon.Config)) *Cluster {
 		tb.Fatalf("testcluster: %d nodes", n)
 	}
 	c := &Cluster{killed: make([]bool, n)}
-	tb.Cleanup(c.shutdown)
+	// TempDir first: cleanups run last-registered first, so the nodes shut
+	// down before their directory is removed (the other order let a node
+	// still writing make RemoveAll fail on CI).
 	dir := tb.TempDir()
+	tb.Cleanup(c.shutdown)
 	for i := range n {
 		name := fmt.Sprintf("n%d", i+1)
 		cfg := daemon.DefaultLocalConfig(name, filepath.Join(dir, name))
