@@ -171,14 +171,18 @@ func waitAll(ws []*watcher, keys []string, gone bool, timeout time.Duration) int
 // ---------------------------------------------------------------------------
 // Percentiles.
 
-type dist struct{ P50, P99, Max time.Duration }
+// dist summarises N samples.
+type dist struct {
+	N             int
+	P50, P99, Max time.Duration
+}
 
 func distOf(l []time.Duration) dist {
 	if len(l) == 0 {
 		return dist{}
 	}
 	c := append([]time.Duration(nil), l...)
-	return dist{P50: pct(c, 0.5), P99: pct(c, 0.99), Max: pct(c, 1)}
+	return dist{N: len(l), P50: pct(c, 0.5), P99: pct(c, 0.99), Max: pct(c, 1)}
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
@@ -203,7 +207,7 @@ type convOptions struct {
 type convResult struct {
 	Registered int
 	Rate       float64 // achieved
-	Local      dist    // register ack on A -> push from A
+	Local      dist    // register ack on A -> push from A (may be < 0: the push can beat the ack)
 	Replicated dist    // register ack on A -> push from both B and C
 	Missing    int     // (node, instance) pairs never pushed within the deadline
 }
