@@ -628,30 +628,84 @@ func (d *Distro) upPeersLocked() []string {
 // ---------------------------------------------------------------------------
 // Applying what peers send.
 
-// toMap turns a replicated state into the store's shape; a service or an
-// instance named twice counts once (the last wins), so a malformed state
-// cannot make every later apply look like a change.
-func toMap(services []ServiceInstances) map[naming.ServiceKey][]naming.Instance {
-	m := make(map[naming.ServiceKey][]naming.Instance, len(services))
+// dedupe returns a replicated state's services with each service and each
+// instance named once (the last wins, a service named twice has the union),
+// so that a malformed state cannot make every later apply look like a
+// change. A well-formed state (the rule) is returned as it is.
+func dedupe(services []ServiceInstances) []ServiceInstances {
+	if !hasDuplicates(services) {
+		return services
+	}
+	out := make([]ServiceInstances, 0, len(services))
+	at := make(map[naming.ServiceKey]int, len(services))
 	for _, s := range services {
-		byID := make(map[naming.InstanceID]int, len(m[s.Key])+len(s.Instances))
-		list := m[s.Key]
-		for i := range list {
-			byID[list[i].ID()] = i
+		i, ok := at[s.Key]
+		if !ok {
+			i = len(out)
+			at[s.Key] = i
+			out = append(out, ServiceInstances{Key: s.Key})
+		}
+		list := out[i].Instances
+		byID := make(map[naming.InstanceID]int, len(list)+len(s.Instances))
+		for j := range list {
+			byID[list[j].ID()] = j
 		}
 		for _, in := range s.Instances {
-			if i, ok := byID[in.ID()]; ok {
-				list[i] = in
+			if j, ok := byID[in.ID()]; ok {
+				list[j] = in
 				continue
 			}
 			byID[in.ID()] = len(list)
 			list = append(list, in)
 		}
-		if len(list) > 0 {
-			m[s.Key] = list
+		out[i].Instances = list
+	}
+	return slices.DeleteFunc(out, func(s ServiceInstances) bool { return len(s.Instances) == 0 })
+}
+
+// hasDuplicates reports whether services names a service or, within one,
+// an instance twice, or holds a service with no instance.
+func hasDuplicates(services []ServiceInstances) bool {
+	var keys map[naming.ServiceKey]struct{}
+	if len(services) > 8 {
+		keys = make(map[naming.ServiceKey]struct{}, len(services))
+	}
+	for i, s := range services {
+		if len(s.Instances) == 0 {
+			return true
+		}
+		if len(services) <= 8 {
+			for j := range i {
+				if services[j].Key == s.Key {
+					return true
+				}
+			}
+		} else {
+			if _, ok := keys[s.Key]; ok {
+				return true
+			}
+			keys[s.Key] = struct{}{}
+		}
+		if len(s.Instances) <= 8 {
+			for a := range s.Instances {
+				for b := range a {
+					if s.Instances[a].ID() == s.Instances[b].ID() {
+						return true
+					}
+				}
+			}
+			continue
+		}
+		ids := make(map[naming.InstanceID]struct{}, len(s.Instances))
+		for a := range s.Instances {
+			id := s.Instances[a].ID()
+			if _, ok := ids[id]; ok {
+				return true
+			}
+			ids[id] = struct{}{}
 		}
 	}
-	return m
+	return false
 }
 
 // applyLocked applies a peer's state of a client (a CHANGE or a snapshot
@@ -708,7 +762,7 @@ func (d *Distro) applyLocked(st *ClientState, lost *[]string) bool {
 	d.epochClock = max(d.epochClock, st.Version.Epoch)
 	d.linkLocked(m)
 	delete(d.tombs, st.ID)
-	d.store.ReplaceClient(st.ID, st.Owner, toMap(st.Services))
+	d.store.replaceClient(st.ID, st.Owner, dedupe(st.Services))
 	d.applied.Add(1)
 	return true
 }
@@ -859,12 +913,7 @@ func (d *Distro) HandleVerify(_ context.Context, req *VerifyRequest) (*VerifyRep
 
 // stateLocked builds the replicated state of a client.
 func (d *Distro) stateLocked(m *clientMeta) ClientState {
-	st := ClientState{ID: m.id, Owner: m.owner, Version: m.ver}
-	for key, list := range d.store.ClientInstances(m.id) {
-		st.Services = append(st.Services, ServiceInstances{Key: key, Instances: list})
-	}
-	slices.SortFunc(st.Services, func(a, b ServiceInstances) int { return strings.Compare(a.Key.String(), b.Key.String()) })
-	return st
+	return ClientState{ID: m.id, Owner: m.owner, Version: m.ver, Services: d.store.clientServices(m.id)}
 }
 
 // HandleQuery returns the states of the clients asked for that this node

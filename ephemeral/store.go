@@ -39,8 +39,11 @@ type client struct {
 	id       string
 	owner    string
 	revision uint64
-	services map[naming.ServiceKey]map[naming.InstanceID]*naming.Instance
+	services smallMap[naming.ServiceKey, *instSet]
 }
+
+// instSet is a client's instances of one service.
+type instSet = smallMap[naming.InstanceID, *naming.Instance]
 
 type service struct {
 	// clients holds, for each client with instances here, how many.
@@ -79,7 +82,7 @@ func (s *Store) notify(obs Observer, changed []naming.ServiceKey) {
 func (s *Store) getClient(id, owner string) *client {
 	c := s.clients[id]
 	if c == nil {
-		c = &client{id: id, owner: owner, services: make(map[naming.ServiceKey]map[naming.InstanceID]*naming.Instance)}
+		c = &client{id: id, owner: owner}
 		s.clients[id] = c
 	}
 	return c
@@ -137,31 +140,32 @@ func (s *Store) changedLocked(c *client, key naming.ServiceKey) Observer {
 // putLocked adds or replaces instances of key for c, calling bump before
 // its first change, and reports whether anything changed.
 func (s *Store) putLocked(c *client, key naming.ServiceKey, instances []naming.Instance, bump func()) bool {
-	set := c.services[key]
+	set, _ := c.services.Get(key)
 	changed := false
 	for i := range instances {
 		in := instances[i].Clone()
 		in.Ephemeral = true
 		id := in.ID()
-		if old, ok := set[id]; ok && old.Equal(&in) {
+		old, had := set.Get(id)
+		if had && old.Equal(&in) {
 			continue
 		}
 		if set == nil {
-			set = make(map[naming.InstanceID]*naming.Instance)
-			c.services[key] = set
+			set = newSmallMap[naming.InstanceID, *naming.Instance](len(instances))
+			c.services.Put(key, set)
 		}
 		if !changed {
 			changed = true
 			bump()
 		}
-		if _, ok := set[id]; !ok {
+		if !had {
 			svc := s.services[key]
 			if svc == nil {
 				svc = s.touchService(key)
 			}
 			s.setCount(svc, c, svc.clients[c]+1)
 		}
-		set[id] = &in
+		set.Put(id, &in)
 	}
 	return changed
 }
@@ -183,22 +187,22 @@ func (s *Store) Deregister(clientID string, key naming.ServiceKey, ids []naming.
 // dropLocked removes instances of key from c, calling bump before its
 // first change, and reports whether anything changed.
 func (s *Store) dropLocked(c *client, key naming.ServiceKey, ids []naming.InstanceID, bump func()) bool {
-	set := c.services[key]
+	set, _ := c.services.Get(key)
 	changed := false
 	for _, id := range ids {
-		if _, ok := set[id]; !ok {
+		if _, ok := set.Get(id); !ok {
 			continue
 		}
 		if !changed {
 			changed = true
 			bump()
 		}
-		delete(set, id)
+		set.Delete(id)
 		svc := s.services[key]
 		s.setCount(svc, c, svc.clients[c]-1)
 	}
-	if len(set) == 0 {
-		delete(c.services, key)
+	if set.Len() == 0 {
+		c.services.Delete(key)
 	}
 	return changed
 }
@@ -251,15 +255,15 @@ func (s *Store) ClientDelta(id string, touched map[naming.ServiceKey]map[naming.
 	if c == nil {
 		return nil, 0, false
 	}
-	for _, set := range c.services {
-		total += len(set)
+	for _, set := range c.services.All() {
+		total += set.Len()
 	}
 	services = make([]ServiceDelta, 0, len(touched))
 	for key, ids := range touched {
 		sd := ServiceDelta{Key: key}
-		set := c.services[key]
+		set, _ := c.services.Get(key)
 		for iid := range ids {
-			if in, ok := set[iid]; ok {
+			if in, ok := set.Get(iid); ok {
 				sd.Put = append(sd.Put, in.Clone())
 			} else {
 				sd.Removed = append(sd.Removed, iid)
@@ -293,11 +297,11 @@ func (s *Store) RemoveClient(clientID string) bool {
 		return false
 	}
 	delete(s.clients, clientID)
-	changed := make([]naming.ServiceKey, 0, len(c.services))
-	if len(c.services) > 0 {
+	changed := make([]naming.ServiceKey, 0, c.services.Len())
+	if c.services.Len() > 0 {
 		s.rev++
 	}
-	for key := range c.services {
+	for key := range c.services.All() {
 		svc := s.services[key]
 		s.setCount(svc, c, 0)
 		s.touchService(key)
@@ -339,7 +343,8 @@ func (s *Store) Instances(key naming.ServiceKey) ([]naming.Instance, uint64) {
 		}
 		list := make([]naming.Instance, 0, n)
 		for c := range svc.clients {
-			for _, in := range c.services[key] {
+			set, _ := c.services.Get(key)
+			for _, in := range set.All() {
 				list = append(list, *in)
 			}
 		}
@@ -402,8 +407,8 @@ func (s *Store) Client(id string) (ClientInfo, bool) {
 		return ClientInfo{}, false
 	}
 	n := 0
-	for _, set := range c.services {
-		n += len(set)
+	for _, set := range c.services.All() {
+		n += set.Len()
 	}
 	return ClientInfo{ID: c.id, Owner: c.owner, Revision: c.revision, Instances: n}, true
 }
@@ -416,15 +421,40 @@ func (s *Store) ClientInstances(id string) map[naming.ServiceKey][]naming.Instan
 	if c == nil {
 		return nil
 	}
-	out := make(map[naming.ServiceKey][]naming.Instance, len(c.services))
-	for key, set := range c.services {
-		list := make([]naming.Instance, 0, len(set))
-		for _, in := range set {
+	out := make(map[naming.ServiceKey][]naming.Instance, c.services.Len())
+	for key, set := range c.services.All() {
+		list := make([]naming.Instance, 0, set.Len())
+		for _, in := range set.All() {
 			list = append(list, in.Clone())
 		}
 		naming.SortInstances(list)
 		out[key] = list
 	}
+	return out
+}
+
+// clientServices returns a client's instances as a list sorted by
+// service, each service's instances sorted, for a replicated state. The
+// instances are copies but share their metadata maps with the store, which
+// never writes into a stored map (it replaces instances whole): the caller
+// must not write into them either.
+func (s *Store) clientServices(id string) []ServiceInstances {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	c := s.clients[id]
+	if c == nil {
+		return nil
+	}
+	out := make([]ServiceInstances, 0, c.services.Len())
+	for key, set := range c.services.All() {
+		list := make([]naming.Instance, 0, set.Len())
+		for _, in := range set.All() {
+			list = append(list, *in)
+		}
+		naming.SortInstances(list)
+		out = append(out, ServiceInstances{Key: key, Instances: list})
+	}
+	slices.SortFunc(out, func(a, b ServiceInstances) int { return a.Key.Compare(b.Key) })
 	return out
 }
 
@@ -465,6 +495,17 @@ func (s *Store) setCount(svc *service, c *client, n int) {
 // be normalized; the store keeps copies. It reports whether any instance
 // changed.
 func (s *Store) ReplaceClient(clientID, owner string, services map[naming.ServiceKey][]naming.Instance) bool {
+	list := make([]ServiceInstances, 0, len(services))
+	for key, ins := range services {
+		list = append(list, ServiceInstances{Key: key, Instances: ins})
+	}
+	return s.replaceClient(clientID, owner, list)
+}
+
+// replaceClient is ReplaceClient with the services as a list, which must
+// name each service at most once (dedupe makes it so). A replicated state
+// arrives as a list: taking it as is spares a map per apply.
+func (s *Store) replaceClient(clientID, owner string, services []ServiceInstances) bool {
 	s.mu.Lock()
 	c := s.getClient(clientID, owner)
 	c.owner = owner
@@ -477,39 +518,44 @@ func (s *Store) ReplaceClient(clientID, owner string, services map[naming.Servic
 		}
 	}
 	// Services the client no longer has.
-	for key := range c.services {
-		if _, ok := services[key]; ok {
-			continue
+	if c.services.Len() > 0 {
+		keep := keySet(services)
+		for key := range c.services.All() {
+			if !keep(key) {
+				changed = append(changed, key)
+			}
 		}
-		bump()
-		s.setCount(s.services[key], c, 0)
-		delete(c.services, key)
-		changed = append(changed, key)
+		for _, key := range changed {
+			bump()
+			s.setCount(s.services[key], c, 0)
+			c.services.Delete(key)
+		}
 	}
 	// Services added or changed.
-	for key, list := range services {
-		old := c.services[key]
+	for _, si := range services {
+		key, list := si.Key, si.Instances
+		old, _ := c.services.Get(key)
 		if sameSet(old, list) {
 			continue
 		}
 		bump()
-		set := make(map[naming.InstanceID]*naming.Instance, len(list))
+		set := newSmallMap[naming.InstanceID, *naming.Instance](len(list))
 		for i := range list {
 			in := list[i].Clone()
 			in.Ephemeral = true
-			set[in.ID()] = &in
+			set.Put(in.ID(), &in)
 		}
-		if len(set) == 0 {
-			delete(c.services, key)
+		if set.Len() == 0 {
+			c.services.Delete(key)
 		} else {
-			c.services[key] = set
+			c.services.Put(key, set)
 		}
 		svc := s.services[key]
 		if svc == nil {
 			svc = &service{clients: make(map[*client]int)}
 			s.services[key] = svc
 		}
-		s.setCount(svc, c, len(set))
+		s.setCount(svc, c, set.Len())
 		changed = append(changed, key)
 	}
 	var obs Observer
@@ -526,13 +572,28 @@ func (s *Store) ReplaceClient(clientID, owner string, services map[naming.Servic
 	return bumped
 }
 
-func sameSet(old map[naming.InstanceID]*naming.Instance, list []naming.Instance) bool {
-	if len(old) != len(list) {
+// keySet returns a membership test for the services' keys: a scan for a
+// few (a client holds one or two services as a rule), a set beyond.
+func keySet(services []ServiceInstances) func(naming.ServiceKey) bool {
+	if len(services) <= 8 {
+		return func(k naming.ServiceKey) bool {
+			return slices.ContainsFunc(services, func(si ServiceInstances) bool { return si.Key == k })
+		}
+	}
+	set := make(map[naming.ServiceKey]struct{}, len(services))
+	for _, si := range services {
+		set[si.Key] = struct{}{}
+	}
+	return func(k naming.ServiceKey) bool { _, ok := set[k]; return ok }
+}
+
+func sameSet(old *instSet, list []naming.Instance) bool {
+	if old.Len() != len(list) {
 		return false
 	}
 	for i := range list {
 		in := &list[i]
-		o, ok := old[in.ID()]
+		o, ok := old.Get(in.ID())
 		if !ok {
 			return false
 		}

@@ -209,6 +209,31 @@ func BenchmarkMemoryPerInstance(b *testing.B) {
 	}
 }
 
+// BenchmarkMemoryPerSessionInstance is BenchmarkMemoryPerInstance for a
+// session per instance: 200,000 clients of one instance each, the shape of
+// the bench-compare ephemeral workload (and of an app that registers
+// itself), where a client's own bookkeeping is not shared.
+func BenchmarkMemoryPerSessionInstance(b *testing.B) {
+	const clients = 200_000
+	for b.Loop() {
+		runtime.GC()
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		s := NewStore(nil)
+		for c := 0; c < clients; c++ {
+			key := naming.ServiceKey{Namespace: "public", Group: "DEFAULT_GROUP", Service: fmt.Sprintf("svc-%d", c%1000)}
+			in := inst(fmt.Sprintf("10.%d.%d.%d", c>>16&255, c>>8&255, c&255), 8080)
+			in.Metadata = map[string]string{"version": "1.0"}
+			s.Register(fmt.Sprintf("client-%06d", c), "node-1", key, []naming.Instance{in})
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		perInst := float64(after.HeapAlloc-before.HeapAlloc) / clients
+		b.ReportMetric(perInst, "heap-bytes/instance")
+		runtime.KeepAlive(s)
+	}
+}
+
 func TestRevisionNeverGoesBack(t *testing.T) {
 	s := NewStore(nil)
 	base := s.Revision(svcA)

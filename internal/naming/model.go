@@ -39,6 +39,17 @@ func (k ServiceKey) String() string {
 	return k.Namespace + "/" + k.Group + "/" + k.Service
 }
 
+// Compare orders keys by namespace, then group, then service.
+func (k ServiceKey) Compare(o ServiceKey) int {
+	if c := strings.Compare(k.Namespace, o.Namespace); c != 0 {
+		return c
+	}
+	if c := strings.Compare(k.Group, o.Group); c != 0 {
+		return c
+	}
+	return strings.Compare(k.Service, o.Service)
+}
+
 // ParseServiceKey is the inverse of String.
 func ParseServiceKey(s string) (ServiceKey, bool) {
 	parts := strings.SplitN(s, "/", 3)
