@@ -48,7 +48,9 @@ func instanceFromProto(p *regentv1.Instance, ephemeral bool) (naming.Instance, e
 		in.Enabled = p.GetEnabled()
 	}
 	if len(p.Metadata) > 0 {
-		in.Metadata = maps.Clone(p.Metadata)
+		// Shared, not copied: p is a decoded request that nothing uses
+		// after, and every store keeps its own copy of what it holds.
+		in.Metadata = p.Metadata
 	}
 	return naming.NormalizeInstance(in)
 }
