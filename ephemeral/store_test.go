@@ -184,29 +184,8 @@ func TestConcurrentUse(t *testing.T) {
 // at 100,000 clients x 10 instances (1,000,000 instances) in the store
 // itself, without gRPC streams. Target: <= 1 KiB per instance.
 func BenchmarkMemoryPerInstance(b *testing.B) {
-	const clients, per = 100_000, 10
-	for b.Loop() {
-		runtime.GC()
-		var before, after runtime.MemStats
-		runtime.ReadMemStats(&before)
-		s := NewStore(nil)
-		for c := 0; c < clients; c++ {
-			id := fmt.Sprintf("client-%06d", c)
-			key := naming.ServiceKey{Namespace: "public", Group: "DEFAULT_GROUP", Service: fmt.Sprintf("svc-%d", c%1000)}
-			list := make([]naming.Instance, per)
-			for i := range list {
-				list[i] = inst(fmt.Sprintf("10.%d.%d.%d", c>>16&255, c>>8&255, c&255), 8000+i)
-				list[i].Metadata = map[string]string{"version": "1.0"}
-			}
-			s.Register(id, "node-1", key, list)
-		}
-		runtime.GC()
-		runtime.ReadMemStats(&after)
-		perInst := float64(after.HeapAlloc-before.HeapAlloc) / float64(clients*per)
-		b.ReportMetric(perInst, "heap-bytes/instance")
-		b.ReportMetric(perInst/1024, "KiB/instance")
-		runtime.KeepAlive(s)
-	}
+	perInst := heapPerInstance(b, 100_000, 10)
+	b.ReportMetric(perInst/1024, "KiB/instance")
 }
 
 // BenchmarkMemoryPerSessionInstance is BenchmarkMemoryPerInstance for a
@@ -214,7 +193,14 @@ func BenchmarkMemoryPerInstance(b *testing.B) {
 // the bench-compare ephemeral workload (and of an app that registers
 // itself), where a client's own bookkeeping is not shared.
 func BenchmarkMemoryPerSessionInstance(b *testing.B) {
-	const clients = 200_000
+	heapPerInstance(b, 200_000, 1)
+}
+
+// heapPerInstance fills a store with clients of per instances each (one
+// metadata entry each, 1,000 services), reports the heap it holds per
+// instance and returns it.
+func heapPerInstance(b *testing.B, clients, per int) float64 {
+	var perInst float64
 	for b.Loop() {
 		runtime.GC()
 		var before, after runtime.MemStats
@@ -222,16 +208,20 @@ func BenchmarkMemoryPerSessionInstance(b *testing.B) {
 		s := NewStore(nil)
 		for c := 0; c < clients; c++ {
 			key := naming.ServiceKey{Namespace: "public", Group: "DEFAULT_GROUP", Service: fmt.Sprintf("svc-%d", c%1000)}
-			in := inst(fmt.Sprintf("10.%d.%d.%d", c>>16&255, c>>8&255, c&255), 8080)
-			in.Metadata = map[string]string{"version": "1.0"}
-			s.Register(fmt.Sprintf("client-%06d", c), "node-1", key, []naming.Instance{in})
+			list := make([]naming.Instance, per)
+			for i := range list {
+				list[i] = inst(fmt.Sprintf("10.%d.%d.%d", c>>16&255, c>>8&255, c&255), 8000+i)
+				list[i].Metadata = map[string]string{"version": "1.0"}
+			}
+			s.Register(fmt.Sprintf("client-%06d", c), "node-1", key, list)
 		}
 		runtime.GC()
 		runtime.ReadMemStats(&after)
-		perInst := float64(after.HeapAlloc-before.HeapAlloc) / clients
-		b.ReportMetric(perInst, "heap-bytes/instance")
+		perInst = float64(after.HeapAlloc-before.HeapAlloc) / float64(clients*per)
 		runtime.KeepAlive(s)
 	}
+	b.ReportMetric(perInst, "heap-bytes/instance")
+	return perInst
 }
 
 func TestRevisionNeverGoesBack(t *testing.T) {
