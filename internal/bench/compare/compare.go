@@ -26,7 +26,8 @@
 //     (etcd's client has no such cache);
 //   - notify: a register on one node seen by a subscriber on another,
 //     beside a put seen by a watch on another member (latency); each
-//     client changes its own service at most every NotifyPace, as
+//     client changes its own service at most every NotifyPace (a round
+//     lasts long enough for NotifySamples changes), as
 //     services change now and then (Regent merges a burst of changes to
 //     one service into a push per merge window), and before each change,
 //     untimed, removes its previous instance (key) and waits until the
@@ -62,6 +63,20 @@ const (
 
 // NotifyPace spaces each notify client's changes (both systems alike).
 const NotifyPace = 50 * time.Millisecond
+
+// NotifySamples is how many changes a notify round measures at least, for
+// every system alike: at one client a 2 s round paced by NotifyPace holds
+// 40, and the p99 of 40 samples is their maximum, one late push.
+const NotifySamples = 100
+
+// roundDuration is how long a round of workload w at clients runs: d, or
+// for notify at least long enough for NotifySamples changes.
+func roundDuration(w string, clients int, d time.Duration) time.Duration {
+	if w == Notify && clients > 0 {
+		d = max(d, NotifySamples*NotifyPace/time.Duration(clients))
+	}
+	return d
+}
 
 // Workloads lists every workload.
 var Workloads = []string{Ephemeral, Shared, Persistent, Noop, Lookup, Watched, Notify, Removal}
@@ -279,7 +294,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 				order := roundOrder(systems, r)
 				for _, sys := range order {
 					meter := &cpuMeter{pids: sys.pids()}
-					s, err := sys.measure(load.WithWindow(ctx, meter.window), w, c, r, o.Duration)
+					s, err := sys.measure(load.WithWindow(ctx, meter.window), w, c, r, roundDuration(w, c, o.Duration))
 					if err != nil {
 						return nil, fmt.Errorf("%s %s at %d clients, round %d: %w", sys.name(), w, c, r, err)
 					}

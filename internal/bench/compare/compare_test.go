@@ -191,6 +191,26 @@ func TestTableWithZooKeeper(t *testing.T) {
 
 // Two systems alternate which goes first; three rotate, so that over three
 // rounds each runs first, second and third once.
+// A notify round at few clients runs long enough for NotifySamples
+// changes; other rounds, and notify at many clients, run the set time.
+func TestRoundDuration(t *testing.T) {
+	for _, tc := range []struct {
+		w       string
+		clients int
+		want    time.Duration
+	}{
+		{Notify, 1, 5 * time.Second},
+		{Notify, 2, 2500 * time.Millisecond},
+		{Notify, 16, 2 * time.Second},
+		{Lookup, 1, 2 * time.Second},
+		{Removal, 1, 2 * time.Second},
+	} {
+		if got := roundDuration(tc.w, tc.clients, 2*time.Second); got != tc.want {
+			t.Errorf("%s at %d clients: %v, want %v", tc.w, tc.clients, got, tc.want)
+		}
+	}
+}
+
 func TestRoundOrder(t *testing.T) {
 	a, b, c := &regentSystem{}, &etcdSystem{}, &zkSystem{}
 	name := func(o []system) string {

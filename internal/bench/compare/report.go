@@ -14,7 +14,7 @@ var workloadTitles = map[string]string{
 	Noop:       "the cheapest round trip to a node, which bounds every request to a server (Regent: a Ping on the SDK's session, the path its lookups take; etcd: the standard gRPC health Check, a unary call as its range is); a baseline, no target",
 	Lookup:     "lookup of a 10-instance service from the server (Regent: the SDK's GetService, which goes over the client's session; etcd: serializable range over the prefix)",
 	Watched:    "the same lookup by a client subscribed to the service (Regent: GetService, answered by the SDK from its push-kept cache; etcd: the same serializable range, its client having no such cache)",
-	Notify:     "change notification on another node (Regent: register → subscriber push; etcd: put → watch event), each client changing its own service at most every 50 ms; before each change, untimed, the client's previous instance (etcd: key) is removed and seen gone, so the service holds one instance",
+	Notify:     "change notification on another node (Regent: register → subscriber push; etcd: put → watch event), each client changing its own service at most every 50 ms, each round long enough for at least 100 changes (5 s at one client); before each change, untimed, the client's previous instance (etcd: key) is removed and seen gone, so the service holds one instance",
 	Removal:    "removal after a client process is killed (Regent: session end; etcd: lease expiry), kill → gone for a watcher on another node",
 }
 
