@@ -664,17 +664,18 @@ func dedupe(services []ServiceInstances) []ServiceInstances {
 }
 
 // hasDuplicates reports whether services names a service or, within one,
-// an instance twice, or holds a service with no instance.
+// an instance twice, or holds a service with no instance. It scans short
+// lists (up to smallMax) pairwise and uses a set beyond.
 func hasDuplicates(services []ServiceInstances) bool {
 	var keys map[naming.ServiceKey]struct{}
-	if len(services) > 8 {
+	if len(services) > smallMax {
 		keys = make(map[naming.ServiceKey]struct{}, len(services))
 	}
 	for i, s := range services {
 		if len(s.Instances) == 0 {
 			return true
 		}
-		if len(services) <= 8 {
+		if len(services) <= smallMax {
 			for j := range i {
 				if services[j].Key == s.Key {
 					return true
@@ -686,7 +687,7 @@ func hasDuplicates(services []ServiceInstances) bool {
 			}
 			keys[s.Key] = struct{}{}
 		}
-		if len(s.Instances) <= 8 {
+		if len(s.Instances) <= smallMax {
 			for a := range s.Instances {
 				for b := range a {
 					if s.Instances[a].ID() == s.Instances[b].ID() {

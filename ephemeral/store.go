@@ -575,7 +575,7 @@ func (s *Store) replaceClient(clientID, owner string, services []ServiceInstance
 // keySet returns a membership test for the services' keys: a scan for a
 // few (a client holds one or two services as a rule), a set beyond.
 func keySet(services []ServiceInstances) func(naming.ServiceKey) bool {
-	if len(services) <= 8 {
+	if len(services) <= smallMax {
 		return func(k naming.ServiceKey) bool {
 			return slices.ContainsFunc(services, func(si ServiceInstances) bool { return si.Key == k })
 		}
