@@ -11,6 +11,7 @@ package persistent
 //	go test -run '^$' -bench '^BenchmarkRaftRegisterVsBareRaft$' -benchtime 1x -timeout 30m ./persistent/
 //	go test -run '^$' -bench '^BenchmarkRaftRestart1M$' -benchtime 1x -timeout 30m ./persistent/
 //	go test -run '^$' -bench '^BenchmarkRaftFailover$' -benchtime 1x -timeout 30m ./persistent/
+//	go test -run '^$' -bench '^BenchmarkRaftLogAppendFloor$' -benchtime 1x -timeout 30m ./persistent/
 //
 // Knobs (flags of the test binary, after the package):
 //
@@ -27,7 +28,9 @@ package persistent
 //	                             with SerialLeaderWrite (hashicorp/raft's order)
 //
 // The harness is in cluster_bench_test.go; BenchmarkRaftRestart1M is in
-// restart_bench_test.go and BenchmarkRaftFailover in failover_bench_test.go.
+// restart_bench_test.go, BenchmarkRaftFailover in failover_bench_test.go
+// and BenchmarkRaftLogAppendFloor (one log append on this disk, raft-boltdb
+// beside a one-fdatasync write-ahead log) in logfloor_bench_test.go.
 
 import (
 	"context"
