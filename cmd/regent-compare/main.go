@@ -40,6 +40,7 @@ func main() {
 	flag.DurationVar(&o.Duration, "duration", o.Duration, "time of each measurement")
 	flag.IntVar(&o.Rounds, "rounds", o.Rounds, "rounds per workload and concurrency; the systems alternate")
 	flag.Int64Var(&o.EtcdTTL, "etcd-ttl", o.EtcdTTL, "lease TTL (s) of etcd's removal workload")
+	flag.BoolVar(&o.EtcdKeepHistory, "etcd-keep-history", false, "do not compact etcd's history before each etcd measurement (the default compacts it, untimed, as a maintained etcd does)")
 	flag.StringVar(&dir, "dir", "", "folder for the clusters' data and logs (default: a new temporary folder)")
 	flag.BoolVar(&keep, "keep", false, "keep the folder after the run")
 	flag.StringVar(&o.ProfileDir, "regent-profile", "", "write a CPU profile of every Regent node over each Regent measurement to this folder")

@@ -98,9 +98,13 @@ type Options struct {
 	// EtcdTTL is the lease TTL, in seconds, of the etcd removal workload:
 	// the shortest etcd grants with its default timings is 2 s (it
 	// raises shorter ones to its minimum).
-	EtcdTTL   int64
-	Workloads []string
-	Progress  io.Writer
+	EtcdTTL int64
+	// EtcdKeepHistory leaves etcd's history alone: by default it is
+	// compacted, untimed, before every etcd measurement, as a maintained
+	// etcd compacts (see etcdSystem.compact).
+	EtcdKeepHistory bool
+	Workloads       []string
+	Progress        io.Writer
 	// RegentArgs are added to every `regent server` command line (say
 	// --pprof, to profile a node during the run).
 	RegentArgs []string
@@ -218,8 +222,11 @@ type Result struct {
 	// ZooKeeperEpochs: each server's epoch (its last zxid's high half)
 	// before and after; a rise means a new ZooKeeper leader.
 	ZooKeeperEpochsBefore, ZooKeeperEpochsAfter []uint64
-	Started                                     time.Time
-	Elapsed                                     time.Duration
+	// EtcdKeptHistory: etcd's history was not compacted between
+	// measurements (Options.EtcdKeepHistory).
+	EtcdKeptHistory bool
+	Started         time.Time
+	Elapsed         time.Duration
 }
 
 // Run starts both clusters, measures every workload at every concurrency
@@ -231,7 +238,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	if o.Progress == nil {
 		o.Progress = io.Discard
 	}
-	res := &Result{Started: time.Now()}
+	res := &Result{Started: time.Now(), EtcdKeptHistory: o.EtcdKeepHistory}
 	logf := func(format string, args ...any) {
 		fmt.Fprintf(o.Progress, "[%6.1fs] %s\n", time.Since(res.Started).Seconds(), fmt.Sprintf(format, args...))
 	}
@@ -253,7 +260,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	}
 	defer ec.stop()
 	logf("etcd up at %v", ec.Endpoints)
-	et := &etcdSystem{endpoints: ec.Endpoints, self: o.Self, ttl: o.EtcdTTL, procs: ec.pids()}
+	et := &etcdSystem{endpoints: ec.Endpoints, self: o.Self, ttl: o.EtcdTTL, procs: ec.pids(), keepHistory: o.EtcdKeepHistory}
 	if res.EtcdTermsBefore, _, err = ec.terms(ctx); err != nil {
 		return nil, err
 	}

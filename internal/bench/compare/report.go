@@ -97,6 +97,11 @@ func (r *Result) Table(w io.Writer, cmdline string) {
 		}
 		fmt.Fprintln(w, ".")
 	}
+	if r.EtcdKeptHistory {
+		fmt.Fprintln(w, "- etcd's history was kept for the whole run (-etcd-keep-history): each etcd workload met the revisions of those measured before it.")
+	} else {
+		fmt.Fprintln(w, "- etcd's history was compacted (physical, untimed) before every etcd measurement, as a maintained etcd compacts.")
+	}
 	fmt.Fprintf(w, "- etcd Raft term of each member before the first measurement %v, after the last %v", r.EtcdTermsBefore, r.EtcdTermsAfter)
 	if fmt.Sprint(r.EtcdTermsBefore) == fmt.Sprint(r.EtcdTermsAfter) {
 		fmt.Fprintln(w, " (no leader change during the run).")

@@ -9,9 +9,13 @@ package compare
 
 import (
 	"context"
+	"errors"
 	"os"
 	"testing"
 	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // exerciseAll runs every workload at 2 clients for a short while and
@@ -48,7 +52,24 @@ func TestEtcdWorkloads(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	exerciseAll(t, &etcdSystem{endpoints: ec.Endpoints, self: self, ttl: 2, procs: ec.pids()})
+	sys := &etcdSystem{endpoints: ec.Endpoints, self: self, ttl: 2, procs: ec.pids()}
+	exerciseAll(t, sys)
+
+	// Each measurement started on a compacted history: the revisions
+	// before the last compaction are gone.
+	if sys.compacted == 0 {
+		t.Fatal("etcd's history was never compacted")
+	}
+	c, err := newEtcdClient(ec.Endpoints[:1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	cctx, ccancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer ccancel()
+	if _, err := c.Get(cctx, "/", clientv3.WithRev(sys.compacted-1)); !errors.Is(err, rpctypes.ErrCompacted) {
+		t.Fatalf("a read at revision %d, before the last compaction at %d: err %v, want %v", sys.compacted-1, sys.compacted, err, rpctypes.ErrCompacted)
+	}
 }
 
 func TestZooKeeperWorkloads(t *testing.T) {
