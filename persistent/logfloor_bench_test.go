@@ -31,6 +31,7 @@ func BenchmarkRaftLogAppendFloor(b *testing.B) {
 			d := *benchRaftDuration
 			var bolt, wal []time.Duration
 			var boltRounds, walRounds []time.Duration
+			var lines []string
 			for r := range rounds {
 				order := []string{"raft-boltdb", "wal"}
 				if r%2 == 1 {
@@ -42,7 +43,7 @@ func BenchmarkRaftLogAppendFloor(b *testing.B) {
 						b.Fatal(err)
 					}
 					slices.Sort(lat)
-					b.Logf("round %d %-11s %d appends, p50 %v p99 %v", r, kind, len(lat), pct(lat, 0.50), pct(lat, 0.99))
+					lines = append(lines, fmt.Sprintf("round %d %-11s %d appends, p50 %v p99 %v", r, kind, len(lat), pct(lat, 0.50), pct(lat, 0.99)))
 					if kind == "wal" {
 						wal, walRounds = append(wal, lat...), append(walRounds, pct(lat, 0.50))
 					} else {
@@ -66,6 +67,9 @@ func BenchmarkRaftLogAppendFloor(b *testing.B) {
 			b.ReportMetric(ratios[len(ratios)/2], "round-ratio-median")
 			b.Logf("%d appender(s), %d rounds of %v: raft-boltdb p50 %v p99 %v (%d appends); one-fdatasync WAL p50 %v p99 %v (%d appends); p50 ratio %.2f, per round %.2f-%.2f",
 				appenders, rounds, d, bp50, pct(bolt, 0.99), len(bolt), wp50, pct(wal, 0.99), len(wal), float64(bp50)/float64(wp50), ratios[0], ratios[len(ratios)-1])
+			for _, l := range lines {
+				b.Log(l) // after the summary: go test keeps only a benchmark's first lines
+			}
 		})
 	}
 }
