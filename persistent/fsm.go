@@ -66,6 +66,16 @@ func (f *FSM) setDurableGate(wait func(index uint64) error, fatal func(error)) {
 	f.durable, f.fatal = wait, fatal
 }
 
+// stop stops the node for a failure of the state: through fatal when the
+// store set it, else by a panic.
+func (f *FSM) stop(err error) {
+	if f.fatal != nil {
+		f.fatal(err)
+		return
+	}
+	panic(err)
+}
+
 func (f *FSM) readApplied() uint64 {
 	var i uint64
 	_ = f.db.View(func(tx *storage.Tx) error { i = tx.AppliedIndex(); return nil })
@@ -119,9 +129,10 @@ type applyResult struct {
 // Apply applies one entry.
 func (f *FSM) Apply(l *raft.Log) any { return f.ApplyBatch([]*raft.Log{l})[0] }
 
-// ApplyBatch applies a batch of entries in one bbolt transaction: one fsync
-// for the batch, which is what keeps the daemon near bare Raft's speed
-// under many writers. Entries at or below the stored applied index are
+// ApplyBatch applies a batch of entries in the state's pending bbolt
+// transaction, which batches that follow join until it commits (see
+// OpenStateWith): one commit for many entries, which is what keeps the
+// daemon near bare Raft's speed under many writers. Entries at or below the stored applied index are
 // skipped (a replay after restart). A command that does not decode or
 // validate changes nothing and answers its error; every node decides that
 // alike. A failure of the storage itself stops the node (panic): its state
@@ -145,7 +156,9 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 	}
 	var changed map[naming.ServiceKey]struct{}
 	var last uint64
-	err := f.db.Update(func(tx *storage.Tx) error {
+	// Deferred: the batch joins the state's pending transaction, which
+	// commits within its delay or before anything reads the state.
+	err := f.db.UpdateDeferred(func(tx *storage.Tx) error {
 		applied := tx.AppliedIndex()
 		changed = make(map[naming.ServiceKey]struct{})
 		for i, l := range logs {

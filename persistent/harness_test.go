@@ -94,7 +94,7 @@ func (c *tcluster) start(i int) {
 	if err := os.MkdirAll(nd.dir, 0o700); err != nil {
 		c.t.Fatal(err)
 	}
-	db, err := OpenState(filepath.Join(nd.dir, "state.db"), testLogger(c.t))
+	db, err := OpenStateWith(filepath.Join(nd.dir, "state.db"), testLogger(c.t), c.config(nd).StateCommitDelay)
 	if err != nil {
 		c.t.Fatal(err)
 	}
@@ -132,15 +132,33 @@ func (c *tcluster) rewire() {
 // crash stops node i without leaving: raft shuts down, files stay.
 func (c *tcluster) crash(i int) {
 	c.t.Helper()
-	c.mu.Lock()
-	nd := c.nodes[i]
-	c.up[i] = false
-	c.mu.Unlock()
+	nd := c.down(i)
 	_ = nd.store.Close()
 	if err := nd.db.Close(); err != nil {
 		c.t.Fatal(err)
 	}
 	c.rewire()
+}
+
+// kill stops node i as kill -9 does: the state's pending transaction never
+// reaches its file (the state is closed first, so that the store's own
+// Close cannot commit it), then raft shuts down. Call it while the node
+// applies nothing.
+func (c *tcluster) kill(i int) {
+	c.t.Helper()
+	nd := c.down(i)
+	if err := storage.CrashForTest(nd.db); err != nil {
+		c.t.Fatal(err)
+	}
+	_ = nd.store.Close()
+	c.rewire()
+}
+
+func (c *tcluster) down(i int) *tnode {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.up[i] = false
+	return c.nodes[i]
 }
 
 // isolate cuts node i off from every other node; heal undoes every cut.

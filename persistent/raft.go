@@ -132,6 +132,11 @@ type RaftConfig struct {
 	// StateSyncInterval is how often the FSM's state (opened by OpenState
 	// without fsync per commit) is flushed to disk.
 	StateSyncInterval time.Duration
+	// StateCommitDelay is how long applied entries may wait in the
+	// state's pending transaction before it commits (sooner when anything
+	// reads the state); 0 commits each batch of entries at once. The
+	// daemon opens the state with it (OpenStateWith).
+	StateCommitDelay time.Duration
 	// Forwarder reaches the leader. Required in a cluster.
 	Forwarder Forwarder
 	// Membership feeds the reconciler; nil for a store driven only by
@@ -166,6 +171,7 @@ func DefaultRaftConfig() RaftConfig {
 		ReconcileInterval:  time.Second,
 		DeadServerCleanup:  time.Minute,
 		StateSyncInterval:  time.Second,
+		StateCommitDelay:   DefaultStateCommitDelay,
 		TransportTimeout:   10 * time.Second, // as Consul's
 	}
 }
@@ -199,6 +205,9 @@ func (c *RaftConfig) Validate() error {
 	}
 	if c.TransportTimeout < 0 {
 		errs = append(errs, errors.New("raft transport timeout must not be negative"))
+	}
+	if c.StateCommitDelay < 0 || c.StateCommitDelay > c.StateSyncInterval {
+		errs = append(errs, errors.New("state commit delay must be between 0 and the state sync interval"))
 	}
 	if c.ApplyTimeout <= 0 || c.ReconcileInterval <= 0 || c.DeadServerCleanup <= 0 || c.StateSyncInterval <= 0 {
 		errs = append(errs, errors.New("apply timeout, reconcile interval, dead-server clean-up and state sync interval must be positive"))
@@ -911,7 +920,15 @@ func (s *Store) runStateSync(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if err := s.db.Sync(); err != nil && !errors.Is(err, storage.ErrClosed) {
+			err := s.db.Sync()
+			switch {
+			case errors.Is(err, storage.ErrDeferredLost):
+				// Applied entries never reached the state: it can no
+				// longer follow the log (raft replays them on start).
+				s.logger.Error("the state lost applied entries; stopping", "err", err)
+				s.fsm.stop(err)
+				return
+			case err != nil && !errors.Is(err, storage.ErrClosed):
 				s.logger.Warn("syncing the state to disk", "err", err)
 			}
 		}

@@ -12,6 +12,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/regent-registry/regent/internal/naming"
+	"github.com/regent-registry/regent/storage"
 )
 
 func ctxT(tb testing.TB) context.Context {
@@ -389,5 +390,72 @@ func TestRaftRebuildsAnUnreadableState(t *testing.T) {
 	c.waitApplied(c.node(li).store.FSM().AppliedIndex())
 	if got := listed(t, f.store, tkey); len(got) != 51 {
 		t.Fatalf("rebuilt node lists %d instances, want 51", len(got))
+	}
+}
+
+func TestRaftConfigValidateStateCommitDelay(t *testing.T) {
+	base := DefaultRaftConfig()
+	base.NodeID, base.Dir, base.BindAddr = "n1", t.TempDir(), "127.0.0.1:0"
+	for _, tc := range []struct {
+		delay time.Duration
+		ok    bool
+	}{
+		{DefaultStateCommitDelay, true},
+		{0, true},
+		{base.StateSyncInterval, true},
+		{-time.Millisecond, false},
+		{base.StateSyncInterval + time.Millisecond, false},
+	} {
+		c := base
+		c.StateCommitDelay = tc.delay
+		if err := c.Validate(); (err == nil) != tc.ok {
+			t.Errorf("StateCommitDelay %v: Validate = %v, want ok %v", tc.delay, err, tc.ok)
+		}
+	}
+}
+
+// kill -9 of every node while their states hold applied writes only in the
+// pending transaction (a long StateCommitDelay, no read): the states come
+// back without them, and raft replays them from the log, so every
+// acknowledged write is there again on every node.
+func TestRaftKillLosesOnlyPendingStateWhichTheLogReplays(t *testing.T) {
+	c := newTestCluster(t, 3, func(cfg *RaftConfig) {
+		cfg.StateCommitDelay, cfg.StateSyncInterval = time.Hour, time.Hour
+	})
+	ctx := ctxT(t)
+	const writes = 20
+	for i := range writes {
+		if _, err := c.node(i%3).store.Register(ctx, tkey, []naming.Instance{tinst(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	last := c.node(c.waitLeader()).store.FSM().AppliedIndex()
+	c.waitApplied(last)
+	for i := range 3 {
+		c.kill(i)
+	}
+	// The kill took the writes from the states on disk.
+	for i := range 3 {
+		db, err := OpenStateWith(filepath.Join(c.node(i).dir, "state.db"), nil, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var applied uint64
+		if err := db.View(func(tx *storage.Tx) error { applied = tx.AppliedIndex(); return nil }); err != nil {
+			t.Fatal(err)
+		}
+		db.Close()
+		if applied >= last {
+			t.Fatalf("%s's state on disk holds index %d after the kill, want below %d: nothing was pending", c.node(i).id, applied, last)
+		}
+	}
+	for i := range 3 {
+		c.start(i)
+	}
+	c.waitApplied(last)
+	for i := range 3 {
+		if got := listed(t, c.node(i).store, tkey); len(got) != writes {
+			t.Fatalf("%s lists %d instances after the kill and restart, want %d", c.node(i).id, len(got), writes)
+		}
 	}
 }

@@ -10,22 +10,37 @@ import (
 	"github.com/regent-registry/regent/storage"
 )
 
-// OpenState opens the FSM's bbolt state at path for a Raft store.
+// DefaultStateCommitDelay is how long the FSM's applied entries may wait in
+// one pending bbolt transaction before it commits (sooner when anything
+// reads the state): many applies share a commit, as etcd's backend commits
+// its batch transaction every 100 ms.
+const DefaultStateCommitDelay = 10 * time.Millisecond
+
+// OpenState opens the FSM's bbolt state at path for a Raft store, with
+// DefaultStateCommitDelay.
+func OpenState(path string, logger *slog.Logger) (*storage.DB, error) {
+	return OpenStateWith(path, logger, DefaultStateCommitDelay)
+}
+
+// OpenStateWith opens the FSM's bbolt state at path for a Raft store.
 //
 // The state is opened without fsync per commit: every acknowledged write is
 // durable in the Raft log (fsynced on a quorum), and the state is the log
 // applied, so it need not be fsynced on the write path; the store syncs it
-// every StateSyncInterval and on Close. A process crash (kill -9) loses
-// nothing either way: the page cache survives it. Only a power loss can
-// leave the state behind the log (Raft replays the rest on start) or, if the
-// disk reordered writes, unreadable: then OpenState moves the file aside
-// and starts from an empty state, which the store rebuilds from its newest
-// snapshot and the log.
-func OpenState(path string, logger *slog.Logger) (*storage.DB, error) {
+// every StateSyncInterval and on Close. The FSM's applies also wait up to
+// commitDelay in one pending transaction (storage.DB.UpdateDeferred; 0
+// commits each batch of entries at once): every read commits it first, so
+// a read sees every applied entry. A process crash (kill -9) loses at most
+// that pending transaction, which Raft replays from its log on start, as
+// it replays what a power loss takes from the page cache. If the disk
+// reordered writes in a power loss the state may be unreadable: then
+// OpenStateWith moves the file aside and starts from an empty state, which
+// the store rebuilds from its newest snapshot and the log.
+func OpenStateWith(path string, logger *slog.Logger, commitDelay time.Duration) (*storage.DB, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	opts := storage.Options{NoSync: true, NoFreelistSync: true}
+	opts := storage.Options{NoSync: true, NoFreelistSync: true, CommitDelay: commitDelay}
 	db, err := storage.Open(path, opts)
 	if err == nil || errors.Is(err, storage.ErrLocked) {
 		return db, err

@@ -34,6 +34,9 @@ type Options struct {
 	// Timeout is how long Open waits for the file lock held by another
 	// process; 0 means DefaultTimeout, a negative value waits forever.
 	Timeout time.Duration
+	// CommitDelay, when positive, lets UpdateDeferred leave its writes in
+	// one pending transaction for up to this long (see UpdateDeferred).
+	CommitDelay time.Duration
 }
 
 func (o Options) boltOptions() *bolt.Options {
@@ -63,6 +66,10 @@ type DB struct {
 
 	// restoreMu serializes Restore calls, which share the restore file.
 	restoreMu sync.Mutex
+
+	// pend is UpdateDeferred's pending transaction; every other use of
+	// the database commits it first.
+	pend pending
 }
 
 // Open opens or creates the database at path (mode 0600) and its root
@@ -136,12 +143,13 @@ func (db *DB) Close() error {
 	if db.bolt == nil {
 		return nil
 	}
+	perr := db.flushPending()
 	err := db.bolt.Close()
 	db.bolt = nil
 	if err != nil {
 		return fmt.Errorf("storage: close: %w", err)
 	}
-	return nil
+	return perr
 }
 
 // Sync flushes the file to disk (fdatasync): for a DB opened with NoSync,
@@ -151,6 +159,9 @@ func (db *DB) Sync() error {
 	defer db.mu.RUnlock()
 	if db.bolt == nil {
 		return ErrClosed
+	}
+	if err := db.flushPending(); err != nil {
+		return err
 	}
 	if err := db.bolt.Sync(); err != nil {
 		return fmt.Errorf("storage: sync: %w", err)
@@ -166,6 +177,13 @@ func (db *DB) Update(fn func(tx *Tx) error) error {
 	if db.bolt == nil {
 		return ErrClosed
 	}
+	// pend.mu stays held: no deferred transaction may open (and take
+	// bbolt's writer lock) between the commit and this transaction.
+	db.pend.mu.Lock()
+	defer db.pend.mu.Unlock()
+	if err := db.pend.commitLocked(); err != nil {
+		return err
+	}
 	return db.bolt.Update(func(btx *bolt.Tx) error { return fn(&Tx{btx: btx}) })
 }
 
@@ -175,6 +193,9 @@ func (db *DB) View(fn func(tx *Tx) error) error {
 	defer db.mu.RUnlock()
 	if db.bolt == nil {
 		return ErrClosed
+	}
+	if err := db.flushPending(); err != nil {
+		return err
 	}
 	return db.bolt.View(func(btx *bolt.Tx) error { return fn(&Tx{btx: btx}) })
 }
@@ -186,6 +207,9 @@ func (db *DB) Snapshot(w io.Writer) (int64, error) {
 	defer db.mu.RUnlock()
 	if db.bolt == nil {
 		return 0, ErrClosed
+	}
+	if err := db.flushPending(); err != nil {
+		return 0, err
 	}
 	var n int64
 	err := db.bolt.View(func(btx *bolt.Tx) error {
@@ -229,6 +253,9 @@ func (db *DB) Restore(r io.Reader) (err error) {
 	defer db.mu.Unlock()
 	if db.bolt == nil {
 		return ErrClosed
+	}
+	if err := db.flushPending(); err != nil {
+		return err
 	}
 	if err := db.bolt.Close(); err != nil {
 		// bbolt releases the file even when close reports an error;

@@ -11,6 +11,10 @@ var (
 	ErrCorrupt = errors.New("storage: corrupt record")
 	// ErrClosed is returned by operations on a closed DB.
 	ErrClosed = errors.New("storage: database closed")
+	// ErrDeferredLost: writes UpdateDeferred had accepted were not
+	// committed (their transaction was rolled back or its commit failed);
+	// the DB then refuses everything but Close.
+	ErrDeferredLost = errors.New("storage: deferred writes lost")
 	// ErrLocked is returned by Open when another process (or another DB in
 	// this process) holds the file lock for longer than Options.Timeout.
 	ErrLocked = errors.New("storage: database locked by another process")

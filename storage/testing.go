@@ -35,6 +35,9 @@ func CheckConsistency(db *DB) error {
 	if db.bolt == nil {
 		return nil
 	}
+	if err := db.flushPending(); err != nil {
+		return err
+	}
 	var errs []error
 	err := db.bolt.View(func(btx *bolt.Tx) error {
 		for err := range btx.Check() {
@@ -46,4 +49,23 @@ func CheckConsistency(db *DB) error {
 		return err
 	}
 	return joinCheck(errs)
+}
+
+// CrashForTest closes db as a killed process leaves its file: the pending
+// transaction of UpdateDeferred is rolled back, not committed; what was
+// committed stays. For crash tests of the layers above.
+func CrashForTest(db *DB) error {
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	if db.bolt == nil {
+		return nil
+	}
+	db.pend.mu.Lock()
+	if db.pend.tx != nil {
+		db.pend.close(db.pend.tx.Rollback)
+	}
+	db.pend.mu.Unlock()
+	err := db.bolt.Close()
+	db.bolt = nil
+	return err
 }

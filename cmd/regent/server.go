@@ -123,6 +123,7 @@ Stop with Ctrl-C (or SIGTERM): clients are told to reconnect elsewhere.
 	f.DurationVar(&cfg.Distro.VerifyInterval, "distro-verify-interval", cfg.Distro.VerifyInterval, "how often each node verifies its clients with each peer")
 	f.DurationVar(&cfg.Distro.Expiry, "distro-expiry", cfg.Distro.Expiry, "remove a replicated client its owner has not confirmed for this long")
 	f.DurationVar(&cfg.Distro.OwnerGrace, "distro-owner-grace", cfg.Distro.OwnerGrace, "keep a dead or departed node's clients this long, for them to reconnect elsewhere")
+	f.DurationVar(&cfg.Raft.StateCommitDelay, "state-commit-delay", cfg.Raft.StateCommitDelay, "applied persistent writes share one state commit for up to this long (every read commits it first); 0 commits each at once")
 	f.IntVar(&cfg.BootstrapExpect, "bootstrap-expect", 0, "servers to wait for before one of them bootstraps Raft with all (0: 1 without --join, else wait to be added by the leader)")
 	f.StringSliceVar(&healthNets, "health-check-networks", nil, "only health-check persistent instances in these CIDRs (default: every instance)")
 	f.StringVar(&cfg.LimitsFile, "limits", "", "JSON connection-limit rules, reloaded when the file changes")

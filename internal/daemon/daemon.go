@@ -262,7 +262,7 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("daemon: data dir: %w", err)
 	}
-	if d.db, err = persistent.OpenState(filepath.Join(cfg.DataDir, "state.db"), logger); err != nil {
+	if d.db, err = persistent.OpenStateWith(filepath.Join(cfg.DataDir, "state.db"), logger, cfg.Raft.StateCommitDelay); err != nil {
 		return nil, fmt.Errorf("daemon: open state: %w", err)
 	}
 	if d.peerTr, err = rpc.NewPeerTransport(rpc.PeerTransportConfig{Resolve: d.peerAddr, Metrics: d.metrics}); err != nil {
