@@ -132,10 +132,10 @@ func (f *FSM) Apply(l *raft.Log) any { return f.ApplyBatch([]*raft.Log{l})[0] }
 // ApplyBatch applies a batch of entries in the state's pending bbolt
 // transaction, which batches that follow join until it commits (see
 // OpenStateWith): one commit for many entries, which is what keeps the
-// daemon near bare Raft's speed under many writers. Entries at or below the stored applied index are
-// skipped (a replay after restart). A command that does not decode or
-// validate changes nothing and answers its error; every node decides that
-// alike. A failure of the storage itself stops the node (panic): its state
+// daemon near bare Raft's speed under many writers. Entries at or below
+// the stored applied index are skipped (a replay after restart). A command
+// that does not decode or validate changes nothing and answers its error;
+// every node decides that alike. A failure of the storage itself stops the node (panic): its state
 // could no longer follow the log, and Raft has no way to retry an entry.
 //
 // A batch is applied only once its entries are on the Raft log's disk on
