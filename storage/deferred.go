@@ -23,6 +23,15 @@ type pending struct {
 
 	open atomic.Bool           // tx != nil, read without mu by the fast path
 	lost atomic.Pointer[error] // set once deferred writes were lost
+
+	writes, commits atomic.Uint64 // for DeferredStats
+}
+
+// DeferredStats returns how many UpdateDeferred calls joined a pending
+// transaction, and how many pending transactions were committed: their
+// ratio is how many writes a commit carried (regent_state_*_total).
+func (db *DB) DeferredStats() (writes, commits uint64) {
+	return db.pend.writes.Load(), db.pend.commits.Load()
 }
 
 // UpdateDeferred runs fn in the pending write transaction, opening one if
@@ -76,6 +85,7 @@ func (db *DB) UpdateDeferred(fn func(tx *Tx) error) error {
 		return p.fail(fmt.Errorf("%w: the pending transaction was rolled back: %w", ErrDeferredLost, err))
 	}
 	p.n++
+	p.writes.Add(1)
 	return nil
 }
 
@@ -121,6 +131,7 @@ func (p *pending) commitLocked() error {
 	if err != nil {
 		return p.fail(fmt.Errorf("%w: commit: %w", ErrDeferredLost, err))
 	}
+	p.commits.Add(1)
 	return nil
 }
 

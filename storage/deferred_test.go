@@ -56,6 +56,9 @@ func TestUpdateDeferredSharesOneTransactionAndEveryReadSeesIt(t *testing.T) {
 	if db.pend.open.Load() {
 		t.Fatal("the read did not commit the pending transaction")
 	}
+	if w, c := db.DeferredStats(); w != 100 || c != 1 {
+		t.Fatalf("DeferredStats = %d writes, %d commits; want 100, 1", w, c)
+	}
 	// The read committed it to the file.
 	if err := db.Close(); err != nil {
 		t.Fatal(err)

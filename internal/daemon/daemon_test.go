@@ -40,7 +40,7 @@ func TestOperatorEndpoints(t *testing.T) {
 		t.Fatalf("/readyz %d", code)
 	}
 	code, body := get(t, base+"/metrics")
-	for _, m := range []string{"regent_sessions", "regent_ephemeral_instances", "regent_pushes_total", "regent_raft_forwarded_writes_total", "regent_raft_leader_log_commits_total", "regent_raft_leader_log_entries_total", "regent_registry_persistent_cache_hits_total", "regent_registry_persistent_cache_misses_total", "go_goroutines"} {
+	for _, m := range []string{"regent_sessions", "regent_ephemeral_instances", "regent_pushes_total", "regent_raft_forwarded_writes_total", "regent_raft_leader_log_commits_total", "regent_raft_leader_log_entries_total", "regent_state_deferred_applies_total", "regent_state_commits_total", "regent_registry_persistent_cache_hits_total", "regent_registry_persistent_cache_misses_total", "go_goroutines"} {
 		if code != 200 || !strings.Contains(body, m) {
 			t.Fatalf("/metrics (%d) lacks %s", code, m)
 		}
