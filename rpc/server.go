@@ -142,6 +142,8 @@ type Server struct {
 	// their writes in flight and end, which GracefulStop waits for.
 	draining  chan struct{}
 	drainOnce sync.Once
+	// handlers counts the calls and streams being served, for Shutdown.
+	handlers atomic.Int64
 }
 
 // NewServer assembles the gRPC server with every interceptor, the Registry,
@@ -210,28 +212,64 @@ func (s *Server) SetServing(ok bool) {
 	s.health.SetServingStatus(regentv1.Registry_ServiceDesc.ServiceName, st)
 }
 
+// goAwayWait is how long Shutdown lets clients answer the graceful stop's
+// GOAWAY once no call is left to finish, before it closes their
+// connections.
+const goAwayWait = 500 * time.Millisecond
+
 // Shutdown drains sessions (they are told to reconnect elsewhere), then
 // stops gRPC gracefully, falling back to a hard stop when ctx ends.
+//
+// gRPC's graceful stop also waits, on every connection, for the client to
+// acknowledge its GOAWAY ping, for up to 5 s (grpc-go), even when no call
+// is left on it: a client that is paused or cut off would hold the
+// shutdown that long. So once no handler runs, Shutdown gives the clients
+// goAwayWait to answer and then closes the connections, which then carry
+// nothing that could be lost.
 func (s *Server) Shutdown(ctx context.Context) {
 	s.SetServing(false)
 	s.drainOnce.Do(func() { close(s.draining) })
 	s.sessions.Drain(ctx)
 	done := make(chan struct{})
 	go func() { s.grpc.GracefulStop(); close(done) }()
-	select {
-	case <-done:
-	case <-ctx.Done():
-		s.grpc.Stop()
-		// Stop cancels every handler; one that ignores its context must
-		// not hold the shutdown forever (GracefulStop would wait for it).
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	var idleSince time.Time
+	for {
 		select {
 		case <-done:
-		case <-time.After(time.Second):
+			return
+		case <-ctx.Done():
+			s.stopHard(done)
+			return
+		case now := <-tick.C:
+			switch {
+			case s.handlers.Load() > 0:
+				idleSince = time.Time{}
+			case idleSince.IsZero():
+				idleSince = now
+			case now.Sub(idleSince) >= goAwayWait:
+				s.stopHard(done)
+				return
+			}
 		}
 	}
 }
 
+// stopHard closes every connection and cancels every handler. One that
+// ignores its context must not hold the shutdown forever (GracefulStop,
+// whose end done signals, would wait for it).
+func (s *Server) stopHard(done <-chan struct{}) {
+	s.grpc.Stop()
+	select {
+	case <-done:
+	case <-time.After(time.Second):
+	}
+}
+
 func (s *Server) recoverUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (resp any, err error) {
+	s.handlers.Add(1)
+	defer s.handlers.Add(-1)
 	defer func() {
 		if r := recover(); r != nil {
 			s.logger.Error("panic in handler", "method", info.FullMethod, "panic", r, "stack", string(debug.Stack()))
@@ -242,6 +280,8 @@ func (s *Server) recoverUnary(ctx context.Context, req any, info *grpc.UnaryServ
 }
 
 func (s *Server) recoverStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) (err error) {
+	s.handlers.Add(1)
+	defer s.handlers.Add(-1)
 	defer func() {
 		if r := recover(); r != nil {
 			s.logger.Error("panic in stream handler", "method", info.FullMethod, "panic", r, "stack", string(debug.Stack()))

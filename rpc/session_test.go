@@ -100,6 +100,8 @@ type envOptions struct {
 	// per replaces the persistent side (default: persistent.Local on a
 	// test database).
 	per registry.Persistent
+	// wrapConn, if set, wraps the client's side of each connection.
+	wrapConn func(net.Conn) net.Conn
 }
 
 type testEnv struct {
@@ -146,7 +148,13 @@ func newEnv(t testing.TB, opt envOptions) *testEnv {
 	go func() { defer close(serveDone); _ = srv.GRPC().Serve(lis) }()
 
 	conn, err := grpc.NewClient("passthrough:///bufnet",
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return bl.DialContext(ctx) }),
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
+			c, err := bl.DialContext(ctx)
+			if err == nil && opt.wrapConn != nil {
+				c = opt.wrapConn(c)
+			}
+			return c, err
+		}),
 		grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
