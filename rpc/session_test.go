@@ -164,8 +164,10 @@ func newEnv(t testing.TB, opt envOptions) *testEnv {
 		srv.GRPC().Stop()
 		<-serveDone
 		// Stop does not wait for handlers; every session handler removes
-		// its session before it returns.
+		// its session before it returns, and no handler may still write
+		// when the database's own clean-up checks and closes it.
 		waitFor(t, "all sessions removed at shutdown", func() bool { return srv.Sessions().Count() == 0 })
+		waitFor(t, "every handler returned at shutdown", func() bool { return srv.handlers.Load() == 0 })
 	})
 	return &testEnv{reg: reg, srv: srv, clock: clock, conn: conn, client: regentv1.NewRegistryClient(conn)}
 }
