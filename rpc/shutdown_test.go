@@ -89,19 +89,13 @@ func TestShutdownDoesNotWaitOnAFrozenClient(t *testing.T) {
 	}
 	mu.Unlock()
 
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	// The deadline is grpc-go's own wait for a GOAWAY ping's ack: a
+	// Shutdown that waits for the frozen client's ack can only end at it,
+	// by the hard stop (6.3 s in all before the fix).
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	start := time.Now()
 	e.srv.Shutdown(ctx)
-	took := time.Since(start)
 	if ctx.Err() != nil {
-		t.Fatal("Shutdown returned only at its deadline")
-	}
-	t.Logf("Shutdown took %v with a drain grace of %v", took, testSessionConfig().DrainGrace)
-	// grpc-go's graceful stop alone waits 5 s for the frozen client's
-	// GOAWAY ping ack after the drain (6.3 s in all before the fix); what
-	// is left is the grace and goAwayWait.
-	if took >= 5*time.Second {
-		t.Fatalf("Shutdown took %v: it waited for the frozen client's GOAWAY ack", took)
+		t.Fatal("Shutdown ended only at its deadline: it waited for the frozen client's GOAWAY ack")
 	}
 }
