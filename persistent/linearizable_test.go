@@ -172,8 +172,8 @@ func runLinearizability(t *testing.T, n int, seed uint64) {
 	const (
 		clients      = 5
 		keys         = 3
-		maxOps       = 150 // per client: bounds the history
-		gate         = 25  // completed operations between fault steps
+		gate         = 60          // operations granted, and completed, between fault steps
+		inFault      = 2 * clients // operations granted just before each fault, to be in flight through it
 		opTimeout    = 3 * time.Second
 		applyTimeout = time.Second
 	)
@@ -187,16 +187,33 @@ func runLinearizability(t *testing.T, n int, seed uint64) {
 		completed atomic.Int64
 		stats     struct{ okWrites, failedWrites, okReads, failedReads, sawPresent, sawAbsent int }
 	)
+	// Clients start operations only against a budget that the fault steps
+	// grant, which bounds the history. A fixed number of operations per
+	// client ran out while a step still waited for progress, when clients
+	// were fast and a failover slow.
+	var started, allowed atomic.Int64
+	allowed.Store(gate)
+	take := func() bool {
+		if started.Add(1) <= allowed.Load() {
+			return true
+		}
+		started.Add(-1)
+		return false
+	}
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	for cl := range clients {
 		r := rand.New(rand.NewPCG(seed, uint64(cl)+1))
 		wg.Go(func() {
-			for range maxOps {
+			for {
 				select {
 				case <-stop:
 					return
 				default:
+				}
+				if !take() {
+					time.Sleep(time.Millisecond)
+					continue
 				}
 				live := c.liveStores() // a quorum is always up
 				st := live[r.IntN(len(live))]
@@ -265,9 +282,13 @@ func runLinearizability(t *testing.T, n int, seed uint64) {
 	// Faults, each after the clients made progress: crash the leader and
 	// restart it, cut the leader off and heal; on 5 nodes also two crashed
 	// at once (a quorum of 3 remains).
+	// progress grants gate more operations and waits until that many more
+	// have completed (reachable: at most the ones granted before were
+	// started, and every started one completes within opTimeout).
 	progress := func() {
 		t.Helper()
 		target := completed.Load() + gate
+		allowed.Add(gate)
 		deadline := time.Now().Add(30 * time.Second)
 		for completed.Load() < target {
 			if time.Now().After(deadline) {
@@ -280,6 +301,7 @@ func runLinearizability(t *testing.T, n int, seed uint64) {
 		t.Helper()
 		l := c.waitLeader()
 		t.Logf("crash leader %s", c.node(l).id)
+		allowed.Add(inFault)
 		c.crash(l)
 		if next := c.waitLeader(); next == l {
 			t.Fatalf("the crashed node %s still leads", c.node(l).id)
@@ -291,6 +313,7 @@ func runLinearizability(t *testing.T, n int, seed uint64) {
 		func() {
 			l := c.waitLeader()
 			t.Logf("cut off leader %s", c.node(l).id)
+			allowed.Add(inFault)
 			c.isolate(l)
 			c.waitLeader()
 			progress()
