@@ -14,9 +14,10 @@ build: ## build bin/regent (static)
 run: build ## start one Regent node with data in ./regent-data
 	$(BIN) server --data-dir ./regent-data --health-check-networks 127.0.0.0/8
 
-test: ## every test, race detector on
+test: ## every test, race detector on; the Raft tests once more on the raft-wal log store
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 20m ./...
+	$(GO) test -race -count=1 -timeout 10m ./persistent/ -raft.logstore=wal
 
 .PHONY: test-compare
 test-compare: ## the etcd and ZooKeeper sides of bench-compare against real clusters (needs Debian's etcd-server and zookeeperd; .ci/run installs them)

@@ -8,6 +8,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -17,7 +18,6 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
-	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 
 	"github.com/regent-registry/regent/internal/naming"
 	"github.com/regent-registry/regent/storage"
@@ -242,7 +242,7 @@ func (benchNopSnapshot) Release()                             {}
 
 type benchBareNode struct {
 	raft  *raft.Raft
-	logs  *raftboltdb.BoltStore
+	logs  logStore
 	trans *raft.NetworkTransport
 	state io.Closer // the FSM's, if not the no-op one
 }
@@ -283,7 +283,7 @@ func startBareCluster(tb testing.TB, dir string, n int, cfg RaftConfig, newFSM f
 			tb.Fatal(err)
 		}
 		// The same log store and cache as OpenRaft's.
-		logs, err := openLogStore(ndir, false)
+		logs, err := openLogStore(ndir, LogStoreBoltDB, false, slog.New(slog.DiscardHandler))
 		if err != nil {
 			tb.Fatal(err)
 		}

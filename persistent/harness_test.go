@@ -9,6 +9,7 @@ package persistent
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"log/slog"
 	"os"
@@ -22,6 +23,10 @@ import (
 	"github.com/regent-registry/regent/internal/naming"
 	"github.com/regent-registry/regent/storage"
 )
+
+// testLogStore is the Raft log store of every test cluster (make test
+// runs the package once with each).
+var testLogStore = flag.String("raft.logstore", LogStoreBoltDB, `Raft log store of the test clusters: "boltdb" or "wal"`)
 
 type tnode struct {
 	id    string
@@ -78,6 +83,7 @@ func (c *tcluster) config(nd *tnode) RaftConfig {
 	cfg.CommitTimeout = 5 * time.Millisecond
 	cfg.ApplyTimeout = 2 * time.Second
 	cfg.NodeID, cfg.Dir, cfg.NoSync = nd.id, filepath.Join(nd.dir, "raft"), true
+	cfg.LogStore = *testLogStore
 	cfg.Transport = nd.trans
 	cfg.Forwarder = forwarder{c: c, from: nd.id}
 	cfg.Logger = testLogger(c.t).With("node", nd.id)

@@ -67,8 +67,9 @@ type leaderLog struct {
 const maxQueuedEntries = 8192
 
 var (
-	errLogClosed               = errors.New("persistent: raft log store closed")
-	_            raft.LogStore = (*leaderLog)(nil)
+	errLogClosed                        = errors.New("persistent: raft log store closed")
+	_            raft.LogStore          = (*leaderLog)(nil)
+	_            raft.MonotonicLogStore = (*leaderLog)(nil)
 )
 
 // newLeaderLog wraps store; leader reports whether raft leads (nil: not
@@ -213,6 +214,15 @@ func (l *leaderLog) StoreLogs(logs []*raft.Log) error {
 
 // StoreLog stores one entry as StoreLogs does.
 func (l *leaderLog) StoreLog(log *raft.Log) error { return l.StoreLogs([]*raft.Log{log}) }
+
+// IsMonotonic passes on whether the store refuses gaps in its indexes
+// (raft.MonotonicLogStore, as raft-wal does): raft then empties the log
+// after installing a snapshot, where it would otherwise leave a gap before
+// the next append. The queue itself only ever appends in order.
+func (l *leaderLog) IsMonotonic() bool {
+	m, ok := l.store.(raft.MonotonicLogStore)
+	return ok && m.IsMonotonic()
+}
 
 func allCommands(logs []*raft.Log) bool {
 	for _, e := range logs {

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
@@ -17,8 +16,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
-	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/regent-registry/regent/internal/naming"
 	"github.com/regent-registry/regent/internal/registry"
@@ -89,9 +86,14 @@ type Membership interface {
 type RaftConfig struct {
 	// NodeID is this node's name: its Raft server ID. Required.
 	NodeID string
-	// Dir holds raft.db (log and stable store, raft-boltdb) and
-	// snapshots/. Required.
+	// Dir holds the Raft log and stable store (raft.db, or wal/ for
+	// LogStoreWAL) and snapshots/. Required.
 	Dir string
+	// LogStore is the store of the Raft log and stable state:
+	// LogStoreBoltDB (raft-boltdb/v2, the default; "" means it) or
+	// LogStoreWAL (hashicorp/raft-wal, experimental: one fdatasync per
+	// append instead of two). A node keeps the store it started with.
+	LogStore string
 	// BindAddr is the Raft TCP listener (host:port; port 0 picks one),
 	// unless Transport is set.
 	BindAddr string
@@ -200,6 +202,9 @@ func (c *RaftConfig) Validate() error {
 			errs = append(errs, fmt.Errorf("raft address %q: %w", c.BindAddr, err))
 		}
 	}
+	if c.LogStore != "" && c.LogStore != LogStoreBoltDB && c.LogStore != LogStoreWAL {
+		errs = append(errs, fmt.Errorf("raft log store %q: want %q or %q", c.LogStore, LogStoreBoltDB, LogStoreWAL))
+	}
 	if c.BootstrapExpect < 0 {
 		errs = append(errs, errors.New("bootstrap-expect must not be negative"))
 	}
@@ -232,7 +237,7 @@ type Store struct {
 	logger *slog.Logger
 	fsm    *FSM
 	raft   *raft.Raft
-	logs   *raftboltdb.BoltStore
+	logs   logStore   // raft-boltdb or raft-wal (cfg.LogStore)
 	log    *leaderLog // the log raft writes: logs, the leader's appends in parallel with replication
 	trans  raft.Transport
 	tcp    *raft.NetworkTransport // nil when cfg.Transport is set
@@ -291,7 +296,7 @@ func OpenRaft(cfg RaftConfig, db *storage.DB) (*Store, error) {
 		return nil, fmt.Errorf("persistent: raft dir: %w", err)
 	}
 	var err error
-	if s.logs, err = openLogStore(cfg.Dir, cfg.NoSync); err != nil {
+	if s.logs, err = openLogStore(cfg.Dir, cfg.LogStore, cfg.NoSync, logger); err != nil {
 		return nil, err
 	}
 	var disk raft.LogStore = s.logs
@@ -1020,24 +1025,6 @@ func (s *Store) closeStores() {
 // the leader replicates them without reading them back from bbolt (and
 // decoding them), as Consul and Nomad configure raft.
 const logCacheEntries = 512
-
-// openLogStore opens raft-boltdb in dir: the Raft log and stable store,
-// fsynced on every append unless noSync. Its freelist is not written on
-// each commit (rebuilt by a scan on open; the file stays small, as the log
-// is compacted behind snapshots), so an append writes fewer pages.
-func openLogStore(dir string, noSync bool) (*raftboltdb.BoltStore, error) {
-	path := filepath.Join(dir, "raft.db")
-	logs, err := raftboltdb.New(raftboltdb.Options{
-		Path:   path,
-		NoSync: noSync,
-		BoltOptions: &bolt.Options{Timeout: time.Second, NoSync: noSync,
-			NoFreelistSync: true, FreelistType: bolt.FreelistMapType},
-	})
-	if err != nil {
-		return nil, fmt.Errorf("persistent: open raft log %s: %w", path, err)
-	}
-	return logs, nil
-}
 
 // EncodeResult encodes a result for a forwarded write's reply.
 func EncodeResult(r Result) ([]byte, error) { return json.Marshal(r) }

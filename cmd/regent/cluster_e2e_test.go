@@ -205,11 +205,18 @@ func raftRoles(t *testing.T, server string) map[string]int {
 // Three processes formed with --bootstrap-expect 3; persistent instances
 // registered with the CLI through every node; every process is killed with
 // SIGKILL and started again on its data: every acknowledged write is listed
-// on every node, and exactly one node ever bootstrapped.
+// on every node, and exactly one node ever bootstrapped. On each Raft log
+// store.
 func TestEndToEndPersistentSurvivesKillOfEveryNode(t *testing.T) {
-	n1 := startClusterNode(t, 1, "", "--bootstrap-expect", "3")
-	n2 := startClusterNode(t, 2, n1.gossipAdr, "--bootstrap-expect", "3")
-	n3 := startClusterNode(t, 3, n1.gossipAdr, "--bootstrap-expect", "3")
+	for _, store := range []string{"boltdb", "wal"} {
+		t.Run(store, func(t *testing.T) { persistentSurvivesKillOfEveryNode(t, store) })
+	}
+}
+
+func persistentSurvivesKillOfEveryNode(t *testing.T, store string) {
+	n1 := startClusterNode(t, 1, "", "--bootstrap-expect", "3", "--raft-log-store", store)
+	n2 := startClusterNode(t, 2, n1.gossipAdr, "--bootstrap-expect", "3", "--raft-log-store", store)
+	n3 := startClusterNode(t, 3, n1.gossipAdr, "--bootstrap-expect", "3", "--raft-log-store", store)
 	nodes := []*clusterNode{n1, n2, n3}
 	formed := func() bool {
 		for _, n := range nodes {

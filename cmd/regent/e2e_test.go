@@ -297,3 +297,43 @@ func TestServerWithoutHTTPSaysOperatorsOff(t *testing.T) {
 		t.Fatalf("persistent register on a node without HTTP: %v %s", err, out)
 	}
 }
+
+// A node keeps the Raft log store it started with: started again on its
+// data dir with the other store, it exits non-zero and says how to go on,
+// and started again with its own store it serves what it had.
+func TestServerRefusesToSwitchItsRaftLogStore(t *testing.T) {
+	dir := t.TempDir()
+	args := func(grpcAddr string, extra ...string) []string {
+		return append([]string{"server", "--name", "switch", "--data-dir", dir, "--grpc-addr", grpcAddr, "--http-addr", "",
+			"--peer-addr", "127.0.0.1:0", "--gossip-addr", "127.0.0.1:0", "--raft-addr", "127.0.0.1:0"}, extra...)
+	}
+	grpcAddr := freeAddr(t)
+	p := startProc(t, args(grpcAddr)...)
+	waitFor(t, "the node to serve", 30*time.Second, func() bool {
+		_, err := runCLI(t, "register", "--persistent", "--server", grpcAddr, "--service", "kept", "--ip", "10.0.0.1", "--port", "80")
+		return err == nil
+	})
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.wait(t, 30*time.Second); err != nil {
+		t.Fatalf("SIGTERM: %v\n%s", err, p.out.String())
+	}
+
+	refused := startProc(t, args(freeAddr(t), "--raft-log-store", "wal")...)
+	if err := refused.wait(t, 30*time.Second); err == nil {
+		t.Fatalf("the node started on a raft-boltdb log with --raft-log-store wal:\n%s", refused.out.String())
+	}
+	for _, w := range []string{`holds a "boltdb" raft log`, "--raft-log-store=boltdb"} {
+		if !strings.Contains(refused.out.String(), w) {
+			t.Errorf("the refusal does not say %q:\n%s", w, refused.out.String())
+		}
+	}
+
+	grpcAddr = freeAddr(t)
+	startProc(t, args(grpcAddr, "--raft-log-store", "boltdb")...)
+	waitFor(t, "the node to serve its own data again", 30*time.Second, func() bool {
+		out, err := runCLI(t, "list", "--server", grpcAddr, "--service", "kept", "-o", "json")
+		return err == nil && strings.Contains(out, "10.0.0.1")
+	})
+}

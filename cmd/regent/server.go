@@ -19,6 +19,7 @@ import (
 
 	"github.com/regent-registry/regent/internal/daemon"
 	"github.com/regent-registry/regent/membership"
+	"github.com/regent-registry/regent/persistent"
 )
 
 func newServerCmd() *cobra.Command {
@@ -124,6 +125,7 @@ Stop with Ctrl-C (or SIGTERM): clients are told to reconnect elsewhere.
 	f.DurationVar(&cfg.Distro.Expiry, "distro-expiry", cfg.Distro.Expiry, "remove a replicated client its owner has not confirmed for this long")
 	f.DurationVar(&cfg.Distro.OwnerGrace, "distro-owner-grace", cfg.Distro.OwnerGrace, "keep a dead or departed node's clients this long, for them to reconnect elsewhere")
 	f.DurationVar(&cfg.Raft.StateCommitDelay, "state-commit-delay", cfg.Raft.StateCommitDelay, "applied persistent writes share one state commit for up to this long (every read commits it first); 0 commits each at once")
+	f.StringVar(&cfg.Raft.LogStore, "raft-log-store", persistent.LogStoreBoltDB, `store of the Raft log: "boltdb" (raft-boltdb) or "wal" (hashicorp/raft-wal, experimental: one fsync per append instead of two); a node keeps the store it started with`)
 	f.IntVar(&cfg.BootstrapExpect, "bootstrap-expect", 0, "servers to wait for before one of them bootstraps Raft with all (0: 1 without --join, else wait to be added by the leader)")
 	f.StringSliceVar(&healthNets, "health-check-networks", nil, "only health-check persistent instances in these CIDRs (default: every instance)")
 	f.StringVar(&cfg.LimitsFile, "limits", "", "JSON connection-limit rules, reloaded when the file changes")
