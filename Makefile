@@ -51,18 +51,18 @@ bench-raft: ## persistent figures for BENCHMARKS.md: register beside bare raft, 
 	$(GO) test -run '^$$' -bench '^BenchmarkRaft' -benchtime 1x -timeout 30m ./persistent/ -raftbench.rounds=6 -raftbench.duration=2s
 
 .PHONY: bench-compare
-bench-compare: build ## Regent beside a 3-member etcd cluster and a 3-server ZooKeeper ensemble, same machine, same run (apt-get installs Debian's etcd-server and zookeeperd if missing; ZOOKEEPER=0 leaves ZooKeeper out; ~6 min)
+bench-compare: build ## Regent beside a 3-member etcd cluster and a 3-server ZooKeeper ensemble, same machine, same run (apt-get installs Debian's etcd-server and zookeeperd if missing; ZOOKEEPER=0 leaves ZooKeeper out; REGENT_ARGS=--raft-log-store=wal runs Regent on raft-wal; ~6 min)
 	command -v etcd >/dev/null || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y etcd-server etcd-client; }
 	[ "$${ZOOKEEPER:-1}" = 0 ] || [ -f /usr/share/java/zookeeper.jar ] || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y zookeeperd; }
 	$(GO) build -o bin/regent-compare ./cmd/regent-compare
-	bin/regent-compare -regent $(BIN) -etcd "$$(command -v etcd)" $$([ "$${ZOOKEEPER:-1}" = 0 ] || echo -zookeeper /usr/share/java/zookeeper.jar) -clients $${CLIENTS:-1,16,64} -rounds $${ROUNDS:-2} -duration $${DURATION:-2s}
+	bin/regent-compare -regent $(BIN) -etcd "$$(command -v etcd)" $$([ "$${ZOOKEEPER:-1}" = 0 ] || echo -zookeeper /usr/share/java/zookeeper.jar) -clients $${CLIENTS:-1,16,64} -rounds $${ROUNDS:-2} -duration $${DURATION:-2s} -regent-args "$${REGENT_ARGS:-}"
 
 .PHONY: scale
 scale: ## Distro scale model: the real engine at 3-65 nodes and 10k-1M clients on a virtual clock beside Nacos' scheme; tables and plots in docs/scale (~6 min, ~8 GB)
 	$(GO) run ./cmd/regent-scale
 
-soak: ## long random fault schedules on real processes (RUNS, NODES, FAULTS); prints the seed of any failure
-	$(GO) run ./chaos/cmd/regent-chaos -runs $${RUNS:-10} -nodes $${NODES:-5} -faults $${FAULTS:-10}
+soak: ## long random fault schedules on real processes (RUNS, NODES, FAULTS, SERVER_ARGS); prints the seed of any failure
+	$(GO) run ./chaos/cmd/regent-chaos -runs $${RUNS:-10} -nodes $${NODES:-5} -faults $${FAULTS:-10} -server-args "$${SERVER_ARGS:-}"
 
 fuzz: ## run every fuzz target for FUZZTIME each (default 30s)
 	for pkg_target in ./persistent/:FuzzDecodeCommand ./membership/:FuzzDecodeMeta ./rpc/:FuzzDecodePeerSync ./rpc/:FuzzDecodePeerVerify ./rpc/:FuzzPeerReplies ./rpc/:FuzzPeerRequests ./rpc/:FuzzSessionMessages ./rpc/:FuzzParseLimitRules ./rpc/:FuzzUnaryRequests; do \

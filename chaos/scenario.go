@@ -33,6 +33,9 @@ type Scenario struct {
 	Tail time.Duration
 	// SeedJoinsItself: see ClusterConfig.
 	SeedJoinsItself bool
+	// ServerArgs are added to every server's command line (say
+	// --raft-log-store=wal).
+	ServerArgs []string
 	// Mode is "loopback" (default: 127.0.0.x, no partitions), "netns"
 	// (network namespaces; fails when they cannot be made) or "auto"
 	// (namespaces when they can be made, else loopback; the report says
@@ -236,7 +239,7 @@ func Run(ctx context.Context, sc Scenario) (rep *Report, err error) {
 	default:
 		return rep, fmt.Errorf("mode %q: want loopback, netns or auto", sc.Mode)
 	}
-	cl, err := NewCluster(ClusterConfig{Nodes: sc.Nodes, Bin: sc.Bin, Dir: sc.Dir, Logf: tlog, Clock: clock, SeedJoinsItself: sc.SeedJoinsItself, Net: nw})
+	cl, err := NewCluster(ClusterConfig{Nodes: sc.Nodes, Bin: sc.Bin, Dir: sc.Dir, Logf: tlog, Clock: clock, SeedJoinsItself: sc.SeedJoinsItself, Net: nw, ExtraArgs: sc.ServerArgs})
 	if err != nil {
 		return rep, err
 	}

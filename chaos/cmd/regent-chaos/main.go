@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -35,6 +36,7 @@ func main() {
 		verbose  = flag.Bool("v", false, "print progress lines")
 		selfJoin = flag.Bool("seed-joins-itself", false, "give node1 --join its own gossip address like every other node (reproduces a finding, see chaos/README.md)")
 		slack    = flag.Duration("slack", 10*time.Second, "added to every bound")
+		srvArgs  = flag.String("server-args", "", "extra flags for every regent server, space-separated (e.g. --raft-log-store=wal)")
 	)
 	flag.Parse()
 	if *seed == 0 {
@@ -69,6 +71,7 @@ func main() {
 		}
 		sc.Mode = *mode
 		sc.Bin, sc.Slack, sc.SeedJoinsItself = *bin, *slack, *selfJoin
+		sc.ServerArgs = strings.Fields(*srvArgs)
 		if *verbose {
 			sc.Logf = func(format string, args ...any) { fmt.Printf(format+"\n", args...) }
 		}
