@@ -43,6 +43,9 @@ func freeOn(t *testing.T, ip string) string {
 			continue
 		}
 		u.Close()
+		if !handOut(addr) {
+			continue
+		}
 		return addr
 	}
 	t.Fatalf("no free port on %s", ip)

@@ -49,12 +49,31 @@ func regentBin(t *testing.T) string {
 
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 50 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := l.Addr().String()
+		l.Close()
+		if handOut(addr) {
+			return addr
+		}
 	}
-	defer l.Close()
-	return l.Addr().String()
+	t.Fatal("no free port on 127.0.0.1")
+	return ""
+}
+
+// handedOut holds every address freeAddr and freeOn gave out: a port is
+// free again once its probe closes, and the kernel did give the same one
+// twice to a node's HTTP and gossip listeners (the node then failed to
+// start), so none is given out twice in one test process.
+var handedOut sync.Map
+
+// handOut reports whether addr was not given out before, and records it.
+func handOut(addr string) bool {
+	_, dup := handedOut.LoadOrStore(addr, true)
+	return !dup
 }
 
 func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
