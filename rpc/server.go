@@ -142,7 +142,8 @@ type Server struct {
 	// their writes in flight and end, which GracefulStop waits for.
 	draining  chan struct{}
 	drainOnce sync.Once
-	// handlers counts the calls and streams being served, for Shutdown.
+	// handlers counts the calls and streams being served, for Shutdown
+	// (health Watch streams aside).
 	handlers atomic.Int64
 }
 
@@ -280,8 +281,13 @@ func (s *Server) recoverUnary(ctx context.Context, req any, info *grpc.UnaryServ
 }
 
 func (s *Server) recoverStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) (err error) {
-	s.handlers.Add(1)
-	defer s.handlers.Add(-1)
+	// A health Watch only waits for status changes, and Shutdown has sent
+	// it the last one (NOT_SERVING): it has nothing to finish, so it does
+	// not hold Shutdown's idle shortcut.
+	if info.FullMethod != healthpb.Health_Watch_FullMethodName {
+		s.handlers.Add(1)
+		defer s.handlers.Add(-1)
+	}
 	defer func() {
 		if r := recover(); r != nil {
 			s.logger.Error("panic in stream handler", "method", info.FullMethod, "panic", r, "stack", string(debug.Stack()))

@@ -6,6 +6,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
 // frozenConn is a client's connection that can be frozen, as a client
@@ -97,5 +99,47 @@ func TestShutdownDoesNotWaitOnAFrozenClient(t *testing.T) {
 	e.srv.Shutdown(ctx)
 	if ctx.Err() != nil {
 		t.Fatal("Shutdown ended only at its deadline: it waited for the frozen client's GOAWAY ack")
+	}
+}
+
+// A client watching the node's health learns it stops serving, and its
+// Watch stream does not hold the shutdown: gRPC's graceful stop would wait
+// for it until Shutdown's deadline.
+func TestShutdownTellsHealthWatchersAndDoesNotWaitForThem(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.srv.SetServing(true)
+	wctx, wcancel := context.WithCancel(context.Background())
+	defer wcancel()
+	w, err := healthpb.NewHealthClient(e.conn).Watch(wctx, &healthpb.HealthCheckRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err := w.Recv(); err != nil || r.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("first health status %v (%v), want SERVING", r.GetStatus(), err)
+	}
+	statuses := make(chan healthpb.HealthCheckResponse_ServingStatus, 8)
+	go func() {
+		defer close(statuses)
+		for {
+			r, err := w.Recv()
+			if err != nil {
+				return
+			}
+			statuses <- r.GetStatus()
+		}
+	}()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	e.srv.Shutdown(ctx)
+	if ctx.Err() != nil {
+		t.Fatal("Shutdown ended only at its deadline: it waited for the health Watch stream")
+	}
+	var seen []healthpb.HealthCheckResponse_ServingStatus
+	for st := range statuses {
+		seen = append(seen, st)
+	}
+	if len(seen) == 0 || seen[len(seen)-1] != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Fatalf("the watcher saw %v before its stream ended, want NOT_SERVING last", seen)
 	}
 }
