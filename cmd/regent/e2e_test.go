@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -355,4 +356,54 @@ func TestServerRefusesToSwitchItsRaftLogStore(t *testing.T) {
 		out, err := runCLI(t, "list", "--server", grpcAddr, "--service", "kept", "-o", "json")
 		return err == nil && strings.Contains(out, "10.0.0.1")
 	})
+}
+
+// A node raises its GC goal to the heap floor (default 64 MiB) while its
+// live heap is small, as go_gc_gogc_percent shows; GOGC set by the
+// operator, or a floor of 0, leaves the runtime's own GOGC.
+func TestServerGCHeapFloorUnlessGOGCIsSet(t *testing.T) {
+	gogcOf := func(httpAddr string) float64 {
+		resp, err := http.Get("http://" + httpAddr + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		for _, line := range strings.Split(string(body), "\n") {
+			if v, ok := strings.CutPrefix(line, "go_gc_gogc_percent "); ok {
+				f, err := strconv.ParseFloat(v, 64)
+				if err != nil {
+					t.Fatalf("go_gc_gogc_percent %q: %v", v, err)
+				}
+				return f
+			}
+		}
+		t.Fatalf("no go_gc_gogc_percent in /metrics:\n%s", body)
+		return 0
+	}
+	for _, c := range []struct {
+		name, gogc string
+		args       []string
+		tuned      bool
+	}{
+		{name: "default", tuned: true},
+		{name: "GOGC set", gogc: "100"},
+		{name: "floor 0", args: []string{"--gc-heap-floor-mb", "0"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Setenv("GOGC", c.gogc) // "" is the runtime's default, as unset
+			grpcAddr, httpAddr := freeAddr(t), freeAddr(t)
+			args := append([]string{"server", "--name", "gc", "--dev", "--grpc-addr", grpcAddr, "--http-addr", httpAddr,
+				"--peer-addr", "127.0.0.1:0", "--gossip-addr", "127.0.0.1:0", "--raft-addr", "127.0.0.1:0"}, c.args...)
+			p := startProc(t, args...)
+			waitFor(t, "the serving banner", 20*time.Second, func() bool { return strings.Contains(p.out.String(), "is serving") })
+			got := gogcOf(httpAddr)
+			if c.tuned && got <= 100 || !c.tuned && got != 100 {
+				t.Fatalf("go_gc_gogc_percent = %v (tuned: %v)", got, c.tuned)
+			}
+			if c.gogc != "" && !strings.Contains(p.out.String(), "GC heap floor is off") {
+				t.Fatalf("no word that the floor is off under GOGC:\n%s", p.out.String())
+			}
+		})
+	}
 }

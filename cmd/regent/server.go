@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/regent-registry/regent/internal/daemon"
+	"github.com/regent-registry/regent/internal/gcfloor"
 	"github.com/regent-registry/regent/membership"
 	"github.com/regent-registry/regent/persistent"
 )
@@ -28,6 +29,7 @@ func newServerCmd() *cobra.Command {
 		bind, configFile, logFormat, logLevel, gossipKey string
 		healthNets                                       []string
 		dev                                              bool
+		gcFloorMiB                                       int
 	)
 	cmd := &cobra.Command{
 		Use:   "server",
@@ -82,6 +84,10 @@ node (clients are told to reconnect elsewhere) and exits cleanly.`,
 				}
 				cfg.HealthNetworks = append(cfg.HealthNetworks, p)
 			}
+			if gcFloorMiB < 0 {
+				return fmt.Errorf("--gc-heap-floor-mb %d: must be 0 (off) or more", gcFloorMiB)
+			}
+			defer startGCFloor(uint64(gcFloorMiB)<<20, logger).Stop()
 			cfg.Logger = logger
 			d, err := daemon.Start(cmd.Context(), cfg)
 			if err != nil {
@@ -130,6 +136,7 @@ Stop with Ctrl-C (or SIGTERM): clients are told to reconnect elsewhere.
 	f.StringSliceVar(&healthNets, "health-check-networks", nil, "only health-check persistent instances in these CIDRs (default: every instance)")
 	f.StringVar(&cfg.LimitsFile, "limits", "", "JSON connection-limit rules, reloaded when the file changes")
 	f.BoolVar(&cfg.Pprof, "pprof", false, "serve /debug/pprof on the HTTP address")
+	f.IntVar(&gcFloorMiB, "gc-heap-floor-mb", 64, "keep the Go GC's heap goal at least this many MiB while the live heap is small: fewer collections, steadier latency (0: off; ignored when GOGC is set)")
 	f.BoolVar(&dev, "dev", false, "throwaway node: data in a temporary folder, no fsync")
 	f.StringVar(&configFile, "config", "", "JSON file of settings keyed by flag name")
 	f.StringVar(&logFormat, "log-format", "text", "text or json")
@@ -140,6 +147,18 @@ Stop with Ctrl-C (or SIGTERM): clients are told to reconnect elsewhere.
 	f.DurationVar(&cfg.Registry.MergeWindow, "push-merge-window", cfg.Registry.MergeWindow, "pushes of one service are paced to one per window on average; changes that wait go out as one push")
 	f.IntVar(&cfg.Registry.MergeBurst, "push-merge-burst", cfg.Registry.MergeBurst, "pushes of one service that may go out back to back after a quiet spell, before the window paces them")
 	return cmd
+}
+
+// startGCFloor starts the process's GC tuner (see internal/gcfloor),
+// unless the operator set GOGC, which then rules alone.
+func startGCFloor(floor uint64, logger *slog.Logger) *gcfloor.Tuner {
+	if v := os.Getenv("GOGC"); v != "" {
+		if floor > 0 {
+			logger.Info("GOGC is set; the GC heap floor is off", "GOGC", v)
+		}
+		return nil
+	}
+	return gcfloor.Start(floor)
 }
 
 // shutdownGrace bounds a graceful stop: the drain's own deadline (15 s)
