@@ -225,8 +225,11 @@ type Result struct {
 	// EtcdKeptHistory: etcd's history was not compacted between
 	// measurements (Options.EtcdKeepHistory).
 	EtcdKeptHistory bool
-	Started         time.Time
-	Elapsed         time.Duration
+	// RegentMemory, EtcdMemory and ZooKeeperMemory: the servers' resident
+	// memory at the end of the run, and its peak over the run.
+	RegentMemory, EtcdMemory, ZooKeeperMemory Memory
+	Started                                   time.Time
+	Elapsed                                   time.Duration
 }
 
 // Run starts both clusters, measures every workload at every concurrency
@@ -335,6 +338,10 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 			logf("zookeeper epochs after %s: %v", w, epochs)
 			res.ZooKeeperEpochsAfter = epochs
 		}
+	}
+	res.RegentMemory, res.EtcdMemory = procMemory(reg.pids()), procMemory(et.pids())
+	if zs != nil {
+		res.ZooKeeperMemory = procMemory(zs.pids())
 	}
 	res.Elapsed = time.Since(res.Started)
 	return res, nil

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -80,11 +81,13 @@ func TestTable(t *testing.T) {
 			EtcdCPU:   CPU{Server: 200 * time.Millisecond, Generator: 50 * time.Millisecond, Ops: 1000}},
 		// A concurrency without its no-op row gets no ceiling line.
 		{Workload: Lookup, Clients: 64, Regent: sample(6000, 1, time.Millisecond), Etcd: sample(1000, 1, 2*time.Millisecond)}},
-		EtcdTermsBefore: []uint64{2, 2, 2}, EtcdTermsAfter: []uint64{2, 3, 3}}
+		EtcdTermsBefore: []uint64{2, 2, 2}, EtcdTermsAfter: []uint64{2, 3, 3},
+		RegentMemory: Memory{Peak: 150 << 20, RSS: 120 << 20}, EtcdMemory: Memory{Err: "gone"}}
 	var b strings.Builder
 	r.Table(&b, "regent-compare")
 	out := b.String()
 	for _, want := range []string{"| lookup | 16 | 6000 | 1.00 ms | 1.00 ms | 1000 | 2.00 ms | 2.00 ms | 6.00 (throughput) | ≥ 5.0× | yes |", "etcd changed leader",
+		"Regent 150 MiB peak, 120 MiB at the end; etcd unread (gone).",
 		// 100 µs and 50 µs per op for Regent, 200 and 50 for etcd.
 		"| lookup | 16 | 100 µs | 200 µs | 2.00 | 50 µs | 50 µs | 1.67 |",
 		// Regent's lookup at 0.75 of its no-op, etcd's at 0.25; a free
@@ -152,6 +155,23 @@ func TestCPUMeter(t *testing.T) {
 	m.add(&c, s.Ops)
 	if c.Err != "" || c.Server < 100*time.Millisecond || c.Server > 250*time.Millisecond || c.Generator < 100*time.Millisecond || c.Ops != s.Ops {
 		t.Fatalf("window of ~150 ms of burning: server %v generator %v ops %d (err %q)", c.Server, c.Generator, c.Ops, c.Err)
+	}
+}
+
+// procMemory reads this process' resident memory, which holds at least a
+// buffer it has written to, and fails for a process that is gone.
+func TestProcMemory(t *testing.T) {
+	buf := make([]byte, 64<<20)
+	for i := range buf {
+		buf[i] = 1
+	}
+	m := procMemory([]int{os.Getpid(), os.Getpid()})
+	runtime.KeepAlive(buf)
+	if m.Err != "" || m.RSS < 2*64<<20 || m.Peak < m.RSS {
+		t.Fatalf("two reads of this process holding 64 MiB: %+v", m)
+	}
+	if m := procMemory([]int{os.Getpid(), 1 << 30}); m.Err == "" {
+		t.Fatalf("no error for a process that does not exist: %+v", m)
 	}
 }
 

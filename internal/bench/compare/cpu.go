@@ -114,3 +114,46 @@ func (m *cpuMeter) add(c *CPU, ops int64) {
 	c.Generator += m.gen
 	c.Ops += ops
 }
+
+// Memory is the resident memory of a system's server processes, summed,
+// read from /proc at the end of a run.
+type Memory struct {
+	// Peak is the sum of each process' peak resident set (VmHWM); RSS the
+	// sum of their resident sets then (VmRSS). Bytes.
+	Peak, RSS uint64
+	// Err is the first failure to read a process' figures (they are then
+	// left out).
+	Err string
+}
+
+// procMemory reads the peak and current resident set of the processes.
+func procMemory(pids []int) Memory {
+	var m Memory
+	for _, pid := range pids {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+		if err != nil {
+			return Memory{Err: err.Error()}
+		}
+		var found int
+		for _, line := range strings.Split(string(b), "\n") {
+			key, val, ok := strings.Cut(line, ":")
+			if !ok || key != "VmHWM" && key != "VmRSS" {
+				continue
+			}
+			kb, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(val), " kB"), 10, 64)
+			if err != nil {
+				return Memory{Err: fmt.Sprintf("/proc/%d/status %s: %v", pid, key, err)}
+			}
+			if key == "VmHWM" {
+				m.Peak += kb << 10
+			} else {
+				m.RSS += kb << 10
+			}
+			found++
+		}
+		if found != 2 {
+			return Memory{Err: fmt.Sprintf("/proc/%d/status: no VmHWM and VmRSS", pid)}
+		}
+	}
+	return m
+}

@@ -116,6 +116,17 @@ func (r *Result) Table(w io.Writer, cmdline string) {
 			fmt.Fprintln(w, " (ZooKeeper changed leader during the run: its figures include elections).")
 		}
 	}
+	mem := func(name string, m Memory) string {
+		if m.Err != "" {
+			return fmt.Sprintf("%s unread (%s)", name, m.Err)
+		}
+		return fmt.Sprintf("%s %.0f MiB peak, %.0f MiB at the end", name, float64(m.Peak)/(1<<20), float64(m.RSS)/(1<<20))
+	}
+	fmt.Fprintf(w, "- Resident memory of each system's three server processes together (VmHWM, VmRSS): %s; %s", mem("Regent", r.RegentMemory), mem("etcd", r.EtcdMemory))
+	if zk {
+		fmt.Fprintf(w, "; %s (JVMs with -Xmx1g)", mem("ZooKeeper", r.ZooKeeperMemory))
+	}
+	fmt.Fprintln(w, ".")
 	var errs []string
 	for _, row := range r.Rows {
 		if row.Regent.Errors+row.Etcd.Errors+row.ZooKeeper.Errors > 0 {
