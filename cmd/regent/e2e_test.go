@@ -358,7 +358,7 @@ func TestServerRefusesToSwitchItsRaftLogStore(t *testing.T) {
 	})
 }
 
-// A node raises its GC goal to the heap floor (default 64 MiB) while its
+// A node raises its GC goal to the heap floor (default 32 MiB) while its
 // live heap is small, as go_gc_gogc_percent shows; GOGC set by the
 // operator, or a floor of 0, leaves the runtime's own GOGC.
 func TestServerGCHeapFloorUnlessGOGCIsSet(t *testing.T) {

@@ -136,7 +136,7 @@ Stop with Ctrl-C (or SIGTERM): clients are told to reconnect elsewhere.
 	f.StringSliceVar(&healthNets, "health-check-networks", nil, "only health-check persistent instances in these CIDRs (default: every instance)")
 	f.StringVar(&cfg.LimitsFile, "limits", "", "JSON connection-limit rules, reloaded when the file changes")
 	f.BoolVar(&cfg.Pprof, "pprof", false, "serve /debug/pprof on the HTTP address")
-	f.IntVar(&gcFloorMiB, "gc-heap-floor-mb", 64, "keep the Go GC's heap goal at least this many MiB while the live heap is small: fewer collections, steadier latency (0: off; ignored when GOGC is set)")
+	f.IntVar(&gcFloorMiB, "gc-heap-floor-mb", 32, "keep the Go GC's heap goal at least this many MiB while the live heap is small: fewer collections, steadier latency (0: off; ignored when GOGC is set)")
 	f.BoolVar(&dev, "dev", false, "throwaway node: data in a temporary folder, no fsync")
 	f.StringVar(&configFile, "config", "", "JSON file of settings keyed by flag name")
 	f.StringVar(&logFormat, "log-format", "text", "text or json")
