@@ -89,6 +89,11 @@ type PeerServer struct {
 	logger *slog.Logger
 	grpc   *grpc.Server
 	health *health.Server
+
+	// stopping is closed when Shutdown starts: it ends the sync streams,
+	// which GracefulStop would otherwise wait for.
+	stopping chan struct{}
+	stopOnce sync.Once
 }
 
 var _ clusterv1.DistroServer = (*PeerServer)(nil)
@@ -109,7 +114,7 @@ func NewPeerServer(h ephemeral.Handler, cfg PeerServerConfig) (*PeerServer, erro
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	s := &PeerServer{h: h, logger: logger.With("component", "rpc-peer")}
+	s := &PeerServer{h: h, logger: logger.With("component", "rpc-peer"), stopping: make(chan struct{})}
 	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(cfg.MaxRecvBytes),
 		grpc.ChainUnaryInterceptor(s.recoverUnary),
@@ -152,6 +157,7 @@ const PeerStopGrace = 2 * time.Second
 // would wait for them forever). It is safe to call more than once.
 func (s *PeerServer) Shutdown(ctx context.Context) {
 	s.health.Shutdown()
+	s.stopOnce.Do(func() { close(s.stopping) })
 	ctx, cancel := context.WithTimeout(ctx, PeerStopGrace)
 	defer cancel()
 	done := make(chan struct{})
@@ -303,6 +309,10 @@ type peerConn struct {
 	cc     *grpc.ClientConn
 	client clusterv1.DistroClient
 	raft   clusterv1.RaftClient
+
+	syncMu    sync.Mutex
+	stream    *syncStream // the open sync stream, if any (see sync)
+	unaryOnly bool        // the peer answered UNIMPLEMENTED to SyncStream
 }
 
 var _ ephemeral.Transport = (*PeerTransport)(nil)
@@ -500,9 +510,15 @@ func peerReplyError(to, kind string, err error) error {
 
 // Sync sends a batch of changes, deltas and deletes to a peer.
 func (t *PeerTransport) Sync(ctx context.Context, to string, req *ephemeral.SyncRequest) (*ephemeral.SyncReply, error) {
-	rep, err := peerCall(ctx, t, to, kindSync, syncRequestToProto(req), clusterv1.DistroClient.Sync)
+	pc, err := t.conn(to)
 	if err != nil {
 		return nil, err
+	}
+	preq := syncRequestToProto(req)
+	t.count(kindSync, preq)
+	rep, err := pc.sync(ctx, t.timeout, preq)
+	if err != nil {
+		return nil, peerError(ctx, to, peerKinds[kindSync], err)
 	}
 	out, err := syncReplyFromProto(rep)
 	if err != nil {

@@ -79,7 +79,13 @@ func (n *peerNet) dialer() grpc.DialOption {
 // at it. The server is shut down at cleanup (or earlier by the test).
 func (n *peerNet) serve(t *testing.T, node string, h ephemeral.Handler) *PeerServer {
 	t.Helper()
-	srv, err := NewPeerServer(h, DefaultPeerServerConfig())
+	return n.serveWith(t, node, h, DefaultPeerServerConfig())
+}
+
+// serveWith is serve with the server's settings.
+func (n *peerNet) serveWith(t *testing.T, node string, h ephemeral.Handler, cfg PeerServerConfig) *PeerServer {
+	t.Helper()
+	srv, err := NewPeerServer(h, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1342,9 +1342,11 @@ const file_cluster_v1_cluster_proto_rawDesc = "" +
 	"\x04from\x18\x01 \x01(\tR\x04from\x12\x10\n" +
 	"\x03ids\x18\x02 \x03(\tR\x03ids\"I\n" +
 	"\rQueryResponse\x128\n" +
-	"\aclients\x18\x01 \x03(\v2\x1e.regent.cluster.v1.ClientStateR\aclients2\xc1\x02\n" +
+	"\aclients\x18\x01 \x03(\v2\x1e.regent.cluster.v1.ClientStateR\aclients2\x94\x03\n" +
 	"\x06Distro\x12G\n" +
-	"\x04Sync\x12\x1e.regent.cluster.v1.SyncRequest\x1a\x1f.regent.cluster.v1.SyncResponse\x12M\n" +
+	"\x04Sync\x12\x1e.regent.cluster.v1.SyncRequest\x1a\x1f.regent.cluster.v1.SyncResponse\x12Q\n" +
+	"\n" +
+	"SyncStream\x12\x1e.regent.cluster.v1.SyncRequest\x1a\x1f.regent.cluster.v1.SyncResponse(\x010\x01\x12M\n" +
 	"\x06Verify\x12 .regent.cluster.v1.VerifyRequest\x1a!.regent.cluster.v1.VerifyResponse\x12S\n" +
 	"\bSnapshot\x12\".regent.cluster.v1.SnapshotRequest\x1a#.regent.cluster.v1.SnapshotResponse\x12J\n" +
 	"\x05Query\x12\x1f.regent.cluster.v1.QueryRequest\x1a .regent.cluster.v1.QueryResponse2\xaa\x01\n" +
@@ -1410,19 +1412,21 @@ var file_cluster_v1_cluster_proto_depIdxs = []int32{
 	6,  // 17: regent.cluster.v1.SnapshotResponse.clients:type_name -> regent.cluster.v1.ClientState
 	6,  // 18: regent.cluster.v1.QueryResponse.clients:type_name -> regent.cluster.v1.ClientState
 	12, // 19: regent.cluster.v1.Distro.Sync:input_type -> regent.cluster.v1.SyncRequest
-	14, // 20: regent.cluster.v1.Distro.Verify:input_type -> regent.cluster.v1.VerifyRequest
-	16, // 21: regent.cluster.v1.Distro.Snapshot:input_type -> regent.cluster.v1.SnapshotRequest
-	18, // 22: regent.cluster.v1.Distro.Query:input_type -> regent.cluster.v1.QueryRequest
-	0,  // 23: regent.cluster.v1.Raft.Apply:input_type -> regent.cluster.v1.ApplyRequest
-	2,  // 24: regent.cluster.v1.Raft.ReadIndex:input_type -> regent.cluster.v1.ReadIndexRequest
-	13, // 25: regent.cluster.v1.Distro.Sync:output_type -> regent.cluster.v1.SyncResponse
-	15, // 26: regent.cluster.v1.Distro.Verify:output_type -> regent.cluster.v1.VerifyResponse
-	17, // 27: regent.cluster.v1.Distro.Snapshot:output_type -> regent.cluster.v1.SnapshotResponse
-	19, // 28: regent.cluster.v1.Distro.Query:output_type -> regent.cluster.v1.QueryResponse
-	1,  // 29: regent.cluster.v1.Raft.Apply:output_type -> regent.cluster.v1.ApplyResponse
-	3,  // 30: regent.cluster.v1.Raft.ReadIndex:output_type -> regent.cluster.v1.ReadIndexResponse
-	25, // [25:31] is the sub-list for method output_type
-	19, // [19:25] is the sub-list for method input_type
+	12, // 20: regent.cluster.v1.Distro.SyncStream:input_type -> regent.cluster.v1.SyncRequest
+	14, // 21: regent.cluster.v1.Distro.Verify:input_type -> regent.cluster.v1.VerifyRequest
+	16, // 22: regent.cluster.v1.Distro.Snapshot:input_type -> regent.cluster.v1.SnapshotRequest
+	18, // 23: regent.cluster.v1.Distro.Query:input_type -> regent.cluster.v1.QueryRequest
+	0,  // 24: regent.cluster.v1.Raft.Apply:input_type -> regent.cluster.v1.ApplyRequest
+	2,  // 25: regent.cluster.v1.Raft.ReadIndex:input_type -> regent.cluster.v1.ReadIndexRequest
+	13, // 26: regent.cluster.v1.Distro.Sync:output_type -> regent.cluster.v1.SyncResponse
+	13, // 27: regent.cluster.v1.Distro.SyncStream:output_type -> regent.cluster.v1.SyncResponse
+	15, // 28: regent.cluster.v1.Distro.Verify:output_type -> regent.cluster.v1.VerifyResponse
+	17, // 29: regent.cluster.v1.Distro.Snapshot:output_type -> regent.cluster.v1.SnapshotResponse
+	19, // 30: regent.cluster.v1.Distro.Query:output_type -> regent.cluster.v1.QueryResponse
+	1,  // 31: regent.cluster.v1.Raft.Apply:output_type -> regent.cluster.v1.ApplyResponse
+	3,  // 32: regent.cluster.v1.Raft.ReadIndex:output_type -> regent.cluster.v1.ReadIndexResponse
+	26, // [26:33] is the sub-list for method output_type
+	19, // [19:26] is the sub-list for method input_type
 	19, // [19:19] is the sub-list for extension type_name
 	19, // [19:19] is the sub-list for extension extendee
 	0,  // [0:19] is the sub-list for field type_name

@@ -35,10 +35,11 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Distro_Sync_FullMethodName     = "/regent.cluster.v1.Distro/Sync"
-	Distro_Verify_FullMethodName   = "/regent.cluster.v1.Distro/Verify"
-	Distro_Snapshot_FullMethodName = "/regent.cluster.v1.Distro/Snapshot"
-	Distro_Query_FullMethodName    = "/regent.cluster.v1.Distro/Query"
+	Distro_Sync_FullMethodName       = "/regent.cluster.v1.Distro/Sync"
+	Distro_SyncStream_FullMethodName = "/regent.cluster.v1.Distro/SyncStream"
+	Distro_Verify_FullMethodName     = "/regent.cluster.v1.Distro/Verify"
+	Distro_Snapshot_FullMethodName   = "/regent.cluster.v1.Distro/Snapshot"
+	Distro_Query_FullMethodName      = "/regent.cluster.v1.Distro/Query"
 )
 
 // DistroClient is the client API for Distro service.
@@ -51,6 +52,15 @@ type DistroClient interface {
 	// Sync delivers a batch of CHANGEs and DELETEs from their owner. Entries
 	// that are stale (not newer than what the receiver holds) are ignored.
 	Sync(ctx context.Context, in *SyncRequest, opts ...grpc.CallOption) (*SyncResponse, error)
+	// SyncStream carries the same batches as Sync on one long-lived stream
+	// per peer: each SyncRequest gets one SyncResponse, in order, and the
+	// sender has one batch in flight. A stream message skips what a unary
+	// call pays each time (a new HTTP/2 stream, its headers, a handler
+	// goroutine), which is most of a small batch's cost. A batch the
+	// receiver refuses ends the stream with INVALID_ARGUMENT; a receiver
+	// shutting down ends it with UNAVAILABLE. A sender whose peer answers
+	// UNIMPLEMENTED (an older node) uses Sync.
+	SyncStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[SyncRequest, SyncResponse], error)
 	// Verify checks an owner's claim on its clients: first by digest, then,
 	// on a mismatch, by explicit lists of client versions. The receiver renews
 	// the copies that match and names the clients it lacks.
@@ -81,6 +91,19 @@ func (c *distroClient) Sync(ctx context.Context, in *SyncRequest, opts ...grpc.C
 	}
 	return out, nil
 }
+
+func (c *distroClient) SyncStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[SyncRequest, SyncResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Distro_ServiceDesc.Streams[0], Distro_SyncStream_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[SyncRequest, SyncResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Distro_SyncStreamClient = grpc.BidiStreamingClient[SyncRequest, SyncResponse]
 
 func (c *distroClient) Verify(ctx context.Context, in *VerifyRequest, opts ...grpc.CallOption) (*VerifyResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
@@ -122,6 +145,15 @@ type DistroServer interface {
 	// Sync delivers a batch of CHANGEs and DELETEs from their owner. Entries
 	// that are stale (not newer than what the receiver holds) are ignored.
 	Sync(context.Context, *SyncRequest) (*SyncResponse, error)
+	// SyncStream carries the same batches as Sync on one long-lived stream
+	// per peer: each SyncRequest gets one SyncResponse, in order, and the
+	// sender has one batch in flight. A stream message skips what a unary
+	// call pays each time (a new HTTP/2 stream, its headers, a handler
+	// goroutine), which is most of a small batch's cost. A batch the
+	// receiver refuses ends the stream with INVALID_ARGUMENT; a receiver
+	// shutting down ends it with UNAVAILABLE. A sender whose peer answers
+	// UNIMPLEMENTED (an older node) uses Sync.
+	SyncStream(grpc.BidiStreamingServer[SyncRequest, SyncResponse]) error
 	// Verify checks an owner's claim on its clients: first by digest, then,
 	// on a mismatch, by explicit lists of client versions. The receiver renews
 	// the copies that match and names the clients it lacks.
@@ -145,6 +177,9 @@ type UnimplementedDistroServer struct{}
 
 func (UnimplementedDistroServer) Sync(context.Context, *SyncRequest) (*SyncResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Sync not implemented")
+}
+func (UnimplementedDistroServer) SyncStream(grpc.BidiStreamingServer[SyncRequest, SyncResponse]) error {
+	return status.Error(codes.Unimplemented, "method SyncStream not implemented")
 }
 func (UnimplementedDistroServer) Verify(context.Context, *VerifyRequest) (*VerifyResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Verify not implemented")
@@ -193,6 +228,13 @@ func _Distro_Sync_Handler(srv interface{}, ctx context.Context, dec func(interfa
 	}
 	return interceptor(ctx, in, info, handler)
 }
+
+func _Distro_SyncStream_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(DistroServer).SyncStream(&grpc.GenericServerStream[SyncRequest, SyncResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Distro_SyncStreamServer = grpc.BidiStreamingServer[SyncRequest, SyncResponse]
 
 func _Distro_Verify_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(VerifyRequest)
@@ -272,7 +314,14 @@ var Distro_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _Distro_Query_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "SyncStream",
+			Handler:       _Distro_SyncStream_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+	},
 	Metadata: "cluster/v1/cluster.proto",
 }
 
