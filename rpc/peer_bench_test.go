@@ -27,36 +27,9 @@ func BenchmarkPeerServerWorkers(b *testing.B) {
 		b.Run(fmt.Sprintf("workers=%d", workers), func(b *testing.B) {
 			cfg := DefaultPeerServerConfig()
 			cfg.StreamWorkers = workers
-			srv, err := NewPeerServer(&peerStub{}, cfg)
-			if err != nil {
-				b.Fatal(err)
-			}
-			lis, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				b.Fatal(err)
-			}
-			done := make(chan error, 1)
-			go func() { done <- srv.Serve(lis) }()
-			defer func() {
-				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-				defer cancel()
-				srv.Shutdown(ctx)
-				<-done
-			}()
-			addr := lis.Addr().String()
-			tr, err := NewPeerTransport(PeerTransportConfig{Resolve: func(string) (string, bool) { return addr, true }})
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer tr.Close()
-			req := &ephemeral.SyncRequest{From: "a", Changes: []ephemeral.ClientState{{ID: "c1", Owner: "a", Version: ephemeral.Version{Epoch: 5, Seq: 2},
-				Services: []ephemeral.ServiceInstances{{Key: peerKey("svc"), Instances: []naming.Instance{peerInst("10.0.0.1", 80, nil)}}}}}}
+			_, pc := benchPeer(b, cfg)
 			ctx := context.Background()
-			pc, err := tr.conn("b")
-			if err != nil {
-				b.Fatal(err)
-			}
-			preq := syncRequestToProto(req)
+			preq := syncRequestToProto(benchBatch())
 			if _, err := pc.client.Sync(ctx, preq); err != nil {
 				b.Fatal(err)
 			}
@@ -84,33 +57,9 @@ func BenchmarkPeerServerWorkers(b *testing.B) {
 // 2 ms between batches, as a change at a time arrives, and reports the
 // median and p99 round trip from an idle process.
 func BenchmarkPeerSyncStream(b *testing.B) {
-	srv, err := NewPeerServer(&peerStub{}, DefaultPeerServerConfig())
-	if err != nil {
-		b.Fatal(err)
-	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(lis) }()
-	defer func() {
-		srv.Shutdown(context.Background())
-		<-done
-	}()
-	addr := lis.Addr().String()
-	tr, err := NewPeerTransport(PeerTransportConfig{Resolve: func(string) (string, bool) { return addr, true }})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer tr.Close()
+	tr, pc := benchPeer(b, DefaultPeerServerConfig())
 	ctx := context.Background()
-	req := &ephemeral.SyncRequest{From: "a", Changes: []ephemeral.ClientState{{ID: "c1", Owner: "a", Version: ephemeral.Version{Epoch: 5, Seq: 2},
-		Services: []ephemeral.ServiceInstances{{Key: peerKey("svc"), Instances: []naming.Instance{peerInst("10.0.0.1", 80, nil)}}}}}}
-	pc, err := tr.conn("b")
-	if err != nil {
-		b.Fatal(err)
-	}
+	req := benchBatch()
 	preq := syncRequestToProto(req)
 	ways := []struct {
 		name string
@@ -149,4 +98,45 @@ func BenchmarkPeerSyncStream(b *testing.B) {
 			})
 		}
 	}
+}
+
+// benchPeer serves a PeerServer with cfg on loopback TCP, stopped at the
+// benchmark's end, and returns a transport to it (node "b") and its
+// connection.
+func benchPeer(b *testing.B, cfg PeerServerConfig) (*PeerTransport, *peerConn) {
+	b.Helper()
+	srv, err := NewPeerServer(&peerStub{}, cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(lis) }()
+	b.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+		<-done
+	})
+	addr := lis.Addr().String()
+	tr, err := NewPeerTransport(PeerTransportConfig{Resolve: func(string) (string, bool) { return addr, true }})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { tr.Close() })
+	pc, err := tr.conn("b")
+	if err != nil {
+		b.Fatal(err)
+	}
+	return tr, pc
+}
+
+// benchBatch is a sync of one client with one instance, the unit of
+// replication under the ephemeral workload.
+func benchBatch() *ephemeral.SyncRequest {
+	return &ephemeral.SyncRequest{From: "a", Changes: []ephemeral.ClientState{{ID: "c1", Owner: "a", Version: ephemeral.Version{Epoch: 5, Seq: 2},
+		Services: []ephemeral.ServiceInstances{{Key: peerKey("svc"), Instances: []naming.Instance{peerInst("10.0.0.1", 80, nil)}}}}}}
 }
