@@ -49,11 +49,11 @@ type PeerServerConfig struct {
 	// barriers other nodes send this node as leader).
 	Raft RaftHandler
 	// StreamWorkers is how many goroutines serve calls, reused from call to
-	// call (0: a new goroutine per call, gRPC's default). Every peer call is
-	// unary, so a worker is back after one call; a call that finds every
-	// worker busy gets a goroutine of its own. A reused goroutine keeps its
-	// grown stack, which a new one grows again by copying
-	// (BenchmarkPeerServerWorkers).
+	// call (0: a new goroutine per call, gRPC's default). A unary call gives
+	// its worker back at once; each peer's sync stream holds one for as long
+	// as it is open; a call that finds every worker busy gets a goroutine of
+	// its own. A reused goroutine keeps its grown stack, which a new one
+	// grows again by copying (BenchmarkPeerServerWorkers).
 	StreamWorkers int
 }
 
@@ -94,6 +94,9 @@ type PeerServer struct {
 	// which GracefulStop would otherwise wait for.
 	stopping chan struct{}
 	stopOnce sync.Once
+	// testHookBusyAtStop, if set, runs when Shutdown finds a sync stream
+	// with a batch in hand, before waiting for it.
+	testHookBusyAtStop func()
 }
 
 var _ clusterv1.DistroServer = (*PeerServer)(nil)
@@ -250,6 +253,11 @@ type PeerTransportConfig struct {
 	// MaxMsgBytes caps one message in either direction (0:
 	// DefaultPeerMaxMsgBytes).
 	MaxMsgBytes int
+	// UnaryFallback is how long a peer that answered UNIMPLEMENTED to
+	// SyncStream (a node from before it) gets unary Syncs before the
+	// stream is tried again, as after that node's upgrade (0:
+	// DefaultPeerUnaryFallback).
+	UnaryFallback time.Duration
 	// Metrics, when set, receives regent_distro_sent_messages_total and
 	// regent_distro_sent_bytes_total by kind. Transports sharing one
 	// registerer share the counters.
@@ -259,6 +267,9 @@ type PeerTransportConfig struct {
 // DefaultPeerCallTimeout bounds a peer call whose context has no earlier
 // deadline; the engine sets its own, shorter ones (SyncTimeout).
 const DefaultPeerCallTimeout = 10 * time.Second
+
+// DefaultPeerUnaryFallback is PeerTransportConfig.UnaryFallback's default.
+const DefaultPeerUnaryFallback = time.Minute
 
 // PeerTraffic counts what a transport sent of one kind: messages handed to
 // gRPC (whether or not the call then succeeded) and their encoded size
@@ -294,6 +305,8 @@ type PeerTransport struct {
 	resolve  func(string) (string, bool)
 	dialOpts []grpc.DialOption
 	timeout  time.Duration
+	// unaryFallback is PeerTransportConfig.UnaryFallback.
+	unaryFallback time.Duration
 
 	// mu guards conns and closed.
 	mu     sync.Mutex
@@ -310,9 +323,9 @@ type peerConn struct {
 	client clusterv1.DistroClient
 	raft   clusterv1.RaftClient
 
-	syncMu    sync.Mutex
-	stream    *syncStream // the open sync stream, if any (see sync)
-	unaryOnly bool        // the peer answered UNIMPLEMENTED to SyncStream
+	syncMu     sync.Mutex
+	stream     *syncStream // the open sync stream, if any (see sync)
+	unaryUntil time.Time   // the peer answered UNIMPLEMENTED to SyncStream: unary until then
 }
 
 var _ ephemeral.Transport = (*PeerTransport)(nil)
@@ -323,19 +336,23 @@ func NewPeerTransport(cfg PeerTransportConfig) (*PeerTransport, error) {
 	if cfg.Resolve == nil {
 		return nil, errors.New("rpc: peer transport needs a Resolve function")
 	}
-	if cfg.CallTimeout < 0 || cfg.MaxMsgBytes < 0 {
-		return nil, errors.New("rpc: peer transport call timeout and message size must not be negative")
+	if cfg.CallTimeout < 0 || cfg.MaxMsgBytes < 0 || cfg.UnaryFallback < 0 {
+		return nil, errors.New("rpc: peer transport call timeout, message size and unary fallback must not be negative")
 	}
 	if cfg.CallTimeout == 0 {
 		cfg.CallTimeout = DefaultPeerCallTimeout
+	}
+	if cfg.UnaryFallback == 0 {
+		cfg.UnaryFallback = DefaultPeerUnaryFallback
 	}
 	if cfg.MaxMsgBytes == 0 {
 		cfg.MaxMsgBytes = DefaultPeerMaxMsgBytes
 	}
 	t := &PeerTransport{
-		resolve: cfg.Resolve,
-		timeout: cfg.CallTimeout,
-		conns:   make(map[string]*peerConn),
+		resolve:       cfg.Resolve,
+		timeout:       cfg.CallTimeout,
+		unaryFallback: cfg.UnaryFallback,
+		conns:         make(map[string]*peerConn),
 	}
 	t.dialOpts = append([]grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
@@ -515,8 +532,7 @@ func (t *PeerTransport) Sync(ctx context.Context, to string, req *ephemeral.Sync
 		return nil, err
 	}
 	preq := syncRequestToProto(req)
-	t.count(kindSync, preq)
-	rep, err := pc.sync(ctx, t.timeout, preq)
+	rep, err := pc.sync(ctx, t.timeout, t.unaryFallback, preq, func() { t.count(kindSync, preq) })
 	if err != nil {
 		return nil, peerError(ctx, to, peerKinds[kindSync], err)
 	}

@@ -38,7 +38,14 @@ func (s *PeerServer) SyncStream(st grpc.BidiStreamingServer[clusterv1.SyncReques
 	busy := w.busy
 	w.mu.Unlock()
 	if busy {
-		<-w.done // the batch in hand is answered; the worker then stops
+		if s.testHookBusyAtStop != nil {
+			s.testHookBusyAtStop()
+		}
+		// The batch in hand is answered, or fails with its own error; the
+		// worker then stops.
+		if err := <-w.done; err != nil {
+			return err
+		}
 	}
 	// Returning ends the stream; a worker still in Recv gets an error and
 	// sends nothing more.
@@ -100,19 +107,22 @@ type syncStream struct {
 
 // sync sends one batch to the peer and returns its answer: on the peer's
 // sync stream, opened on first use and again after any failure, or by
-// unary Sync when the peer has no SyncStream. The call's timeout (or
-// the caller's ctx ending) cancels the stream. One batch is in flight per
-// peer: the engine's peer worker is the only caller, and the lock keeps
-// it so. A stream that had served earlier batches and turns out to be
-// broken (the peer restarted or shut it down) is replaced once within the
-// call: a batch is idempotent, so sending it again is safe.
-func (pc *peerConn) sync(ctx context.Context, timeout time.Duration, req *clusterv1.SyncRequest) (*clusterv1.SyncResponse, error) {
+// unary Sync while the peer is marked as having no SyncStream (for
+// fallback after it said so). The call's timeout (or the caller's ctx
+// ending) cancels the stream, also while it opens. One batch is in flight
+// per peer: the engine's peer worker is the only caller, and the lock
+// keeps it so. A stream that had served earlier batches and turns out to
+// be broken (the peer restarted or shut it down) is replaced once within
+// the call: a batch is idempotent, so sending it again is safe. sent is
+// called before each send, for the transport's counts.
+func (pc *peerConn) sync(ctx context.Context, timeout, fallback time.Duration, req *clusterv1.SyncRequest, sent func()) (*clusterv1.SyncResponse, error) {
 	pc.syncMu.Lock()
 	defer pc.syncMu.Unlock()
 	cctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	for {
-		if pc.unaryOnly {
+		sent()
+		if time.Now().Before(pc.unaryUntil) {
 			return pc.client.Sync(cctx, req)
 		}
 		reused := pc.stream != nil
@@ -122,8 +132,8 @@ func (pc *peerConn) sync(ctx context.Context, timeout time.Duration, req *cluste
 			return rep, nil
 		case status.Code(err) == codes.Unimplemented:
 			// An older peer: nothing was applied; send it as a unary
-			// call, now and from now on.
-			pc.unaryOnly = true
+			// call, now and for a while.
+			pc.unaryUntil = time.Now().Add(fallback)
 		case reused && status.Code(err) == codes.Unavailable && cctx.Err() == nil:
 			// Try once more on a new stream.
 		default:
@@ -137,11 +147,16 @@ func (pc *peerConn) sync(ctx context.Context, timeout time.Duration, req *cluste
 func (pc *peerConn) syncOnStream(cctx context.Context, req *clusterv1.SyncRequest) (*clusterv1.SyncResponse, error) {
 	if pc.stream == nil {
 		// The stream outlives the call: it ends with an error, a call's
-		// timeout, or the connection.
+		// timeout, or the connection. Opening it may wait for the
+		// connection, so the call's end cancels that too.
 		sctx, scancel := context.WithCancel(context.Background())
+		stopOpen := context.AfterFunc(cctx, scancel)
 		st, err := pc.client.SyncStream(sctx)
-		if err != nil {
+		if !stopOpen() || err != nil {
 			scancel()
+			if cctx.Err() != nil {
+				return nil, status.FromContextError(cctx.Err()).Err()
+			}
 			return nil, err
 		}
 		pc.stream = &syncStream{st: st, cancel: scancel}

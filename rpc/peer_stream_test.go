@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -98,17 +100,15 @@ func TestPeerSyncStreamCarriesEveryBatchOnOneStream(t *testing.T) {
 // its stream; the next batch goes on a new stream and is answered.
 func TestPeerSyncStreamTimeoutOpensANewStream(t *testing.T) {
 	n := newPeerNet()
-	var first atomic.Bool
-	first.Store(true)
-	_, calls := countingServer(t, n, "b", &peerStub{sync: func(ctx context.Context, _ *ephemeral.SyncRequest) (*ephemeral.SyncReply, error) {
-		if first.CompareAndSwap(true, false) {
+	_, calls := countingServer(t, n, "b", &peerStub{sync: func(ctx context.Context, r *ephemeral.SyncRequest) (*ephemeral.SyncReply, error) {
+		if strings.HasPrefix(r.Changes[0].ID, "slow") {
 			<-ctx.Done() // the stream's end cancels it
 			return nil, ctx.Err()
 		}
 		return &ephemeral.SyncReply{Applied: 1}, nil
 	}})
 	tr := n.transport(t, PeerTransportConfig{CallTimeout: 200 * time.Millisecond})
-	_, err := tr.Sync(context.Background(), "b", oneClient("c1"))
+	_, err := tr.Sync(context.Background(), "b", oneClient("slow1"))
 	if !errors.Is(err, ephemeral.ErrUnreachable) || status.Code(err) != codes.DeadlineExceeded {
 		t.Fatalf("timed-out sync: %v (code %v)", err, status.Code(err))
 	}
@@ -120,16 +120,39 @@ func TestPeerSyncStreamTimeoutOpensANewStream(t *testing.T) {
 		t.Fatalf("%d streams opened, want 2", calls.streams.Load())
 	}
 
-	// The caller's own cancellation ends the stream the same way, and says
-	// so.
-	first.Store(true)
+	// The caller's own deadline ends the stream the same way, and says so.
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
-	if _, err := tr.Sync(ctx, "b", oneClient("c3")); !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, ephemeral.ErrUnreachable) {
+	if _, err := tr.Sync(ctx, "b", oneClient("slow3")); !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, ephemeral.ErrUnreachable) {
 		t.Fatalf("sync whose caller gave up: %v", err)
 	}
 	if _, err := tr.Sync(context.Background(), "b", oneClient("c4")); err != nil {
 		t.Fatalf("sync after the caller gave up: %v", err)
+	}
+}
+
+// Opening a stream waits for the connection; the call's timeout, or its
+// caller giving up, ends that wait too, with the call's own error.
+func TestPeerSyncStreamOpenEndsWithTheCall(t *testing.T) {
+	hang := grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
+		<-ctx.Done() // a peer whose packets are dropped
+		return nil, ctx.Err()
+	})
+	tr, err := NewPeerTransport(PeerTransportConfig{Resolve: func(string) (string, bool) { return "passthrough:///dropped", true },
+		DialOptions: []grpc.DialOption{hang}, CallTimeout: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	_, err = tr.Sync(context.Background(), "b", oneClient("c1"))
+	if !errors.Is(err, ephemeral.ErrUnreachable) || status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("sync to a peer that never connects: %v (code %v)", err, status.Code(err))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(50*time.Millisecond, cancel)
+	_, err = tr.Sync(ctx, "b", oneClient("c2"))
+	if !errors.Is(err, context.Canceled) || status.Code(err) != codes.Canceled {
+		t.Fatalf("sync whose caller gave up while connecting: %v (code %v)", err, status.Code(err))
 	}
 }
 
@@ -166,22 +189,29 @@ func (o *oldDistro) Sync(_ context.Context, p *clusterv1.SyncRequest) (*clusterv
 	return &clusterv1.SyncResponse{Applied: uint32(len(p.GetChanges()))}, nil
 }
 
-// A peer without SyncStream gets every batch, the first included, as a
-// unary call.
-func TestPeerSyncFallsBackToUnaryForAnOlderPeer(t *testing.T) {
-	n := newPeerNet()
+// serveOld serves a peer from before SyncStream at addr, as node.
+func serveOld(t *testing.T, n *peerNet, node, addr string) (*oldDistro, *grpc.Server) {
 	old := &oldDistro{}
 	gs := grpc.NewServer()
 	clusterv1.RegisterDistroServer(gs, old)
 	l := bufconn.Listen(1 << 20)
 	n.mu.Lock()
-	n.lis["old-1"], n.addrs["old"] = l, "old-1"
+	n.lis[addr], n.addrs[node] = l, addr
 	n.mu.Unlock()
 	go gs.Serve(l)
 	t.Cleanup(gs.Stop)
-	tr := n.transport(t, PeerTransportConfig{})
+	return old, gs
+}
+
+// A peer without SyncStream gets every batch, the first included, as a
+// unary call; once it is upgraded, batches go on a stream again after the
+// fallback time.
+func TestPeerSyncFallsBackToUnaryForAnOlderPeer(t *testing.T) {
+	n := newPeerNet()
+	old, gs := serveOld(t, n, "b", "same")
+	tr := n.transport(t, PeerTransportConfig{UnaryFallback: 100 * time.Millisecond})
 	for i := range 3 {
-		rep, err := tr.Sync(context.Background(), "old", oneClient(fmt.Sprintf("c%d", i)))
+		rep, err := tr.Sync(context.Background(), "b", oneClient(fmt.Sprintf("c%d", i)))
 		if err != nil || rep.Applied != 1 {
 			t.Fatalf("sync %d to an older peer: %+v, %v", i, rep, err)
 		}
@@ -189,6 +219,26 @@ func TestPeerSyncFallsBackToUnaryForAnOlderPeer(t *testing.T) {
 	if old.calls.Load() != 3 {
 		t.Fatalf("older peer got %d unary syncs, want 3", old.calls.Load())
 	}
+
+	// The peer restarts, upgraded, at the same address.
+	gs.Stop()
+	calls := &syncCalls{}
+	cfg := DefaultPeerServerConfig()
+	cfg.ServerOptions = calls.options()
+	srv, err := NewPeerServer(&peerStub{}, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := bufconn.Listen(1 << 20)
+	n.mu.Lock()
+	n.lis["same"] = l
+	n.mu.Unlock()
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Shutdown(context.Background()) })
+	peerWait(t, "a batch on a stream to the upgraded peer", func() bool {
+		_, _ = tr.Sync(context.Background(), "b", oneClient("c9"))
+		return calls.streams.Load() > 0
+	})
 }
 
 // Shutdown ends an idle sync stream itself (UNAVAILABLE, which its sender
@@ -211,77 +261,55 @@ func TestPeerSyncStreamShutdown(t *testing.T) {
 			t.Fatalf("sync to a stopped peer: %v", err)
 		}
 	})
-	t.Run("batch in hand", func(t *testing.T) {
-		n := newPeerNet()
-		entered, release := make(chan struct{}), make(chan struct{})
-		srv, calls := countingServer(t, n, "b", &peerStub{sync: func(context.Context, *ephemeral.SyncRequest) (*ephemeral.SyncReply, error) {
-			close(entered)
-			<-release
-			return &ephemeral.SyncReply{Applied: 1}, nil
-		}})
-		tr := n.transport(t, PeerTransportConfig{})
-		type result struct {
-			rep *ephemeral.SyncReply
-			err error
-		}
-		res := make(chan result, 1)
-		go func() {
-			rep, err := tr.Sync(context.Background(), "b", oneClient("c1"))
-			res <- result{rep, err}
-		}()
-		select {
-		case <-entered:
-		case r := <-res:
-			t.Fatalf("sync ended before reaching the handler: %+v, %v", r.rep, r.err)
-		}
-		stopped := make(chan struct{})
-		go func() { srv.Shutdown(context.Background()); close(stopped) }()
-		close(release)
-		r := <-res // bounded by the transport's call timeout
-		if r.err != nil || r.rep.Applied != 1 {
-			t.Fatalf("the batch in hand at Shutdown: %+v, %v", r.rep, r.err)
-		}
-		select {
-		case <-stopped:
-		case <-time.After(30 * time.Second):
-			t.Fatal("Shutdown did not return")
-		}
-		peerWait(t, "the stream's handler to return", func() bool { return len(calls.endings()) == 1 })
-	})
-}
-
-// A peer that restarts at the same address leaves the sender a broken
-// stream: the next batch goes on a new stream within the same call,
-// instead of failing once and waiting for the engine's retry.
-func TestPeerSyncStreamSurvivesAPeerRestart(t *testing.T) {
-	n := newPeerNet()
-	start := func(calls *syncCalls) *PeerServer {
-		cfg := DefaultPeerServerConfig()
-		cfg.ServerOptions = calls.options()
-		srv, err := NewPeerServer(&peerStub{}, cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		l := bufconn.Listen(1 << 20)
-		n.mu.Lock()
-		n.lis["same"], n.addrs["b"] = l, "same"
-		n.mu.Unlock()
-		go srv.Serve(l)
-		t.Cleanup(func() { srv.Shutdown(context.Background()) })
-		return srv
-	}
-	first, second := &syncCalls{}, &syncCalls{}
-	srv := start(first)
-	tr := n.transport(t, PeerTransportConfig{})
-	if _, err := tr.Sync(context.Background(), "b", oneClient("c1")); err != nil {
-		t.Fatal(err)
-	}
-	srv.Shutdown(context.Background())
-	start(second)
-	if _, err := tr.Sync(context.Background(), "b", oneClient("c2")); err != nil {
-		t.Fatalf("first sync after the peer restarted: %v", err)
-	}
-	if first.streams.Load() != 1 || second.streams.Load() != 1 {
-		t.Fatalf("streams: %d before the restart, %d after; want 1 and 1", first.streams.Load(), second.streams.Load())
+	// Shutdown finds the batch in hand and waits for it: answered, or
+	// failed with its own error (a refused batch stays refused).
+	for _, c := range []struct {
+		name    string
+		err     error
+		applied uint32
+	}{{name: "batch in hand", applied: 1}, {name: "refused batch in hand", err: fmt.Errorf("bad: %w", naming.ErrInvalid)}} {
+		t.Run(c.name, func(t *testing.T) {
+			n := newPeerNet()
+			entered, release := make(chan struct{}), make(chan struct{})
+			srv, calls := countingServer(t, n, "b", &peerStub{sync: func(context.Context, *ephemeral.SyncRequest) (*ephemeral.SyncReply, error) {
+				close(entered)
+				<-release
+				if c.err != nil {
+					return nil, c.err
+				}
+				return &ephemeral.SyncReply{Applied: 1}, nil
+			}})
+			srv.testHookBusyAtStop = func() { close(release) }
+			tr := n.transport(t, PeerTransportConfig{})
+			type result struct {
+				rep *ephemeral.SyncReply
+				err error
+			}
+			res := make(chan result, 1)
+			go func() {
+				rep, err := tr.Sync(context.Background(), "b", oneClient("c1"))
+				res <- result{rep, err}
+			}()
+			select {
+			case <-entered:
+			case r := <-res:
+				t.Fatalf("sync ended before reaching the handler: %+v, %v", r.rep, r.err)
+			}
+			stopped := make(chan struct{})
+			go func() { srv.Shutdown(context.Background()); close(stopped) }()
+			r := <-res // bounded by the transport's call timeout
+			switch {
+			case c.err == nil && (r.err != nil || r.rep.Applied != 1):
+				t.Fatalf("the batch in hand at Shutdown: %+v, %v", r.rep, r.err)
+			case c.err != nil && (!errors.Is(r.err, naming.ErrInvalid) || errors.Is(r.err, ephemeral.ErrUnreachable)):
+				t.Fatalf("the refused batch in hand at Shutdown: %v", r.err)
+			}
+			select {
+			case <-stopped:
+			case <-time.After(30 * time.Second):
+				t.Fatal("Shutdown did not return")
+			}
+			peerWait(t, "the stream's handler to return", func() bool { return len(calls.endings()) == 1 })
+		})
 	}
 }
