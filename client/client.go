@@ -417,26 +417,49 @@ func (c *Client) callBuilt(ctx context.Context, s *liveSession, build func() *re
 // roundTrip sends the request build makes over session s and returns its
 // ack; the error is the session's or ctx's, never the ack's.
 func (c *Client) roundTrip(ctx context.Context, s *liveSession, build func() *regentv1.ClientMessage) (*regentv1.Ack, error) {
-	id := c.nextReq.Add(1)
-	ch := make(chan *regentv1.Ack, 1)
-	s.pending.Store(id, ch)
+	r, err := c.send(s, build)
+	if err != nil {
+		return nil, err
+	}
+	return r.await(ctx)
+}
+
+// request is a request sent on a session, its ack still to come.
+type request struct {
+	s  *liveSession
+	id uint64
+	ch chan *regentv1.Ack
+}
+
+// send sends the request build makes over session s, without waiting for
+// its ack (request.await does): requests sent one after another are
+// answered in one round trip.
+func (c *Client) send(s *liveSession, build func() *regentv1.ClientMessage) (request, error) {
+	r := request{s: s, id: c.nextReq.Add(1), ch: make(chan *regentv1.Ack, 1)}
+	s.pending.Store(r.id, r.ch)
 	s.sendMu.Lock()
 	m := build()
-	m.RequestId = id
+	m.RequestId = r.id
 	err := s.stream.Send(m)
 	s.sendMu.Unlock()
 	if err != nil {
-		s.pending.Delete(id)
-		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		s.pending.Delete(r.id)
+		return request{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
+	return r, nil
+}
+
+// await waits for the request's ack; the error is the session's or ctx's,
+// never the ack's.
+func (r request) await(ctx context.Context) (*regentv1.Ack, error) {
 	select {
-	case a, ok := <-ch:
+	case a, ok := <-r.ch:
 		if !ok {
 			return nil, fmt.Errorf("%w: session ended before the answer", ErrUnavailable)
 		}
 		return a, nil
 	case <-ctx.Done():
-		s.pending.Delete(id)
+		r.s.pending.Delete(r.id)
 		return nil, ctx.Err()
 	}
 }

@@ -23,7 +23,7 @@ import (
 
 const waitLimit = 15 * time.Second
 
-func startDaemon(t *testing.T, name, addr string) *daemon.Daemon {
+func startDaemon(t testing.TB, name, addr string) *daemon.Daemon {
 	t.Helper()
 	cfg := daemon.DefaultLocalConfig(name, t.TempDir())
 	if addr != "" {
@@ -65,7 +65,7 @@ func testConfig(servers ...string) Config {
 	}
 }
 
-func newClient(t *testing.T, servers ...string) *Client {
+func newClient(t testing.TB, servers ...string) *Client {
 	t.Helper()
 	c, err := New(testConfig(servers...))
 	if err != nil {
