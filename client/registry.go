@@ -212,7 +212,9 @@ func (c *Client) redoPass(ctx context.Context, s *liveSession) {
 	}
 	var subs []*subState
 	for _, st := range c.subs {
-		if !st.done {
+		// A Watch subscribing now would only be doubled (and its first
+		// list pushed twice); if it fails, the next pass takes it.
+		if !st.done && st.sending == 0 {
 			subs = append(subs, st)
 		}
 	}
@@ -285,6 +287,7 @@ func (c *Client) subscribed(s *liveSession, st *subState) {
 type subState struct {
 	key      naming.ServiceKey
 	done     bool
+	sending  int // Watch calls subscribing now, which the redo leaves alone
 	cache    *ServiceInfo
 	all      []naming.Instance
 	thresh   float64
@@ -372,6 +375,9 @@ func (c *Client) Watch(ctx context.Context, svc Service, f Filter) (*Watcher, er
 		w.deliver(filtered(st, f))
 	}
 	done := st.done
+	if !done {
+		st.sending++
+	}
 	c.mu.Unlock()
 	if done {
 		return w, nil
@@ -382,6 +388,9 @@ func (c *Client) Watch(ctx context.Context, svc Service, f Filter) (*Watcher, er
 	if err == nil {
 		err = c.sendSubscribe(ctx, s, st)
 	}
+	c.mu.Lock()
+	st.sending--
+	c.mu.Unlock()
 	if err != nil {
 		w.Stop()
 		return nil, err

@@ -90,3 +90,34 @@ func BenchmarkResubscribe(b *testing.B) {
 		})
 	}
 }
+
+// The redo leaves a service alone while a Watch is subscribing to it: on a
+// new session both ran, and the watcher got its first list twice.
+func TestRedoLeavesAWatchSubscribingAlone(t *testing.T) {
+	d := startDaemon(t, "n1", "")
+	c := newClient(t, d.GRPCAddr())
+	ctx := ctxT(t, 10*time.Second)
+	s, err := c.session(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := Service{Name: "racing"}.key()
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := &subState{key: key, watchers: map[*Watcher]struct{}{}, sending: 1}
+	c.mu.Lock()
+	c.subs[key] = st
+	c.mu.Unlock()
+	c.redoPass(ctx, s)
+	if n := d.Registry().Subscriptions(); n != 0 {
+		t.Fatalf("the redo subscribed while a Watch was: %d subscriptions", n)
+	}
+	c.mu.Lock()
+	st.sending = 0
+	c.mu.Unlock()
+	c.redoPass(ctx, s)
+	if n := d.Registry().Subscriptions(); n != 1 {
+		t.Fatalf("the redo did not take the service up once the Watch let go: %d subscriptions", n)
+	}
+}
